@@ -1,0 +1,460 @@
+//! API client for the Orchestra workflow API: URLs, authentication, timeouts, retries, limits.
+//!
+//! It owns everything about one HTTP exchange and nothing about paging or rows: callers get the
+//! body bytes of a successful response or an [`ApiError`] that names the URL (never the key),
+//! the attempts made and the cause. All requests share one concurrency budget.
+
+pub mod retry;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use tokio::sync::Semaphore;
+use url::Url;
+
+pub use retry::{RetryPolicy, is_transient_status};
+
+/// Documented base URL of the Orchestra workflow API.
+pub const DEFAULT_BASE_URL: &str = "https://orchestra.arcee.ai/api/v1/workflow";
+/// Time to establish a connection: set low so an unreachable host fails fast.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a whole request, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest response body accepted; a page is normally well under a few MB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+/// How much of an error response body is quoted in messages.
+const ERROR_BODY_SNIPPET: usize = 200;
+
+/// An API key. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key; surrounding whitespace (a key file's trailing newline) is removed.
+    pub fn new(key: &str) -> Option<Self> {
+        let key = key.trim();
+        (!key.is_empty()).then(|| Self(key.to_owned()))
+    }
+
+    fn header(&self) -> Result<HeaderValue, ApiError> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0))
+            .map_err(|_| ApiError::InvalidKey)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// Errors of the API stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with a status that is not success.
+    #[error(
+        "HTTP {status} from `{url}` after {attempts} attempt(s){}",
+        snippet(body)
+    )]
+    Status {
+        status: u16,
+        url: String,
+        attempts: u32,
+        body: String,
+    },
+    /// 401 or 403: the key is missing, wrong or lacks access.
+    #[error("HTTP {status} from `{url}`: the API key was rejected")]
+    Unauthorized { status: u16, url: String },
+    /// The request never got a complete response.
+    #[error("request to `{url}` failed after {attempts} attempt(s) in {:.1}s: {kind}", elapsed.as_secs_f64())]
+    Transport {
+        url: String,
+        attempts: u32,
+        elapsed: Duration,
+        kind: TransportKind,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The body was larger than the configured limit.
+    #[error("response from `{url}` is larger than {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    /// The key cannot be sent in an HTTP header.
+    #[error("the API key contains characters that cannot be sent in an HTTP header")]
+    InvalidKey,
+    /// The HTTP client could not be built.
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+fn snippet(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() {
+        return String::new();
+    }
+    let cut: String = body.chars().take(ERROR_BODY_SNIPPET).collect();
+    let more = if cut.len() < body.len() { "…" } else { "" };
+    format!(": {}{more}", cut.replace(['\n', '\r'], " "))
+}
+
+/// Transport failure classes, for messages and exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Could not connect (refused, DNS, TLS handshake).
+    Connect,
+    /// No complete response within the timeout.
+    Timeout,
+    /// The connection broke while sending or receiving.
+    Broken,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Connect => "cannot connect",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Broken => "connection broken",
+        })
+    }
+}
+
+impl ApiError {
+    /// Whether this error means the API could not be reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Transport {
+                kind: TransportKind::Connect,
+                ..
+            }
+        )
+    }
+}
+
+/// Settings of the client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Base URL; endpoint paths are appended to it.
+    pub base_url: Url,
+    /// The key sent as `Authorization: Bearer …`.
+    pub key: ApiKey,
+    /// Requests in flight at once, across all workflows.
+    pub concurrency: usize,
+    /// Time for one request, body included.
+    pub request_timeout: Duration,
+    /// Time to connect.
+    pub connect_timeout: Duration,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Largest body accepted.
+    pub max_response_bytes: u64,
+}
+
+/// Counters shared by all requests.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// HTTP attempts made.
+    pub requests: AtomicU64,
+    /// Attempts that were retries.
+    pub retries: AtomicU64,
+    /// Response body bytes received.
+    pub bytes: AtomicU64,
+}
+
+/// Called before each retry wait, for progress reporting.
+pub type RetryHook = Arc<dyn Fn(&str, u32, Duration, &str) + Send + Sync>;
+
+/// The Orchestra API client. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    options: Arc<ClientOptions>,
+    auth: HeaderValue,
+    permits: Arc<Semaphore>,
+    stats: Arc<ClientStats>,
+    on_retry: Option<RetryHook>,
+}
+
+impl ApiClient {
+    /// Builds a client.
+    pub fn new(options: ClientOptions) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("orchestra-export/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .gzip(true)
+            .zstd(true)
+            .build()
+            .map_err(ApiError::Client)?;
+        Ok(Self {
+            http,
+            auth: options.key.header()?,
+            permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            options: Arc::new(options),
+            stats: Arc::default(),
+            on_retry: None,
+        })
+    }
+
+    /// Calls `hook(url, retry_number, delay, cause)` before each retry wait.
+    pub fn with_retry_hook(mut self, hook: RetryHook) -> Self {
+        self.on_retry = Some(hook);
+        self
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// `{base}/workflows/{id}/runs?limit=…&offset=…`, the id percent-encoded as one segment.
+    pub fn runs_url(&self, workflow_id: &str, limit: u32, offset: u64) -> Url {
+        let mut url = self.endpoint(&["workflows", workflow_id, "runs"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string())
+            .append_pair("offset", &offset.to_string());
+        url
+    }
+
+    /// `{base}/workflows`.
+    pub fn workflows_url(&self) -> Url {
+        self.endpoint(&["workflows"])
+    }
+
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.options.base_url.clone();
+        url.set_query(None);
+        url.path_segments_mut()
+            .expect("base URL was validated as http(s)")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// GETs `url`, retrying transient failures, and returns the body.
+    pub async fn get(&self, url: &Url) -> Result<Vec<u8>, ApiError> {
+        let shown = redact_url(url);
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.attempt(url, &shown).await;
+            let (error, retry_after) = match outcome {
+                Ok(body) => return Ok(body),
+                Err(Attempt::Final(error)) => return Err(error),
+                Err(Attempt::Transient { error, retry_after }) => (error, retry_after),
+            };
+            let retry = attempt - 1;
+            if retry >= self.options.retry.max_retries {
+                return Err(error.into_api_error(shown, attempt, started.elapsed()));
+            }
+            let delay = self
+                .options
+                .retry
+                .delay(retry, retry_after, &mut rand::rng());
+            if let Some(hook) = &self.on_retry {
+                hook(&shown, attempt, delay, &error.describe());
+            }
+            tracing::debug!(target: "api", url = %shown, attempt, ?delay, cause = %error.describe(), "retrying");
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, url: &Url, shown: &str) -> Result<Vec<u8>, Attempt> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .http
+            .get(url.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(|e| Attempt::Transient {
+                error: TransientError::Transport(e),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Attempt::Final(ApiError::Unauthorized {
+                status: status.as_u16(),
+                url: shown.to_owned(),
+            }));
+        }
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+            let body = read_limited(response, ERROR_BODY_SNIPPET as u64 * 4)
+                .await
+                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let error = TransientError::Status {
+                status: status.as_u16(),
+                body,
+            };
+            return Err(if is_transient_status(status.as_u16()) {
+                Attempt::Transient { error, retry_after }
+            } else {
+                Attempt::Final(error.into_api_error(shown.to_owned(), 1, Duration::ZERO))
+            });
+        }
+        let limit = self.options.max_response_bytes;
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Err(Attempt::Final(ApiError::TooLarge {
+                url: shown.to_owned(),
+                limit,
+            }));
+        }
+        match read_limited(response, limit).await {
+            Ok((body, false)) => {
+                self.stats
+                    .bytes
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                Ok(body)
+            }
+            Ok((_, true)) => Err(Attempt::Final(ApiError::TooLarge {
+                url: shown.to_owned(),
+                limit,
+            })),
+            Err(e) => Err(Attempt::Transient {
+                error: TransientError::Transport(e),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// Reads a body up to `limit` bytes; the flag says whether it was longer.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+enum Attempt {
+    Final(ApiError),
+    Transient {
+        error: TransientError,
+        retry_after: Option<Duration>,
+    },
+}
+
+enum TransientError {
+    Status { status: u16, body: String },
+    Transport(reqwest::Error),
+}
+
+impl TransientError {
+    fn describe(&self) -> String {
+        match self {
+            TransientError::Status { status, .. } => format!("HTTP {status}"),
+            TransientError::Transport(e) => transport_kind(e).to_string(),
+        }
+    }
+
+    fn into_api_error(self, url: String, attempts: u32, elapsed: Duration) -> ApiError {
+        match self {
+            TransientError::Status { status, body } => ApiError::Status {
+                status,
+                url,
+                attempts,
+                body,
+            },
+            TransientError::Transport(source) => ApiError::Transport {
+                url,
+                attempts,
+                elapsed,
+                kind: transport_kind(&source),
+                source: source.without_url(),
+            },
+        }
+    }
+}
+
+fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    if e.is_timeout() {
+        TransportKind::Timeout
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Broken
+    }
+}
+
+/// A URL safe to show: any password in it is masked.
+pub fn redact_url(url: &Url) -> String {
+    if url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_password(Some("***"));
+        shown.to_string()
+    } else {
+        url.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> ApiClient {
+        ApiClient::new(ClientOptions {
+            base_url: Url::parse(base).unwrap(),
+            key: ApiKey::new("k").unwrap(),
+            concurrency: 1,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retry: RetryPolicy::default(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn workflow_id_is_one_percent_encoded_segment() {
+        let c = client("https://h.example/api/v1/workflow/");
+        assert_eq!(
+            c.runs_url("a/b?c#d%e f", 100, 200).as_str(),
+            "https://h.example/api/v1/workflow/workflows/a%2Fb%3Fc%23d%25e%20f/runs?limit=100&offset=200"
+        );
+        let c = client("https://h.example/api/v1/workflow");
+        assert_eq!(
+            c.workflows_url().as_str(),
+            "https://h.example/api/v1/workflow/workflows"
+        );
+    }
+
+    #[test]
+    fn key_never_shows_in_debug_and_is_trimmed() {
+        let key = ApiKey::new(" secret-123\n").unwrap();
+        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+        assert_eq!(key.0, "secret-123");
+        assert!(ApiKey::new(" \n").is_none());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        let url = Url::parse("https://user:pw@h.example/x").unwrap();
+        assert_eq!(redact_url(&url), "https://user:***@h.example/x");
+    }
+}

@@ -1,0 +1,400 @@
+//! CLI: flags (clap), turned once into validated config; runs a command and maps the outcome to
+//! an exit code and messages (`error: …`, `caused by: …`, `hint: …` on stderr; results on stdout).
+
+mod bars;
+mod summary;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::{self, ApiError};
+use crate::config::{self, ExportConfig, ExportInputs};
+use crate::exit;
+use crate::pipeline::{self, ExportError, ExportSummary};
+use crate::progress::{LogReporter, Reporter};
+use crate::simulate::{self, SimConfig, SimServer};
+
+/// Export Arcee Orchestra workflow run history to a Hive-partitioned Parquet dataset.
+#[derive(Debug, Parser)]
+#[command(name = "orchestra-export", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr: `text` for people, `json` for schedulers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log more (`-v` debug, `-vv` trace); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Show no progress bars even on a terminal.
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Export run history from the Orchestra API into a Parquet dataset.
+    Export(ExportArgs),
+    /// Start the built-in simulator and export a realistic history from it: no key, no network.
+    Demo(DemoArgs),
+    /// Serve an Orchestra-compatible API with seeded data (for tests, demos, benchmarks).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// Base URL of the workflow API; endpoint paths are appended to it.
+    #[arg(long, env = "ORCHESTRA_BASE_URL", default_value = api::DEFAULT_BASE_URL, value_name = "URL")]
+    base_url: String,
+    /// Read the API key from this file (default: the `ORCHESTRA_API_KEY` environment variable).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
+    /// A workflow to export; repeat for several.
+    #[arg(long = "workflow", value_name = "ID")]
+    workflows: Vec<String>,
+    /// A file with one workflow id per line (blank lines and `#` comments ignored).
+    #[arg(long, value_name = "PATH")]
+    workflows_file: Option<PathBuf>,
+    /// Export every workflow `GET /workflows` lists, and write the `workflows` table.
+    #[arg(long)]
+    all_workflows: bool,
+    /// Dataset folder.
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Debug, Args)]
+struct Tuning {
+    /// Runs per page (`limit`).
+    #[arg(long, default_value_t = config::DEFAULT_PAGE_SIZE, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    page_size: u32,
+    /// Requests in flight at once, across all workflows.
+    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    concurrency: usize,
+    /// Seconds one request may take, body included.
+    #[arg(long, default_value_t = api::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_name = "SECS",
+          value_parser = parse_seconds)]
+    request_timeout: f64,
+    /// Retries of a transient failure (timeouts, resets, 408, 429, 5xx) before giving up.
+    #[arg(long, default_value_t = api::retry::DEFAULT_MAX_RETRIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=50))]
+    max_retries: u32,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Dataset folder.
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
+    out: PathBuf,
+    /// Workflows to simulate.
+    #[arg(long, default_value_t = 24, value_name = "N")]
+    workflows: usize,
+    /// Average runs per workflow.
+    #[arg(long, default_value_t = 1500, value_name = "N")]
+    runs: u64,
+    /// Seed of the simulated data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Address to listen on (loopback only by default).
+    #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Workflows to simulate.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    workflows: usize,
+    /// Runs per workflow.
+    #[arg(long, default_value_t = 250, value_name = "N")]
+    runs: u64,
+    /// Vary history sizes between a quarter and 1.75× `--runs`.
+    #[arg(long)]
+    vary_runs: bool,
+    /// Seed of the simulated data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Serve at most this many runs per page whatever `limit` asks.
+    #[arg(long, value_name = "N")]
+    page_cap: Option<usize>,
+    /// Delay before each answer, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    latency_ms: u64,
+}
+
+/// Parses the command line, runs it, and returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report_error(&e, None);
+            return exit::INTERNAL;
+        }
+    };
+    let bars = !cli.no_progress
+        && matches!(cli.log_format, LogFormat::Text)
+        && std::io::stderr().is_terminal();
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Export(args) => run_export(args, bars).await,
+            Command::Demo(args) => run_demo(args, bars).await,
+            Command::Simulate(args) => run_simulate(args).await,
+        }
+    })
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,extract=info",
+        1 => "debug,hyper=info,reqwest=info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn reporter(bars: bool) -> Arc<dyn Reporter> {
+    if bars {
+        Arc::new(bars::BarReporter::new())
+    } else {
+        Arc::new(LogReporter)
+    }
+}
+
+fn export_inputs(tuning: &Tuning, out: PathBuf) -> ExportInputs {
+    ExportInputs {
+        out,
+        page_size: tuning.page_size,
+        concurrency: tuning.concurrency,
+        request_timeout: Duration::from_secs_f64(tuning.request_timeout),
+        max_retries: tuning.max_retries,
+        ..ExportInputs::default()
+    }
+}
+
+async fn run_export(args: ExportArgs, bars: bool) -> i32 {
+    let inputs = ExportInputs {
+        base_url: args.base_url,
+        api_key_file: args.api_key_file,
+        api_key_env: std::env::var(config::API_KEY_ENV).ok(),
+        workflows: args.workflows,
+        workflows_file: args.workflows_file,
+        all_workflows: args.all_workflows,
+        ..export_inputs(&args.tuning, args.out)
+    };
+    let config = match inputs.validate() {
+        Ok(config) => config,
+        Err(e) => {
+            report_error(&e, None);
+            return exit::USAGE;
+        }
+    };
+    let out = config.out.clone();
+    finish_export(pipeline::export(config, reporter(bars)).await, &out)
+}
+
+/// Prints the summary or the error, and picks the exit code.
+fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Path) -> i32 {
+    match result {
+        Ok(summary) => {
+            for failed in summary.failed() {
+                let error = failed.error.as_ref().expect("failed() yields errors");
+                eprintln!(
+                    "error: workflow `{}` failed: {}",
+                    failed.workflow_id,
+                    crate::error_chain(error)
+                );
+            }
+            print!("{}", summary::render(&summary, out));
+            exit_code(&summary)
+        }
+        Err(e) => {
+            let (code, hint) = match &e {
+                ExportError::Dataset(_) => (
+                    exit::OUTPUT,
+                    Some("check that `--out` is a writable folder with free space"),
+                ),
+                ExportError::WriterPanicked => (exit::INTERNAL, None),
+                _ => match e.api_error() {
+                    Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT)),
+                    Some(api) if api.is_connect() => (exit::UNREACHABLE, Some(UNREACHABLE_HINT)),
+                    _ => (exit::PARTIAL_FAILURE, None),
+                },
+            };
+            report_error(&e, hint);
+            code
+        }
+    }
+}
+
+const AUTH_HINT: &str =
+    "check `ORCHESTRA_API_KEY` or `--api-key-file`, and that the key may read these workflows";
+const UNREACHABLE_HINT: &str = "check `--base-url` and the network";
+
+fn exit_code(summary: &ExportSummary) -> i32 {
+    let errors: Vec<_> = summary.failed().filter_map(|w| w.error.as_ref()).collect();
+    if errors.is_empty() {
+        return exit::SUCCESS;
+    }
+    let api_errors: Vec<_> = errors.iter().filter_map(|e| e.api_error()).collect();
+    if api_errors
+        .iter()
+        .any(|e| matches!(e, ApiError::Unauthorized { .. }))
+    {
+        eprintln!("hint: {AUTH_HINT}");
+        return exit::AUTH;
+    }
+    if summary.runs() == 0
+        && api_errors.len() == errors.len()
+        && api_errors.iter().all(|e| e.is_connect())
+    {
+        eprintln!("hint: {UNREACHABLE_HINT}");
+        return exit::UNREACHABLE;
+    }
+    exit::PARTIAL_FAILURE
+}
+
+/// Prints `error: …`, a `caused by: …` line per cause, and an optional `hint: …`.
+pub fn report_error(error: &dyn std::error::Error, hint: Option<&str>) {
+    eprintln!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+}
+
+async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
+    let sim_config = SimConfig {
+        seed: args.seed,
+        workflows: args.workflows,
+        runs_per_workflow: args.runs,
+        vary_runs: true,
+        ..SimConfig::default()
+    };
+    let server = match SimServer::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await {
+        Ok(server) => server,
+        Err(e) => {
+            report_error(&e, Some("the demo needs a free port on 127.0.0.1"));
+            return exit::INTERNAL;
+        }
+    };
+    println!(
+        "simulator: serving {} workflows at {}",
+        args.workflows,
+        server.base_url()
+    );
+    let inputs = ExportInputs {
+        base_url: server.base_url(),
+        api_key_env: Some(simulate::DEFAULT_SIM_KEY.to_owned()),
+        all_workflows: true,
+        ..export_inputs(&args.tuning, args.out)
+    };
+    let config: ExportConfig = match inputs.validate() {
+        Ok(config) => config,
+        Err(e) => {
+            report_error(&e, None);
+            return exit::USAGE;
+        }
+    };
+    let out = config.out.clone();
+    let code = finish_export(pipeline::export(config, reporter(bars)).await, &out);
+    if code == exit::SUCCESS {
+        print!("{}", summary::query_help(&out));
+    }
+    server.stop();
+    code
+}
+
+async fn run_simulate(args: SimulateArgs) -> i32 {
+    let api_key =
+        std::env::var(config::API_KEY_ENV).unwrap_or_else(|_| simulate::DEFAULT_SIM_KEY.to_owned());
+    let using_default = api_key == simulate::DEFAULT_SIM_KEY;
+    let sim_config = SimConfig {
+        seed: args.seed,
+        workflows: args.workflows,
+        runs_per_workflow: args.runs,
+        vary_runs: args.vary_runs,
+        page_cap: args.page_cap,
+        api_key,
+        latency: Duration::from_millis(args.latency_ms),
+        ..SimConfig::default()
+    };
+    let server = match SimServer::start(sim_config, args.listen).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+            return exit::USAGE;
+        }
+    };
+    println!(
+        "simulator: serving {} workflows at {}",
+        args.workflows,
+        server.base_url()
+    );
+    if using_default {
+        println!(
+            "simulator: accepting the key `{}` (set ORCHESTRA_API_KEY to choose another)",
+            simulate::DEFAULT_SIM_KEY
+        );
+    } else {
+        println!("simulator: accepting the key from ORCHESTRA_API_KEY");
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    server.stop();
+    exit::SUCCESS
+}

@@ -1,0 +1,287 @@
+//! Config: the validated settings of an export, built once from flags and environment.
+//!
+//! Nothing below this module reads flags or environment variables. Every check that can fail
+//! before a request is sent happens here, with an error that names the flag or file involved.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::api::{self, ApiKey, ClientOptions, RetryPolicy};
+use crate::extract::{DEFAULT_MAX_WINDOW, ExtractOptions};
+
+/// Environment variable holding the API key.
+pub const API_KEY_ENV: &str = "ORCHESTRA_API_KEY";
+/// Default dataset folder.
+pub const DEFAULT_OUT: &str = "data/export";
+/// Default `limit` per page, the API's own default.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Default requests in flight: enough to hide latency, gentle on the API.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// A configuration problem; exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No key anywhere.
+    #[error("no API key: set `{API_KEY_ENV}` or pass `--api-key-file PATH`")]
+    NoApiKey,
+    /// The key file could not be read.
+    #[error("cannot read API key file `{}`", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key is empty.
+    #[error("the API key from {from} is empty")]
+    EmptyKey { from: String },
+    /// The workflows file could not be read.
+    #[error("cannot read workflows file `{}`", path.display())]
+    WorkflowsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No workflow selected.
+    #[error(
+        "no workflows to export: pass `--workflow ID`, `--workflows-file PATH` or `--all-workflows`"
+    )]
+    NoWorkflows,
+    /// A workflow id that cannot be a URL path segment.
+    #[error("invalid workflow id `{id}`: {reason}")]
+    WorkflowId { id: String, reason: &'static str },
+    /// The base URL is not usable.
+    #[error("invalid `--base-url` `{url}`: {reason}")]
+    BaseUrl { url: String, reason: String },
+}
+
+/// Validated settings of `export`.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// HTTP client settings, key included.
+    pub client: ClientOptions,
+    /// Workflows named explicitly (flags and file), de-duplicated, in order.
+    pub workflow_ids: Vec<String>,
+    /// Also export every workflow `GET /workflows` lists.
+    pub all_workflows: bool,
+    /// Dataset root.
+    pub out: PathBuf,
+    /// Paging settings.
+    pub extract: ExtractOptions,
+}
+
+/// Raw inputs, as the CLI collected them.
+#[derive(Debug, Clone, Default)]
+pub struct ExportInputs {
+    pub base_url: String,
+    pub api_key_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    pub workflows: Vec<String>,
+    pub workflows_file: Option<PathBuf>,
+    pub all_workflows: bool,
+    pub out: PathBuf,
+    pub page_size: u32,
+    pub concurrency: usize,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+}
+
+impl ExportInputs {
+    /// Validates everything and loads the key and workflows file.
+    pub fn validate(self) -> Result<ExportConfig, ConfigError> {
+        let base_url = parse_base_url(&self.base_url)?;
+        let key = load_key(self.api_key_file.as_deref(), self.api_key_env.as_deref())?;
+        let mut ids = self.workflows;
+        if let Some(path) = &self.workflows_file {
+            ids.extend(read_workflows_file(path)?);
+        }
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+        for id in &ids {
+            check_workflow_id(id)?;
+        }
+        if ids.is_empty() && !self.all_workflows {
+            return Err(ConfigError::NoWorkflows);
+        }
+        let concurrency = self.concurrency.max(1);
+        Ok(ExportConfig {
+            client: ClientOptions {
+                base_url,
+                key,
+                concurrency,
+                request_timeout: self.request_timeout,
+                connect_timeout: api::DEFAULT_CONNECT_TIMEOUT.min(self.request_timeout),
+                retry: RetryPolicy {
+                    max_retries: self.max_retries,
+                    ..RetryPolicy::default()
+                },
+                max_response_bytes: api::DEFAULT_MAX_RESPONSE_BYTES,
+            },
+            workflow_ids: ids,
+            all_workflows: self.all_workflows,
+            out: self.out,
+            extract: ExtractOptions {
+                page_size: self.page_size,
+                max_window: concurrency.min(DEFAULT_MAX_WINDOW),
+                parallel_workflows: concurrency,
+            },
+        })
+    }
+}
+
+/// Parses and checks a base URL: http(s), no query or fragment.
+pub fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
+    let bad = |reason: String| ConfigError::BaseUrl {
+        url: text.to_owned(),
+        reason,
+    };
+    let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "scheme `{}` is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host".to_owned()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment".to_owned()));
+    }
+    Ok(url)
+}
+
+fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return ApiKey::new(&text).ok_or_else(|| ConfigError::EmptyKey {
+            from: format!("`{}`", path.display()),
+        });
+    }
+    match env {
+        Some(value) => ApiKey::new(value).ok_or_else(|| ConfigError::EmptyKey {
+            from: format!("`{API_KEY_ENV}`"),
+        }),
+        None => Err(ConfigError::NoApiKey),
+    }
+}
+
+/// Reads one workflow id per line; blank lines and `#` comments are skipped.
+pub fn read_workflows_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::WorkflowsFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_workflow_lines(&text))
+}
+
+fn parse_workflow_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn check_workflow_id(id: &str) -> Result<(), ConfigError> {
+    let reason = if id.trim().is_empty() {
+        "it is empty"
+    } else if id == "." || id == ".." {
+        "`.` and `..` cannot be used as a URL path segment"
+    } else if id.chars().any(char::is_control) {
+        "it contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::WorkflowId {
+        id: id.escape_debug().to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ExportInputs {
+        ExportInputs {
+            base_url: api::DEFAULT_BASE_URL.to_owned(),
+            api_key_env: Some("k".to_owned()),
+            workflows: vec!["w".to_owned()],
+            out: DEFAULT_OUT.into(),
+            page_size: 100,
+            concurrency: 4,
+            request_timeout: Duration::from_secs(5),
+            ..ExportInputs::default()
+        }
+    }
+
+    #[test]
+    fn invalid_inputs_name_what_is_wrong() {
+        type Case = (&'static str, fn(&mut ExportInputs), &'static str);
+        let cases: [Case; 7] = [
+            ("no key", |i| i.api_key_env = None, "no API key"),
+            (
+                "blank key",
+                |i| i.api_key_env = Some(" \n".into()),
+                "is empty",
+            ),
+            (
+                "no workflows",
+                |i| i.workflows.clear(),
+                "no workflows to export",
+            ),
+            (
+                "dot id",
+                |i| i.workflows = vec!["..".into()],
+                "invalid workflow id `..`",
+            ),
+            (
+                "ftp url",
+                |i| i.base_url = "ftp://h/x".into(),
+                "scheme `ftp`",
+            ),
+            (
+                "not a url",
+                |i| i.base_url = "orchestra".into(),
+                "invalid `--base-url` `orchestra`",
+            ),
+            (
+                "missing key file",
+                |i| i.api_key_file = Some("/nonexistent/key".into()),
+                "cannot read API key file `/nonexistent/key`",
+            ),
+        ];
+        for (name, mutate, want) in cases {
+            let mut i = inputs();
+            mutate(&mut i);
+            let err = i.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn workflow_lines_skip_blanks_and_comments_and_dedupe() {
+        let text = "# prod\nwf-1\n\n  wf-2  \n# wf-3\nwf-1\n";
+        assert_eq!(parse_workflow_lines(text), ["wf-1", "wf-2", "wf-1"]);
+        let mut i = inputs();
+        i.workflows = parse_workflow_lines(text);
+        assert_eq!(i.validate().unwrap().workflow_ids, ["wf-1", "wf-2"]);
+    }
+
+    #[test]
+    fn key_file_wins_and_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let mut i = inputs();
+        i.api_key_file = Some(path);
+        let config = i.validate().unwrap();
+        assert_eq!(format!("{:?}", config.client.key), "ApiKey(***)");
+        assert!(!format!("{config:?}").contains("from-file"));
+    }
+}

@@ -1,0 +1,48 @@
+//! Dataset: streams flattened rows into Hive-partitioned Parquet files under the export root.
+//!
+//! It owns file layout (`{table}/date=YYYY-MM-DD/part-{export}-{seq}.parquet`), Parquet
+//! properties and the memory bound of the writing stage. It never talks to the API and never
+//! decides what a row contains (`flatten` does); files reach disk only through [`storage`].
+
+pub mod schema;
+pub mod storage;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use schema::{PartitionDate, Table};
+pub use storage::{LocalStorage, StagedFile, Storage};
+pub use writer::{DatasetWriter, WriteSummary, WriterOptions, write_jsonl, write_snapshot};
+
+/// Errors of the dataset stage; each names the file or folder involved.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// A file-system operation failed.
+    #[error("cannot {action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The export root exists and is not a folder.
+    #[error("`{}` is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    /// The Parquet encoder failed.
+    #[error("cannot write Parquet file `{path}`")]
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
+
+impl DatasetError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The storage seam: the only code that knows how a file appears atomically under the export root.
+//!
+//! Writers stream into a [`StagedFile`]; nothing is visible to readers until
+//! [`StagedFile::commit`]. On local disk a staged file is a hidden temp file in the destination
+//! folder (its name starts with `.` and ends in `.tmp`, so `**/*.parquet` globs never match it),
+//! committed by fsync, rename and fsync of the folder. Object storage arrives behind the same trait.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::DatasetError;
+
+/// Buffer in front of each staged local file; Parquet writes in page-sized chunks anyway.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Where committed files live. Paths are relative, `/`-separated, below the export root.
+pub trait Storage: Send + Sync {
+    /// Starts a new file at `path`; it stays invisible until committed.
+    fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError>;
+    /// Names of the committed files directly inside folder `dir` (empty when it does not exist).
+    fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
+    /// Removes a committed file.
+    fn remove(&self, path: &str) -> Result<(), DatasetError>;
+    /// How to show `path` to a person (an absolute path or URL).
+    fn display(&self, path: &str) -> String;
+}
+
+/// A file being written; dropped without `commit`, it disappears.
+pub trait StagedFile: Write + Send {
+    /// Makes the file durable and visible at its final path, returning its size in bytes.
+    fn commit(self: Box<Self>) -> Result<u64, DatasetError>;
+}
+
+/// A folder on the local file system.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Opens (creating if needed) the export root `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, DatasetError> {
+        let root = root.into();
+        if root.exists() && !root.is_dir() {
+            return Err(DatasetError::NotADirectory { path: root });
+        }
+        fs::create_dir_all(&root).map_err(|source| DatasetError::io("create", &root, source))?;
+        Ok(Self { root })
+    }
+
+    /// The export root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Storage for LocalStorage {
+    fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError> {
+        let target = self.full(path);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|source| DatasetError::io("create", &dir, source))?;
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{name}.{}-{seq}.tmp", std::process::id()));
+        let file =
+            File::create(&temp).map_err(|source| DatasetError::io("create", &temp, source))?;
+        Ok(Box::new(LocalStaged {
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
+            temp,
+            target,
+            dir,
+        }))
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+        let full = self.full(dir);
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(DatasetError::io("list", &full, source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| DatasetError::io("list", &full, source))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), DatasetError> {
+        let full = self.full(path);
+        fs::remove_file(&full).map_err(|source| DatasetError::io("remove", &full, source))
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.full(path).display().to_string()
+    }
+}
+
+struct LocalStaged {
+    file: Option<BufWriter<File>>,
+    temp: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+}
+
+impl Write for LocalStaged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().map_or(Ok(0), |f| f.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl StagedFile for LocalStaged {
+    fn commit(mut self: Box<Self>) -> Result<u64, DatasetError> {
+        let Some(writer) = self.file.take() else {
+            return Err(DatasetError::io(
+                "commit",
+                &self.target,
+                io::Error::other("file already committed"),
+            ));
+        };
+        let file = writer
+            .into_inner()
+            .map_err(|e| DatasetError::io("write", &self.temp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|source| DatasetError::io("sync", &self.temp, source))?;
+        let bytes = file
+            .metadata()
+            .map_err(|source| DatasetError::io("stat", &self.temp, source))?
+            .len();
+        drop(file);
+        fs::rename(&self.temp, &self.target)
+            .map_err(|source| DatasetError::io("rename", &self.target, source))?;
+        // Make the rename itself durable.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| DatasetError::io("sync", &self.dir, source))?;
+        Ok(bytes)
+    }
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Not committed: the temp file must not linger.
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_file_is_invisible_until_commit_and_gone_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        let mut staged = store.create("t/date=2025-01-01/a.parquet").unwrap();
+        staged.write_all(b"hello").unwrap();
+        assert!(store.list("t/date=2025-01-01").unwrap().is_empty());
+        assert_eq!(staged.commit().unwrap(), 5);
+        assert_eq!(store.list("t/date=2025-01-01").unwrap(), ["a.parquet"]);
+
+        let mut dropped = store.create("t/date=2025-01-01/b.parquet").unwrap();
+        dropped.write_all(b"partial").unwrap();
+        drop(dropped);
+        let names: Vec<_> = fs::read_dir(dir.path().join("t/date=2025-01-01"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["a.parquet"]);
+    }
+
+    #[test]
+    fn a_file_as_root_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let err = LocalStorage::open(&file).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! The streaming Parquet writer: one open file per (table, partition), bounded memory.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::DatasetError;
+use super::schema::{PartitionDate, Table};
+use super::storage::{StagedFile, Storage};
+use crate::flatten::PartitionRows;
+
+/// Rows per Parquet row group: large enough for good compression and fast scans, small enough
+/// that one open partition buffers only a few MB.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// A partition file is closed and a new one started after this many rows.
+const MAX_ROWS_PER_FILE: usize = 4 * 1024 * 1024;
+/// Encoded-but-unflushed bytes all open files may hold together before the largest is flushed.
+const DEFAULT_MEMORY_BUDGET: usize = 96 * 1024 * 1024;
+/// zstd level 3: zstd's default, most of the ratio at a fraction of the CPU of higher levels.
+const ZSTD_LEVEL: i32 = 3;
+/// Columns that are nearly unique per row, where a dictionary only costs time.
+const NO_DICTIONARY_COLUMNS: [&str; 5] = ["run_id", "outputs", "inputs", "value", "extracted_at"];
+
+/// Tunables of the writer; the defaults suit any history size.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Identifies this export in file names (`part-{export_id}-{seq}.parquet`).
+    pub export_id: String,
+    /// Bound on buffered, not yet flushed, encoded bytes across open files.
+    pub memory_budget: usize,
+}
+
+impl WriterOptions {
+    /// Options with the default memory budget.
+    pub fn new(export_id: impl Into<String>) -> Self {
+        Self {
+            export_id: export_id.into(),
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// What a writer committed.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSummary {
+    /// Committed files: table, relative path, rows, bytes.
+    pub files: Vec<WrittenFile>,
+}
+
+/// One committed file.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    /// Table the file belongs to.
+    pub table: Table,
+    /// Path relative to the export root.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: usize,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl WriteSummary {
+    /// Rows committed to `table`.
+    pub fn rows(&self, table: Table) -> usize {
+        self.files
+            .iter()
+            .filter(|f| f.table == table)
+            .map(|f| f.rows)
+            .sum()
+    }
+
+    /// Bytes committed in all files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+fn writer_properties() -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_created_by(format!("orchestra-export {}", env!("CARGO_PKG_VERSION")));
+    for column in NO_DICTIONARY_COLUMNS {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    builder.build()
+}
+
+struct OpenFile {
+    table: Table,
+    path: String,
+    rows: usize,
+    writer: ArrowWriter<Box<dyn StagedFile>>,
+}
+
+impl OpenFile {
+    fn close(self) -> Result<WrittenFile, DatasetError> {
+        let parquet_err = |source| DatasetError::Parquet {
+            path: self.path.clone(),
+            source,
+        };
+        let staged = self.writer.into_inner().map_err(parquet_err)?;
+        let bytes = staged.commit()?;
+        Ok(WrittenFile {
+            table: self.table,
+            path: self.path,
+            rows: self.rows,
+            bytes,
+        })
+    }
+}
+
+/// Streams partition rows into Parquet files; files appear when closed.
+pub struct DatasetWriter {
+    storage: Arc<dyn Storage>,
+    options: WriterOptions,
+    props: WriterProperties,
+    open: HashMap<(Table, PartitionDate), OpenFile>,
+    next_seq: u64,
+    summary: WriteSummary,
+}
+
+impl DatasetWriter {
+    /// A writer that commits through `storage`.
+    pub fn try_new(
+        storage: Arc<dyn Storage>,
+        options: WriterOptions,
+    ) -> Result<Self, DatasetError> {
+        Ok(Self {
+            storage,
+            options,
+            props: writer_properties(),
+            open: HashMap::new(),
+            next_seq: 0,
+            summary: WriteSummary::default(),
+        })
+    }
+
+    /// Writes one page's rows for one partition to the three run tables.
+    pub fn write(&mut self, rows: &PartitionRows) -> Result<(), DatasetError> {
+        self.write_batch(Table::Runs, rows.date, &rows.runs)?;
+        self.write_batch(Table::NodeOutputs, rows.date, &rows.node_outputs)?;
+        self.write_batch(Table::RunInputs, rows.date, &rows.run_inputs)?;
+        self.enforce_memory_budget()
+    }
+
+    /// Writes a batch of `table` to partition `date`.
+    pub fn write_batch(
+        &mut self,
+        table: Table,
+        date: PartitionDate,
+        batch: &RecordBatch,
+    ) -> Result<(), DatasetError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let key = (table, date);
+        if !self.open.contains_key(&key) {
+            let file = self.open_file(table, date)?;
+            self.open.insert(key, file);
+        }
+        let file = self.open.get_mut(&key).expect("inserted above");
+        file.writer
+            .write(batch)
+            .map_err(|source| DatasetError::Parquet {
+                path: file.path.clone(),
+                source,
+            })?;
+        file.rows += batch.num_rows();
+        if file.rows >= MAX_ROWS_PER_FILE {
+            let full = self.open.remove(&key).expect("present");
+            self.summary.files.push(full.close()?);
+        }
+        Ok(())
+    }
+
+    fn open_file(&mut self, table: Table, date: PartitionDate) -> Result<OpenFile, DatasetError> {
+        let path = format!(
+            "{}/{}/part-{}-{:05}.parquet",
+            table.name(),
+            date.dir_name(),
+            self.options.export_id,
+            self.next_seq
+        );
+        self.next_seq += 1;
+        let sink = self.storage.create(&path)?;
+        let writer = ArrowWriter::try_new(sink, table.schema(), Some(self.props.clone())).map_err(
+            |source| DatasetError::Parquet {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        Ok(OpenFile {
+            table,
+            path,
+            rows: 0,
+            writer,
+        })
+    }
+
+    /// Flushes the largest buffered row groups until the open files fit the memory budget.
+    fn enforce_memory_budget(&mut self) -> Result<(), DatasetError> {
+        loop {
+            let sizes = self
+                .open
+                .iter()
+                .map(|(k, f)| (*k, f.writer.in_progress_size()));
+            let total: usize = sizes.clone().map(|(_, s)| s).sum();
+            if total <= self.options.memory_budget {
+                return Ok(());
+            }
+            let Some((key, _)) = sizes.max_by_key(|(_, s)| *s) else {
+                return Ok(());
+            };
+            let file = self.open.get_mut(&key).expect("key from the map");
+            file.writer
+                .flush()
+                .map_err(|source| DatasetError::Parquet {
+                    path: file.path.clone(),
+                    source,
+                })?;
+        }
+    }
+
+    /// Bytes buffered in memory by open files.
+    pub fn buffered_bytes(&self) -> usize {
+        self.open
+            .values()
+            .map(|f| f.writer.in_progress_size())
+            .sum()
+    }
+
+    /// Closes and commits every open file.
+    pub fn close(mut self) -> Result<WriteSummary, DatasetError> {
+        let mut open: Vec<_> = self.open.drain().collect();
+        open.sort_by_key(|(key, _)| *key);
+        for (_, file) in open {
+            self.summary.files.push(file.close()?);
+        }
+        Ok(self.summary)
+    }
+}
+
+/// Replaces the whole unpartitioned `table` with `batch`: the new file is committed first, then
+/// the older files are removed, so readers always see a complete table.
+pub fn write_snapshot(
+    storage: &dyn Storage,
+    table: Table,
+    export_id: &str,
+    batch: &RecordBatch,
+) -> Result<WrittenFile, DatasetError> {
+    let dir = table.name();
+    let old = storage.list(dir)?;
+    let path = format!("{dir}/part-{export_id}-00000.parquet");
+    let sink = storage.create(&path)?;
+    let parquet_err = |source| DatasetError::Parquet {
+        path: path.clone(),
+        source,
+    };
+    let mut writer = ArrowWriter::try_new(sink, table.schema(), Some(writer_properties()))
+        .map_err(parquet_err)?;
+    writer.write(batch).map_err(parquet_err)?;
+    let bytes = writer.into_inner().map_err(parquet_err)?.commit()?;
+    for name in old.iter().filter(|n| n.ends_with(".parquet")) {
+        let old_path = format!("{dir}/{name}");
+        if old_path != path {
+            storage.remove(&old_path)?;
+        }
+    }
+    Ok(WrittenFile {
+        table,
+        path,
+        rows: batch.num_rows(),
+        bytes,
+    })
+}
+
+/// Writes `lines` (already JSON) as a JSON-lines file at `path`, atomically.
+pub fn write_jsonl(
+    storage: &dyn Storage,
+    path: &str,
+    lines: impl IntoIterator<Item = String>,
+) -> Result<u64, DatasetError> {
+    let mut file = storage.create(path)?;
+    let io_err = |source| DatasetError::io("write", std::path::Path::new(path), source);
+    for line in lines {
+        file.write_all(line.as_bytes()).map_err(io_err)?;
+        file.write_all(b"\n").map_err(io_err)?;
+    }
+    file.commit()
+}

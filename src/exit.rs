@@ -1,0 +1,16 @@
+//! Exit codes of `orchestra-export`, documented in one place (also in the README).
+
+/// Every workflow was exported completely.
+pub const SUCCESS: i32 = 0;
+/// Some workflows failed; the others were exported and committed.
+pub const PARTIAL_FAILURE: i32 = 1;
+/// Bad command line, configuration or input file; nothing was fetched.
+pub const USAGE: i32 = 2;
+/// The API rejected the key (401/403); the export stopped.
+pub const AUTH: i32 = 3;
+/// The dataset could not be written (permissions, disk full, `--out` is a file).
+pub const OUTPUT: i32 = 4;
+/// The API could not be reached at all (connection refused, DNS, TLS).
+pub const UNREACHABLE: i32 = 5;
+/// A bug: an invariant broke. Please report it.
+pub const INTERNAL: i32 = 70;

@@ -1,0 +1,421 @@
+//! Flatten: one page of the run-history API (a JSON array) into Arrow record batches.
+//!
+//! This module owns the mapping from the wire format to the dataset's tables — every column of
+//! `runs`, `node_outputs` and `run_inputs` is produced here, in [`RowsBuilder`] — and the rules for
+//! records that cannot be runs (they become [`Rejected`] entries with a reason). It is pure and
+//! synchronous: no I/O, no async, no knowledge of files or partitions' storage. Callers run it on
+//! rayon threads, off the async runtime.
+//!
+//! Value encoding, shared by every JSON-valued column: a JSON string is stored verbatim (unescaped),
+//! JSON `null` is SQL NULL, and any other value is stored as compact JSON text with its object key
+//! order kept. A `value_type` column names the JSON type (`string`, `object`, `array`, `number`,
+//! `boolean`, `null`).
+
+mod time;
+mod workflows;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::compute::filter_record_batch;
+use serde_json::Value;
+
+use crate::dataset::schema::{self, PartitionDate};
+pub use time::{format_timestamp, parse_timestamp};
+pub use workflows::{WorkflowList, flatten_workflows};
+
+/// Why a page could not be flattened at all (the records in it are unknown).
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The body is not valid JSON.
+    #[error("response is not valid JSON (line {line}, column {column}): {message}")]
+    Malformed {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The body is JSON, but not the array of runs the API documents.
+    #[error("expected a JSON array of runs, got {found}")]
+    NotAnArray { found: &'static str },
+}
+
+/// Where a page came from; stamped on every row and rejected record.
+#[derive(Debug, Clone, Copy)]
+pub struct PageContext<'a> {
+    /// The workflow whose history this page is.
+    pub workflow_id: &'a str,
+    /// The `offset` the page was requested at.
+    pub offset: u64,
+    /// When the page was received, microseconds since the Unix epoch (UTC).
+    pub extracted_at_us: i64,
+}
+
+/// A record that cannot be a run, kept with the reason so nothing is silently dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Workflow the page belonged to.
+    pub workflow_id: String,
+    /// Offset of the page.
+    pub offset: u64,
+    /// Position of the record inside the page.
+    pub index: usize,
+    /// Human-readable reason, e.g. "`id` is missing".
+    pub reason: String,
+    /// The record exactly as parsed.
+    pub record: Value,
+}
+
+/// The rows of one partition (one UTC start date) of one page, one batch per table.
+#[derive(Debug, Clone)]
+pub struct PartitionRows {
+    /// The partition these rows belong to.
+    pub date: PartitionDate,
+    /// Rows of the `runs` table.
+    pub runs: RecordBatch,
+    /// Rows of the `node_outputs` table.
+    pub node_outputs: RecordBatch,
+    /// Rows of the `run_inputs` table.
+    pub run_inputs: RecordBatch,
+}
+
+/// A flattened page.
+#[derive(Debug, Default)]
+pub struct FlatPage {
+    /// How many records the page held (runs and rejected alike): drives paging.
+    pub record_count: usize,
+    /// Run ids accepted from this page, in page order.
+    pub run_ids: Vec<String>,
+    /// Rows grouped by partition.
+    pub partitions: Vec<PartitionRows>,
+    /// Records that could not be runs.
+    pub rejected: Vec<Rejected>,
+    /// Timestamps or numbers present but unreadable (stored as NULL).
+    pub unreadable_values: usize,
+    /// Records repeating a run id seen earlier in the same page (the first one is kept).
+    pub duplicates: usize,
+}
+
+impl FlatPage {
+    /// Rows in the `runs` table across partitions.
+    pub fn run_rows(&self) -> usize {
+        self.partitions.iter().map(|p| p.runs.num_rows()).sum()
+    }
+
+    /// Removes the runs whose id `drop` selects, and their child rows, from every table.
+    pub fn drop_runs(&mut self, drop: impl Fn(&str) -> bool) {
+        self.run_ids.retain(|id| !drop(id));
+        for part in &mut self.partitions {
+            part.runs = filter_by_run_id(&part.runs, &drop);
+            part.node_outputs = filter_by_run_id(&part.node_outputs, &drop);
+            part.run_inputs = filter_by_run_id(&part.run_inputs, &drop);
+        }
+        self.partitions.retain(|p| p.runs.num_rows() > 0);
+    }
+}
+
+fn filter_by_run_id(batch: &RecordBatch, drop: &impl Fn(&str) -> bool) -> RecordBatch {
+    let ids = batch
+        .column_by_name("run_id")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .expect("every table has a non-null utf8 run_id column");
+    let keep: BooleanArray = ids.iter().map(|id| Some(!drop(id.unwrap_or("")))).collect();
+    filter_record_batch(batch, &keep).expect("filtering a batch by a mask of its own length")
+}
+
+/// Flattens one page body (the bytes of a `GET /workflows/{id}/runs` response).
+pub fn flatten_page(body: &[u8], ctx: PageContext<'_>) -> Result<FlatPage, PageError> {
+    let page: Value = serde_json::from_slice(body).map_err(|e| PageError::Malformed {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let records = match page {
+        Value::Array(records) => records,
+        other => {
+            return Err(PageError::NotAnArray {
+                found: json_type(&other),
+            });
+        }
+    };
+    Ok(flatten_records(records, ctx))
+}
+
+/// Flattens already-parsed records (one page's worth).
+pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
+    let mut out = FlatPage {
+        record_count: records.len(),
+        ..FlatPage::default()
+    };
+    // BTreeMap keeps partitions in date order, so output is deterministic.
+    let mut by_date: BTreeMap<PartitionDate, RowsBuilder> = BTreeMap::new();
+    let mut ids_in_page: HashSet<String> = HashSet::new();
+    for (index, record) in records.into_iter().enumerate() {
+        let run = match RunFields::from_record(&record) {
+            Ok(run) => run,
+            Err(reason) => {
+                out.rejected.push(Rejected {
+                    workflow_id: ctx.workflow_id.to_owned(),
+                    offset: ctx.offset,
+                    index,
+                    reason,
+                    record,
+                });
+                continue;
+            }
+        };
+        if !ids_in_page.insert(run.id.clone()) {
+            out.duplicates += 1;
+            continue;
+        }
+        out.unreadable_values += run.unreadable;
+        out.run_ids.push(run.id.clone());
+        by_date
+            .entry(PartitionDate::from_micros(run.start_time))
+            .or_default()
+            .push(&run, &record, ctx);
+    }
+    out.partitions = by_date
+        .into_iter()
+        .map(|(date, rows)| rows.finish(date))
+        .collect();
+    out
+}
+
+/// The scalar fields of one run, decoded from a record.
+struct RunFields {
+    id: String,
+    start_time: Option<i64>,
+    end_time: Option<i64>,
+    elapsed_time: Option<i64>,
+    unreadable: usize,
+}
+
+impl RunFields {
+    fn from_record(record: &Value) -> Result<Self, String> {
+        let Value::Object(map) = record else {
+            return Err(format!(
+                "record is a JSON {}, not an object",
+                json_type(record)
+            ));
+        };
+        let id = match map.get("id") {
+            None => return Err("`id` is missing".to_owned()),
+            Some(Value::Null) => return Err("`id` is null".to_owned()),
+            Some(Value::String(s)) if s.is_empty() => return Err("`id` is empty".to_owned()),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => return Err(format!("`id` is a JSON {}", json_type(other))),
+        };
+        let mut unreadable = 0;
+        let mut timestamp = |field: &str| match map.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                let parsed = parse_timestamp(s);
+                unreadable += usize::from(parsed.is_none());
+                parsed
+            }
+            Some(_) => {
+                unreadable += 1;
+                None
+            }
+        };
+        let start_time = timestamp("start_time");
+        let end_time = timestamp("end_time");
+        let elapsed_time = match map.get("elapsed_time") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let parsed = integer_seconds(v);
+                unreadable += usize::from(parsed.is_none());
+                parsed
+            }
+        };
+        Ok(Self {
+            id,
+            start_time,
+            end_time,
+            elapsed_time,
+            unreadable,
+        })
+    }
+
+    /// End minus start in whole milliseconds (truncated), when both are known.
+    fn duration_ms(&self) -> Option<i64> {
+        Some((self.end_time? - self.start_time?) / 1000)
+    }
+}
+
+/// Whole seconds from a JSON number or numeric string; fractions are truncated toward zero.
+fn integer_seconds(v: &Value) -> Option<i64> {
+    let float = match v {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Some(i);
+            }
+            n.as_f64()?
+        }
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(i) = s.parse::<i64>() {
+                return Some(i);
+            }
+            s.parse::<f64>().ok()?
+        }
+        _ => return None,
+    };
+    // `as` saturates; reject values that do not fit rather than storing a clamped number.
+    (float.is_finite() && float.abs() < 9.2e18).then(|| float.trunc() as i64)
+}
+
+/// The JSON type name used in `value_type` columns and messages.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Appends a JSON value with the shared encoding: strings verbatim, null as NULL, else compact JSON.
+fn append_json(builder: &mut StringBuilder, v: Option<&Value>) {
+    match v {
+        None | Some(Value::Null) => builder.append_null(),
+        Some(Value::String(s)) => builder.append_value(s),
+        Some(other) => builder.append_value(other.to_string()),
+    }
+}
+
+/// Column builders for the three tables of one partition.
+#[derive(Default)]
+struct RowsBuilder {
+    runs: RunsColumns,
+    nodes: ChildColumns,
+    inputs: ChildColumns,
+}
+
+#[derive(Default)]
+struct RunsColumns {
+    workflow_id: StringBuilder,
+    run_id: StringBuilder,
+    status: StringBuilder,
+    start_time: TimestampMicrosecondBuilder,
+    end_time: TimestampMicrosecondBuilder,
+    elapsed_time: Int64Builder,
+    duration_ms: Int64Builder,
+    error: StringBuilder,
+    outputs: StringBuilder,
+    node_count: Int32Builder,
+    inputs: StringBuilder,
+    extracted_at: TimestampMicrosecondBuilder,
+}
+
+/// Columns of `node_outputs` and `run_inputs`; `position` is `node_index` (inputs have none).
+#[derive(Default)]
+struct ChildColumns {
+    workflow_id: StringBuilder,
+    run_id: StringBuilder,
+    start_time: TimestampMicrosecondBuilder,
+    name: StringBuilder,
+    position: Int32Builder,
+    value_type: StringBuilder,
+    value: StringBuilder,
+}
+
+impl ChildColumns {
+    /// Appends one row per entry of `obj` (nothing when it is not an object).
+    fn push_entries(&mut self, run: &RunFields, obj: Option<&Value>, ctx: PageContext<'_>) {
+        let Some(Value::Object(map)) = obj else {
+            return;
+        };
+        for (index, (name, value)) in map.iter().enumerate() {
+            self.workflow_id.append_value(ctx.workflow_id);
+            self.run_id.append_value(&run.id);
+            self.start_time.append_option(run.start_time);
+            self.name.append_value(name);
+            self.position
+                .append_value(i32::try_from(index).unwrap_or(i32::MAX));
+            self.value_type.append_value(json_type(value));
+            append_json(&mut self.value, Some(value));
+        }
+    }
+
+    fn finish(mut self, schema: arrow::datatypes::SchemaRef, with_position: bool) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.workflow_id.finish()),
+            Arc::new(self.run_id.finish()),
+            Arc::new(self.start_time.finish().with_timezone(schema::UTC)),
+            Arc::new(self.name.finish()),
+        ];
+        if with_position {
+            columns.push(Arc::new(self.position.finish()));
+        }
+        columns.push(Arc::new(self.value_type.finish()));
+        columns.push(Arc::new(self.value.finish()));
+        RecordBatch::try_new(schema, columns).expect("child columns match their schema")
+    }
+}
+
+impl RowsBuilder {
+    fn push(&mut self, run: &RunFields, record: &Value, ctx: PageContext<'_>) {
+        let field = |name: &str| record.get(name);
+        let all_outputs = field("all_outputs");
+        let r = &mut self.runs;
+        r.workflow_id.append_value(ctx.workflow_id);
+        r.run_id.append_value(&run.id);
+        append_json(&mut r.status, field("status"));
+        r.start_time.append_option(run.start_time);
+        r.end_time.append_option(run.end_time);
+        r.elapsed_time.append_option(run.elapsed_time);
+        r.duration_ms.append_option(run.duration_ms());
+        append_json(&mut r.error, field("error"));
+        append_json(&mut r.outputs, field("outputs"));
+        let node_count = match all_outputs {
+            Some(Value::Object(m)) => m.len(),
+            _ => 0,
+        };
+        r.node_count
+            .append_value(i32::try_from(node_count).unwrap_or(i32::MAX));
+        match field("inputs") {
+            None | Some(Value::Null) => r.inputs.append_null(),
+            Some(v) => r.inputs.append_value(v.to_string()),
+        }
+        r.extracted_at.append_value(ctx.extracted_at_us);
+        self.nodes.push_entries(run, all_outputs, ctx);
+        self.inputs.push_entries(run, field("inputs"), ctx);
+    }
+
+    fn finish(self, date: PartitionDate) -> PartitionRows {
+        let mut r = self.runs;
+        let utc =
+            |b: &mut TimestampMicrosecondBuilder| Arc::new(b.finish().with_timezone(schema::UTC));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(r.workflow_id.finish()),
+            Arc::new(r.run_id.finish()),
+            Arc::new(r.status.finish()),
+            utc(&mut r.start_time),
+            utc(&mut r.end_time),
+            Arc::new(r.elapsed_time.finish()),
+            Arc::new(r.duration_ms.finish()),
+            Arc::new(r.error.finish()),
+            Arc::new(r.outputs.finish()),
+            Arc::new(r.node_count.finish()),
+            Arc::new(r.inputs.finish()),
+            utc(&mut r.extracted_at),
+        ];
+        PartitionRows {
+            date,
+            runs: RecordBatch::try_new(schema::runs(), columns).expect("runs columns match schema"),
+            node_outputs: self.nodes.finish(schema::node_outputs(), true),
+            run_inputs: self.inputs.finish(schema::run_inputs(), false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

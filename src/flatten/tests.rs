@@ -1,0 +1,291 @@
+//! Flattening tests on the sample pages in `data/samples/`.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+
+use super::*;
+
+const DOCS_EXAMPLE: &str = include_str!("../../data/samples/docs-example.json");
+const VARIED: &str = include_str!("../../data/samples/varied-shapes.json");
+const NOW: i64 = 1_800_000_000_000_000;
+
+fn ctx() -> PageContext<'static> {
+    PageContext {
+        workflow_id: "wf-1",
+        offset: 0,
+        extracted_at_us: NOW,
+    }
+}
+
+fn text(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_owned))
+        .collect()
+}
+
+fn micros(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>()
+        .iter()
+        .collect()
+}
+
+fn int64(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .iter()
+        .collect()
+}
+
+fn int32(batch: &RecordBatch, column: &str) -> Vec<Option<i32>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<Int32Type>()
+        .iter()
+        .collect()
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_owned())
+}
+
+fn partition<'a>(page: &'a FlatPage, date: &str) -> &'a PartitionRows {
+    page.partitions
+        .iter()
+        .find(|p| p.date.dir_name() == format!("date={date}"))
+        .unwrap_or_else(|| panic!("no partition {date}"))
+}
+
+#[test]
+fn docs_example_becomes_one_run_two_nodes_one_input() {
+    let page = flatten_page(DOCS_EXAMPLE.as_bytes(), ctx()).unwrap();
+    assert_eq!(page.record_count, 1);
+    assert_eq!(page.run_ids, ["a40d4d53-7e5e-432b-8f23-8afdc53eefa3"]);
+    let p = partition(&page, "2025-03-12");
+    let runs = &p.runs;
+    assert_eq!(text(runs, "status"), [s("completed")]);
+    assert_eq!(micros(runs, "start_time"), [Some(1_741_750_770_476_391)]);
+    assert_eq!(micros(runs, "end_time"), [Some(1_741_750_776_133_074)]);
+    assert_eq!(int64(runs, "elapsed_time"), [Some(5)]);
+    assert_eq!(int64(runs, "duration_ms"), [Some(5656)]);
+    assert_eq!(text(runs, "error"), [None]);
+    assert!(
+        text(runs, "outputs")[0]
+            .as_deref()
+            .unwrap()
+            .starts_with("Here's a weather-related joke")
+    );
+    assert_eq!(int32(runs, "node_count"), [Some(2)]);
+    assert_eq!(
+        text(runs, "inputs"),
+        [s(r#"{"prompt":"Tell me a joke about the weather"}"#)]
+    );
+    assert_eq!(micros(runs, "extracted_at"), [Some(NOW)]);
+    assert_eq!(text(&p.node_outputs, "node"), [s("prompt"), s("model")]);
+    assert_eq!(int32(&p.node_outputs, "node_index"), [Some(0), Some(1)]);
+    assert_eq!(
+        text(&p.node_outputs, "value_type"),
+        [s("string"), s("string")]
+    );
+    assert_eq!(text(&p.run_inputs, "name"), [s("prompt")]);
+    assert_eq!(
+        text(&p.run_inputs, "value"),
+        [s("Tell me a joke about the weather")]
+    );
+}
+
+#[test]
+fn values_keep_their_type_order_and_exact_text() {
+    let page = flatten_page(VARIED.as_bytes(), ctx()).unwrap();
+    // 13th, 00:00 UTC: +02:00 converted to UTC lands on the 13th at 20:30.
+    let p = partition(&page, "2025-03-13");
+    let runs = &p.runs;
+    let row = text(runs, "run_id")
+        .iter()
+        .position(|id| id.as_deref() == Some("run-object-outputs"))
+        .unwrap();
+    assert_eq!(
+        micros(runs, "start_time")[row],
+        parse_timestamp("2025-03-13T20:30:00.000001Z")
+    );
+    assert_eq!(
+        int64(runs, "elapsed_time")[row],
+        Some(7),
+        "7.9 truncates to 7"
+    );
+    assert_eq!(int64(runs, "duration_ms")[row], Some(7499));
+    assert_eq!(
+        text(runs, "outputs")[row],
+        s(r#"{"model":"Done","score":0.5}"#)
+    );
+    assert_eq!(int32(runs, "node_count")[row], Some(6));
+
+    let nodes = &p.node_outputs;
+    let of_run: Vec<usize> = text(nodes, "run_id")
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| id.as_deref() == Some("run-object-outputs"))
+        .map(|(i, _)| i)
+        .collect();
+    let pick = |col: &str| -> Vec<Option<String>> {
+        let all = text(nodes, col);
+        of_run.iter().map(|i| all[*i].clone()).collect()
+    };
+    assert_eq!(
+        pick("node"),
+        [
+            s("prompt"),
+            s("classify"),
+            s("list"),
+            s("flag"),
+            s("count"),
+            s("nothing")
+        ]
+    );
+    assert_eq!(
+        pick("value_type"),
+        [
+            s("string"),
+            s("object"),
+            s("array"),
+            s("boolean"),
+            s("number"),
+            s("null")
+        ]
+    );
+    assert_eq!(
+        pick("value"),
+        [
+            s("Classify \u{0} this: 東京 résumé"),
+            s(r#"{"label":"billing","score":0.93,"tags":["a","b"],"z":null,"a":1}"#),
+            s(r#"[1,"two",{"three":3}]"#),
+            s("true"),
+            s("42"),
+            None,
+        ]
+    );
+    let inputs = &p.run_inputs;
+    let values: Vec<_> = text(inputs, "value");
+    assert!(values.contains(&s(r#"{"z":1,"a":2}"#)), "{values:?}");
+    assert!(
+        values.contains(&s("3")),
+        "top_k number kept as text: {values:?}"
+    );
+}
+
+#[test]
+fn unfinished_runs_and_missing_fields_are_nulls_not_errors() {
+    let page = flatten_page(VARIED.as_bytes(), ctx()).unwrap();
+    let p = partition(&page, "2025-03-13");
+    let runs = &p.runs;
+    let row = text(runs, "run_id")
+        .iter()
+        .position(|id| id.as_deref() == Some("run-running"))
+        .unwrap();
+    assert_eq!(
+        micros(runs, "start_time")[row],
+        parse_timestamp("2025-03-13T23:59:59Z")
+    );
+    assert_eq!(micros(runs, "end_time")[row], None);
+    assert_eq!(int64(runs, "duration_ms")[row], None);
+    assert_eq!(text(runs, "outputs")[row], None);
+
+    let none = partition(&page, HIVE_DEFAULT);
+    assert_eq!(text(&none.runs, "run_id"), [s("run-no-start")]);
+    assert_eq!(int32(&none.runs, "node_count"), [Some(0)]);
+    assert_eq!(text(&none.runs, "inputs"), [None]);
+    assert_eq!(none.node_outputs.num_rows(), 0);
+
+    let failed = partition(&page, "2025-03-12");
+    assert_eq!(
+        text(&failed.runs, "run_id"),
+        [s("12345")],
+        "numeric id kept as decimal text"
+    );
+    assert_eq!(
+        text(&failed.runs, "error"),
+        [s("Node 'model' failed: upstream timeout after 30s")]
+    );
+    assert_eq!(
+        int32(&failed.runs, "node_count"),
+        [Some(0)],
+        "null all_outputs"
+    );
+}
+
+const HIVE_DEFAULT: &str = "__HIVE_DEFAULT_PARTITION__";
+
+#[test]
+fn records_that_cannot_be_runs_are_rejected_with_reasons() {
+    let page = flatten_page(VARIED.as_bytes(), ctx()).unwrap();
+    assert_eq!(page.record_count, 9);
+    assert_eq!(page.run_rows(), 4);
+    let reasons: Vec<(usize, &str)> = page
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (4, "`id` is missing"),
+            (5, "`id` is empty"),
+            (6, "`id` is null"),
+            (7, "record is a JSON string, not an object"),
+            (8, "`id` is a JSON array"),
+        ]
+    );
+    assert_eq!(page.rejected[3].record, serde_json::json!("not a run"));
+    assert!(page.rejected.iter().all(|r| r.workflow_id == "wf-1"));
+}
+
+#[test]
+fn page_errors_say_what_was_wrong() {
+    let err = flatten_page(b"[{\"id\": 1},", ctx()).unwrap_err();
+    assert!(matches!(err, PageError::Malformed { line: 1, .. }), "{err}");
+    let err = flatten_page(br#"{"detail": "nope"}"#, ctx()).unwrap_err();
+    assert_eq!(err.to_string(), "expected a JSON array of runs, got object");
+    assert_eq!(flatten_page(b"[]", ctx()).unwrap().record_count, 0);
+}
+
+#[test]
+fn repeated_ids_in_a_page_keep_the_first_and_drop_runs_removes_children() {
+    let body = br#"[
+        {"id": "a", "status": "completed", "start_time": "2025-01-01T00:00:00Z", "all_outputs": {"n": 1}},
+        {"id": "a", "status": "running", "start_time": "2025-01-01T00:00:00Z"},
+        {"id": "b", "start_time": "2025-01-01T00:00:00Z", "all_outputs": {"n": 2}, "inputs": {"x": 1}}
+    ]"#;
+    let mut page = flatten_page(body, ctx()).unwrap();
+    assert_eq!(page.duplicates, 1);
+    assert_eq!(page.run_ids, ["a", "b"]);
+    assert_eq!(
+        text(&page.partitions[0].runs, "status"),
+        [s("completed"), None]
+    );
+    page.drop_runs(|id| id == "b");
+    assert_eq!(page.run_ids, ["a"]);
+    let p = &page.partitions[0];
+    assert_eq!(text(&p.runs, "run_id"), [s("a")]);
+    assert_eq!(text(&p.node_outputs, "run_id"), [s("a")]);
+    assert_eq!(p.run_inputs.num_rows(), 0);
+}
+
+#[test]
+fn odd_numbers_and_timestamps_become_nulls_and_are_counted() {
+    let body = br#"[{"id": "x", "start_time": "soon", "end_time": 5, "elapsed_time": "12.7"},
+                    {"id": "y", "start_time": "2025-01-01T00:00:00Z", "elapsed_time": "n/a"}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    assert_eq!(page.unreadable_values, 3);
+    let p = partition(&page, HIVE_DEFAULT);
+    assert_eq!(int64(&p.runs, "elapsed_time"), [Some(12)]);
+    assert_eq!(p.runs.column_by_name("start_time").unwrap().null_count(), 1);
+}

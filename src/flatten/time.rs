@@ -1,0 +1,82 @@
+//! Timestamp parsing for the forms the Orchestra docs show, normalised to UTC microseconds.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+
+/// Naive forms (no offset) accepted and read as UTC.
+const NAIVE_FORMATS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+/// Offset forms without the colon RFC 3339 requires (`+0000`).
+const OFFSET_FORMATS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"];
+
+/// Parses `2025-03-12T03:39:30.476391Z`, `2025-03-12 00:59:55.465508+00:00`, other offsets,
+/// `T` or a space between date and time, with or without fractional seconds, into microseconds
+/// since the Unix epoch in UTC. A timestamp without an offset is taken to be UTC.
+/// Returns `None` when the text is none of these forms.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_micros());
+    }
+    for format in OFFSET_FORMATS {
+        if let Ok(dt) = DateTime::parse_from_str(text, format) {
+            return Some(dt.timestamp_micros());
+        }
+    }
+    NAIVE_FORMATS.iter().find_map(|format| {
+        NaiveDateTime::parse_from_str(text, format)
+            .ok()
+            .map(|naive| naive.and_utc().timestamp_micros())
+    })
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC with 6 fractional digits, as the API does.
+pub fn format_timestamp(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: i64 = 1_741_750_770_476_391; // 2025-03-12T03:39:30.476391Z
+
+    #[test]
+    fn accepts_every_documented_form() {
+        let cases = [
+            ("2025-03-12T03:39:30.476391Z", BASE),
+            ("2025-03-12T03:39:30.476391+00:00", BASE),
+            ("2025-03-12 03:39:30.476391+00:00", BASE),
+            ("2025-03-12 03:39:30.476391Z", BASE),
+            ("2025-03-12T03:39:30Z", BASE - 476_391),
+            ("2025-03-12 03:39:30+00:00", BASE - 476_391),
+            ("2025-03-12T05:39:30.476391+02:00", BASE),
+            ("2025-03-11T22:39:30.476391-05:00", BASE),
+            ("2025-03-12T03:39:30.476391+0000", BASE),
+            ("2025-03-12T03:39:30.476391", BASE),
+            ("2025-03-12 03:39:30", BASE - 476_391),
+            ("2025-03-12T03:39:30.4Z", BASE - 76_391),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_timestamp(text), Some(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_timestamp() {
+        for text in [
+            "",
+            "yesterday",
+            "2025-13-12T00:00:00Z",
+            "2025-03-12",
+            "1741750770",
+        ] {
+            assert_eq!(parse_timestamp(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn formats_like_the_api() {
+        assert_eq!(format_timestamp(BASE), "2025-03-12T03:39:30.476391Z");
+    }
+}

@@ -1,0 +1,31 @@
+//! orchestra-export: turns the run history of Arcee Orchestra workflows into a Hive-partitioned
+//! Parquet dataset.
+//!
+//! The pipeline reads left to right, one module per stage: [`api`] (HTTP, retries) →
+//! [`extract`] (paging, fan-out, de-duplication) → [`flatten`] (JSON → Arrow rows) →
+//! [`dataset`] (Parquet files, partitions, atomic commits). [`pipeline`] wires the stages for one
+//! export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
+//! server for demos, tests and benchmarks.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod dataset;
+pub mod exit;
+pub mod extract;
+pub mod flatten;
+pub mod pipeline;
+pub mod progress;
+pub mod simulate;
+
+/// An error and its causes on one line, joined by `: ` (for per-item failure lines and logs).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,56 @@
+//! Progress reporting as an interface: stages call a [`Reporter`]; how it is shown (bars on a
+//! terminal, log lines for schedulers, nothing in tests) is decided at the binary's edge.
+
+use std::time::Duration;
+
+use crate::extract::WorkflowOutcome;
+
+/// Receives progress events from the export. Every method has a no-op default.
+pub trait Reporter: Send + Sync {
+    /// The export is about to fetch `workflows` workflows.
+    fn on_start(&self, _workflows: usize) {}
+    /// A page of `workflow_id` arrived holding `new_runs` runs not seen before and `bytes` bytes.
+    fn on_page(&self, _workflow_id: &str, _new_runs: u64, _bytes: u64) {}
+    /// A request failed transiently and will be retried after `delay`.
+    fn on_retry(&self, _url: &str, _attempt: u32, _delay: Duration, _cause: &str) {}
+    /// A workflow finished, successfully or not.
+    fn on_workflow_done(&self, _outcome: &WorkflowOutcome) {}
+    /// All fetching is over; files are being committed.
+    fn on_finish(&self) {}
+}
+
+/// Shows nothing.
+#[derive(Debug, Default)]
+pub struct Silent;
+
+impl Reporter for Silent {}
+
+/// Plain log lines through `tracing` (text or JSON, as the subscriber is set up).
+#[derive(Debug, Default)]
+pub struct LogReporter;
+
+impl Reporter for LogReporter {
+    fn on_start(&self, workflows: usize) {
+        tracing::info!(target: "extract", workflows, "export started");
+    }
+
+    fn on_retry(&self, url: &str, attempt: u32, delay: Duration, cause: &str) {
+        tracing::warn!(target: "api", url, attempt, delay_ms = delay.as_millis() as u64, cause, "retrying");
+    }
+
+    fn on_workflow_done(&self, outcome: &WorkflowOutcome) {
+        let s = &outcome.stats;
+        match &outcome.error {
+            None => tracing::info!(
+                target: "extract",
+                workflow_id = %outcome.workflow_id, runs = s.runs, pages = s.pages,
+                duplicates = s.duplicates, rejected = s.rejected, "workflow exported"
+            ),
+            Some(error) => tracing::warn!(
+                target: "extract",
+                workflow_id = %outcome.workflow_id, runs = s.runs, pages = s.pages,
+                error = %crate::error_chain(error), "workflow failed"
+            ),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Deterministic, realistic run history: every run is generated on demand from
+//! `(seed, workflow, index)`, so a history of millions of runs costs no memory.
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Map, Value, json};
+
+use crate::flatten::format_timestamp;
+
+const NODE_NAMES: [&str; 12] = [
+    "prompt",
+    "retriever",
+    "model",
+    "summarize",
+    "classify",
+    "router",
+    "formatter",
+    "json_extract",
+    "web_search",
+    "guardrail",
+    "rerank",
+    "translate",
+];
+const WORKFLOW_NAMES: [&str; 10] = [
+    "Support triage",
+    "Weather jokes",
+    "Invoice extraction",
+    "Release notes writer",
+    "Lead scoring",
+    "Contract summary",
+    "Ticket router",
+    "FAQ answerer",
+    "Code review helper",
+    "Sentiment monitor",
+];
+const WORDS: [&str; 40] = [
+    "the", "customer", "asked", "about", "billing", "and", "refund", "policy", "model", "replied",
+    "with", "a", "clear", "summary", "of", "next", "steps", "for", "this", "ticket", "weather",
+    "cloud", "rainbow", "invoice", "total", "due", "date", "contract", "clause", "risk", "low",
+    "high", "priority", "escalate", "team", "résumé", "naïve", "東京", "data", "report",
+];
+const ERRORS: [&str; 6] = [
+    "Node 'model' failed: upstream timeout after 30s (request id {hex})",
+    "Node 'retriever' failed: index 'kb-{num}' not found",
+    "Rate limit exceeded for model 'arcee-{num}b', retry after {num} seconds",
+    "Invalid JSON in output of node 'json_extract' at position {num}",
+    "Node 'web_search' failed: HTTP 502 from https://search.example/{hex}",
+    "Workflow cancelled by user {hex}",
+];
+const STATUSES_UNFINISHED: [&str; 2] = ["running", "queued"];
+/// Newest run of every workflow starts at this instant (2026-11-20T12:00:00Z) minus jitter.
+pub const DEFAULT_ANCHOR_US: i64 = 1_795_176_000_000_000;
+/// History of a workflow spans about this many days.
+const SPAN_DAYS: i64 = 42;
+
+/// A simulated workflow.
+#[derive(Debug, Clone)]
+pub struct SimWorkflow {
+    /// Its id (UUID-like).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Index, mixed into every random choice.
+    pub index: u64,
+    /// Runs in its history.
+    pub runs: u64,
+    /// Node names in graph order.
+    pub nodes: Vec<&'static str>,
+    seed: u64,
+    anchor_us: i64,
+}
+
+fn rng_for(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
+    let mixed = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(a.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(b.wrapping_mul(0x94D0_49BB_1331_11EB));
+    ChaCha8Rng::seed_from_u64(mixed)
+}
+
+fn uuid_like(rng: &mut impl Rng, tail: Option<u64>) -> String {
+    let a: u32 = rng.random();
+    let b: u16 = rng.random();
+    let c: u16 = (rng.random::<u16>() & 0x0fff) | 0x4000;
+    let d: u16 = (rng.random::<u16>() & 0x3fff) | 0x8000;
+    let e: u64 = tail.unwrap_or_else(|| rng.random::<u64>()) & 0xffff_ffff_ffff;
+    format!("{a:08x}-{b:04x}-{c:04x}-{d:04x}-{e:012x}")
+}
+
+impl SimWorkflow {
+    /// The workflow number `index` of a seeded history with `runs` runs.
+    pub fn generate(seed: u64, index: u64, runs: u64, anchor_us: i64) -> Self {
+        let mut rng = rng_for(seed, index, u64::MAX);
+        let id = uuid_like(&mut rng, None);
+        let count = rng.random_range(3..=7);
+        let mut nodes: Vec<&'static str> = vec!["prompt"];
+        let mut pool: Vec<&'static str> = NODE_NAMES[1..].to_vec();
+        while nodes.len() < count {
+            let pick = rng.random_range(0..pool.len());
+            nodes.push(pool.swap_remove(pick));
+        }
+        let name = format!(
+            "{} {}",
+            WORKFLOW_NAMES[(index as usize) % WORKFLOW_NAMES.len()],
+            index / WORKFLOW_NAMES.len() as u64 + 1
+        );
+        Self {
+            id,
+            name,
+            index,
+            runs,
+            nodes,
+            seed,
+            anchor_us,
+        }
+    }
+
+    /// The `GET /workflows` entry.
+    pub fn summary(&self) -> Value {
+        let created = format_timestamp(self.anchor_us - (SPAN_DAYS + 30) * 86_400_000_000)
+            .replace('T', " ")
+            .replace('Z', "+00:00");
+        json!({
+            "workflow_id": self.id,
+            "name": self.name,
+            "description": format!("Simulated workflow with {} nodes", self.nodes.len()),
+            "status": if self.index % 5 == 4 { "inactive" } else { "active" },
+            "version": (self.index % 3) + 1,
+            "public": false,
+            "created_at": created,
+            "updated_at": created,
+            "created_by": "sim-user",
+            "updated_by": "sim-user",
+            "user_id": "sim-user",
+            "organization_id": "sim-org",
+            "graph": {"nodes": self.nodes, "edges": [], "entry_point": "prompt", "finish_point": self.nodes.last()},
+            "file_metadata": null,
+        })
+    }
+
+    /// The run id of run `index` (0 = newest); the index is readable from its last group.
+    pub fn run_id(&self, index: u64) -> String {
+        let mut rng = rng_for(self.seed, self.index, index);
+        uuid_like(&mut rng, Some(index))
+    }
+
+    /// Index of a run id of this workflow, if it is one.
+    pub fn run_index(&self, run_id: &str) -> Option<u64> {
+        let index = u64::from_str_radix(run_id.rsplit('-').next()?, 16).ok()?;
+        (index < self.runs && self.run_id(index) == run_id).then_some(index)
+    }
+
+    /// Run `index` (0 = newest) as the API returns it; `finished` forces a final status.
+    pub fn run(&self, index: u64, finished: bool) -> Value {
+        let mut rng = rng_for(self.seed, self.index, index);
+        let id = uuid_like(&mut rng, Some(index));
+        let gap = SPAN_DAYS * 86_400_000_000 / self.runs.max(1) as i64;
+        let jitter = rng.random_range(0..(gap / 2).max(1));
+        let start = self.anchor_us - index as i64 * gap - jitter;
+        let elapsed_us = (rng.random::<f64>().powi(3) * 110.0 + 0.4) as i64 * 1_000_000
+            + rng.random_range(0..1_000_000);
+        let roll: f64 = rng.random();
+        let status = if index < 2 && self.index.is_multiple_of(3) && !finished {
+            STATUSES_UNFINISHED[(index % 2) as usize]
+        } else if roll < 0.90 {
+            "completed"
+        } else if roll < 0.97 {
+            "failed"
+        } else {
+            "cancelled"
+        };
+        let unfinished = STATUSES_UNFINISHED.contains(&status);
+        let failing_at = (status == "failed").then(|| rng.random_range(1..self.nodes.len()));
+        let inputs = self.inputs(&mut rng);
+        let mut all_outputs = Map::new();
+        let mut last = Value::Null;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if failing_at.is_some_and(|f| i >= f) || (unfinished && i >= 1) {
+                break;
+            }
+            let out = if i == 0 {
+                inputs.get("prompt").cloned().unwrap_or(Value::Null)
+            } else {
+                node_output(node, &mut rng)
+            };
+            last = out.clone();
+            all_outputs.insert((*node).to_owned(), out);
+        }
+        let error = match status {
+            "failed" | "cancelled" => Value::String(error_message(&mut rng, status)),
+            _ => Value::Null,
+        };
+        let (end_time, elapsed, outputs) = if unfinished {
+            (Value::Null, Value::Null, Value::Null)
+        } else {
+            let outputs = if status == "completed" {
+                last
+            } else {
+                Value::Null
+            };
+            (
+                Value::String(format_timestamp(start + elapsed_us)),
+                json!(elapsed_us / 1_000_000),
+                outputs,
+            )
+        };
+        json!({
+            "id": id,
+            "status": status,
+            "start_time": format_timestamp(start),
+            "end_time": end_time,
+            "elapsed_time": elapsed,
+            "error": error,
+            "outputs": outputs,
+            "all_outputs": all_outputs,
+            "inputs": inputs,
+        })
+    }
+
+    fn inputs(&self, rng: &mut ChaCha8Rng) -> Map<String, Value> {
+        let mut inputs = Map::new();
+        inputs.insert("prompt".into(), Value::String(sentence(rng, 6, 24)));
+        if self.index % 2 == 1 {
+            inputs.insert("top_k".into(), json!(rng.random_range(1..10)));
+        }
+        if self.index % 4 == 2 {
+            inputs.insert(
+                "metadata".into(),
+                json!({"source": "api", "priority": rng.random_range(1..4)}),
+            );
+        }
+        inputs
+    }
+}
+
+fn sentence(rng: &mut impl Rng, min: usize, max: usize) -> String {
+    let n = rng.random_range(min..=max);
+    let mut words: Vec<&str> = (0..n)
+        .map(|_| *WORDS.choose(rng).expect("non-empty"))
+        .collect();
+    if let Some(first) = words.first_mut() {
+        *first = if *first == "the" { "The" } else { first };
+    }
+    words.join(" ") + "."
+}
+
+fn node_output(node: &str, rng: &mut impl Rng) -> Value {
+    match node {
+        "classify" | "router" | "guardrail" => json!({
+            "label": (["billing", "technical", "sales", "other"][rng.random_range(0..4)]),
+            "score": (rng.random::<f64>() * 1000.0).round() / 1000.0,
+            "passed": rng.random_bool(0.9),
+        }),
+        "json_extract" => json!({
+            "fields": {"total": rng.random_range(10..5000), "currency": "EUR", "lines": [1, 2, 3]},
+            "warnings": [],
+        }),
+        "retriever" | "rerank" => json!([
+            {"doc": format!("kb/{}", rng.random_range(1..500)), "score": 0.91},
+            {"doc": format!("kb/{}", rng.random_range(1..500)), "score": 0.73},
+        ]),
+        _ => {
+            // LLM-like text: mostly a paragraph, sometimes long.
+            let paragraphs = if rng.random_bool(0.1) {
+                rng.random_range(4..12)
+            } else {
+                1
+            };
+            let text: Vec<String> = (0..paragraphs).map(|_| sentence(rng, 12, 60)).collect();
+            Value::String(text.join("\n\n"))
+        }
+    }
+}
+
+fn error_message(rng: &mut impl Rng, status: &str) -> String {
+    let template = if status == "cancelled" {
+        ERRORS[5]
+    } else {
+        ERRORS[rng.random_range(0..5)]
+    };
+    template
+        .replace("{hex}", &format!("{:08x}", rng.random::<u32>()))
+        .replace("{num}", &rng.random_range(2..90).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_deterministic_newest_first_and_findable_by_id() {
+        let wf = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US);
+        assert_eq!(
+            wf.run(17, false),
+            SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US).run(17, false)
+        );
+        let t = |i| wf.run(i, false)["start_time"].as_str().unwrap().to_owned();
+        assert!(t(0) > t(1) && t(1) > t(250) && t(250) > t(499));
+        assert_eq!(wf.run_index(&wf.run_id(42)), Some(42));
+        assert_eq!(wf.run(42, false)["id"], wf.run_id(42));
+        assert_eq!(wf.run_index("00000000-0000-4000-8000-000000000001"), None);
+    }
+
+    #[test]
+    fn statuses_look_real() {
+        let wf = SimWorkflow::generate(9, 0, 2000, DEFAULT_ANCHOR_US);
+        let runs: Vec<Value> = (0..2000).map(|i| wf.run(i, false)).collect();
+        let count = |s: &str| runs.iter().filter(|r| r["status"] == s).count();
+        assert!(
+            (1700..1900).contains(&count("completed")),
+            "{}",
+            count("completed")
+        );
+        assert!((80..200).contains(&count("failed")), "{}", count("failed"));
+        assert_eq!(count("running") + count("queued"), 2);
+        for r in runs.iter().filter(|r| r["status"] == "failed") {
+            assert!(r["error"].as_str().unwrap().len() > 10);
+            assert!(r["end_time"].is_string());
+        }
+    }
+}

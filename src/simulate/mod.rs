@@ -1,0 +1,369 @@
+//! Simulate: an Orchestra-compatible API server with seeded, realistic data and injectable faults.
+//!
+//! Used by `demo`, by the tests and by benchmarks, so none of them needs a key or a network. It
+//! serves the documented paths under `/api/v1/workflow`, checks the Bearer key, and records every
+//! request (path as received, whether a key came) for tests to assert on. It knows nothing of the
+//! exporter's internals: it only speaks HTTP.
+
+mod data;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use data::{DEFAULT_ANCHOR_US, SimWorkflow};
+
+/// Path prefix of the API, as on the real service.
+pub const API_PREFIX: &str = "/api/v1/workflow";
+/// Key the simulator accepts unless told otherwise.
+pub const DEFAULT_SIM_KEY: &str = "sim-key";
+/// Page size when the request has no `limit`, as documented.
+const DEFAULT_LIMIT: usize = 100;
+
+/// A workflow whose records are given verbatim (docs examples, odd ids, bad records).
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Workflow id, any string.
+    pub id: String,
+    /// Records served newest first, exactly as given.
+    pub records: Vec<Value>,
+}
+
+/// Answer `times` requests whose path contains `path_contains` (all when `None`) with `status`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Substring of the raw request path (percent-encoded as received) to match.
+    pub path_contains: Option<String>,
+    /// Status to answer with.
+    pub status: u16,
+    /// How many matching requests get it; then requests pass.
+    pub times: usize,
+    /// `Retry-After` header value to send, if any.
+    pub retry_after: Option<String>,
+}
+
+/// What the simulator serves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of all generated data.
+    pub seed: u64,
+    /// Generated workflows.
+    pub workflows: usize,
+    /// Runs per generated workflow (the average when `vary_runs`).
+    pub runs_per_workflow: u64,
+    /// Spread history sizes between a quarter and 1.75× the average.
+    pub vary_runs: bool,
+    /// Largest page served whatever `limit` asks (a server-side cap).
+    pub page_cap: Option<usize>,
+    /// The Bearer key accepted.
+    pub api_key: String,
+    /// Start time of the newest runs, microseconds since the epoch.
+    pub anchor_us: i64,
+    /// Workflows with literal records.
+    pub fixtures: Vec<Fixture>,
+    /// Injected failures.
+    pub faults: Vec<Fault>,
+    /// Delay before answering each request.
+    pub latency: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            workflows: 4,
+            runs_per_workflow: 250,
+            vary_runs: false,
+            page_cap: None,
+            api_key: DEFAULT_SIM_KEY.to_owned(),
+            anchor_us: DEFAULT_ANCHOR_US,
+            fixtures: Vec::new(),
+            faults: Vec::new(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// One request as the simulator received it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    /// Path and query exactly as received (still percent-encoded).
+    pub path_and_query: String,
+    /// Whether an `Authorization` header was present.
+    pub had_authorization: bool,
+    /// Status answered.
+    pub status: u16,
+}
+
+enum Source {
+    Generated(usize),
+    Fixture(usize),
+}
+
+struct SimState {
+    config: SimConfig,
+    generated: Vec<SimWorkflow>,
+    by_id: HashMap<String, Source>,
+    faults: Mutex<Vec<(Fault, usize)>>,
+    log: Mutex<Vec<LoggedRequest>>,
+}
+
+impl SimState {
+    fn new(config: SimConfig) -> Self {
+        let generated: Vec<SimWorkflow> = (0..config.workflows as u64)
+            .map(|i| {
+                let runs = if config.vary_runs {
+                    let spread = (i.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0;
+                    ((0.25 + 1.5 * spread) * config.runs_per_workflow as f64) as u64
+                } else {
+                    config.runs_per_workflow
+                };
+                SimWorkflow::generate(config.seed, i, runs, config.anchor_us)
+            })
+            .collect();
+        let mut by_id = HashMap::new();
+        for (i, wf) in generated.iter().enumerate() {
+            by_id.insert(wf.id.clone(), Source::Generated(i));
+        }
+        for (i, fx) in config.fixtures.iter().enumerate() {
+            by_id.insert(fx.id.clone(), Source::Fixture(i));
+        }
+        let faults = config.faults.iter().map(|f| (f.clone(), f.times)).collect();
+        Self {
+            config,
+            generated,
+            by_id,
+            faults: Mutex::new(faults),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn page(&self, source: &Source, offset: usize, limit: usize) -> Vec<Value> {
+        match source {
+            Source::Generated(i) => {
+                let wf = &self.generated[*i];
+                let end = (offset as u64).saturating_add(limit as u64).min(wf.runs);
+                (offset as u64..end).map(|r| wf.run(r, false)).collect()
+            }
+            Source::Fixture(i) => {
+                let records = &self.config.fixtures[*i].records;
+                records.iter().skip(offset).take(limit).cloned().collect()
+            }
+        }
+    }
+}
+
+/// A running simulator; stops when dropped or on [`SimServer::stop`].
+pub struct SimServer {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl SimServer {
+    /// Binds `addr` (use port 0 for any free port) and serves on the current Tokio runtime.
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SimState::new(config));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let app = router(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(shutdown),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL to give the exporter (`http://127.0.0.1:PORT/api/v1/workflow`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}{API_PREFIX}", self.addr)
+    }
+
+    /// The generated workflows.
+    pub fn workflows(&self) -> &[SimWorkflow] {
+        &self.state.generated
+    }
+
+    /// Every record of workflow `id` as served, newest first (generated or fixture).
+    pub fn records(&self, id: &str) -> Vec<Value> {
+        match self.state.by_id.get(id) {
+            Some(source) => self.state.page(source, 0, usize::MAX),
+            None => Vec::new(),
+        }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.state.log.lock().expect("log lock").clone()
+    }
+
+    /// Stops serving.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn router(state: Arc<SimState>) -> Router {
+    let api = Router::new()
+        .route("/workflows", get(list_workflows))
+        .route("/workflows/{id}/runs", get(list_runs))
+        .route("/workflows/{id}/runs/{run_id}", get(one_run));
+    Router::new()
+        .nest(API_PREFIX, api)
+        .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
+        .with_state(state)
+}
+
+/// Logs the request, checks the key and injects configured faults.
+async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: Next) -> Response {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let auth = request.headers().get(header::AUTHORIZATION).cloned();
+    if !state.config.latency.is_zero() {
+        tokio::time::sleep(state.config.latency).await;
+    }
+    let expected = format!("Bearer {}", state.config.api_key);
+    let response = if auth.as_ref().and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        error_response(StatusCode::UNAUTHORIZED, "Invalid or missing API key", None)
+    } else if let Some(fault) = take_fault(&state, &path_and_query) {
+        let status =
+            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        error_response(status, "injected fault", fault.retry_after.as_deref())
+    } else {
+        next.run(request).await
+    };
+    state.log.lock().expect("log lock").push(LoggedRequest {
+        path_and_query,
+        had_authorization: auth.is_some(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn take_fault(state: &SimState, path: &str) -> Option<Fault> {
+    let mut faults = state.faults.lock().expect("fault lock");
+    faults.iter_mut().find_map(|(fault, remaining)| {
+        let matches = fault
+            .path_contains
+            .as_deref()
+            .is_none_or(|p| path.contains(p));
+        (matches && *remaining > 0).then(|| {
+            *remaining -= 1;
+            fault.clone()
+        })
+    })
+}
+
+fn error_response(status: StatusCode, detail: &str, retry_after: Option<&str>) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    (
+        status,
+        headers,
+        axum::Json(serde_json::json!({ "detail": detail })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+async fn list_workflows(State(state): State<Arc<SimState>>) -> Response {
+    let mut list: Vec<Value> = state.generated.iter().map(SimWorkflow::summary).collect();
+    for fx in &state.config.fixtures {
+        list.push(serde_json::json!({ "workflow_id": fx.id, "name": fx.id, "status": "active" }));
+    }
+    axum::Json(list).into_response()
+}
+
+async fn list_runs(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let Some(source) = state.by_id.get(&id) else {
+        return error_response(StatusCode::NOT_FOUND, "Workflow not found", None);
+    };
+    let parse = |v: Option<&String>, default: usize| match v {
+        None => Some(default),
+        Some(v) => v.parse::<usize>().ok(),
+    };
+    let (Some(limit), Some(offset)) = (
+        parse(query.limit.as_ref(), DEFAULT_LIMIT),
+        parse(query.offset.as_ref(), 0),
+    ) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "limit and offset must be integers",
+            None,
+        );
+    };
+    let limit = state.config.page_cap.map_or(limit, |cap| limit.min(cap));
+    axum::Json(state.page(source, offset, limit)).into_response()
+}
+
+async fn one_run(
+    State(state): State<Arc<SimState>>,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Response {
+    let found = match state.by_id.get(&id) {
+        Some(Source::Generated(i)) => {
+            let wf = &state.generated[*i];
+            wf.run_index(&run_id).map(|r| wf.run(r, false))
+        }
+        Some(Source::Fixture(i)) => state.config.fixtures[*i]
+            .records
+            .iter()
+            .find(|r| r.get("id").and_then(Value::as_str) == Some(run_id.as_str()))
+            .cloned(),
+        None => None,
+    };
+    match found {
+        // The documented example answers with a one-element array.
+        Some(run) => axum::Json(vec![run]).into_response(),
+        None => error_response(StatusCode::NOT_FOUND, "Run not found", None),
+    }
+}
