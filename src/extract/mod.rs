@@ -152,10 +152,11 @@ impl Extractor {
     async fn workflow(&self, workflow_id: String) -> WorkflowOutcome {
         let mut stats = WorkflowStats::default();
         let error = tokio::select! {
-            result = self.page_through(&workflow_id, &mut stats) => result.err(),
+            biased;
             () = self.cancel.cancelled() => Some(ExtractError::Cancelled {
                 reason: "the API key was rejected",
             }),
+            result = self.page_through(&workflow_id, &mut stats) => result.err(),
         };
         if let Some(ExtractError::Api {
             source: ApiError::Unauthorized { .. },
@@ -203,20 +204,22 @@ impl Extractor {
             if received == 0 {
                 return Ok(());
             }
-            if first_page && received < stride {
-                stride = received;
-            }
-            first_page = false;
             if received == stride {
                 window = (window * 2).min(max_window);
             } else {
-                // Not the size the speculative requests assumed: drop them and continue from
-                // exactly what was received. A short page is usually the last one.
+                // Not the size the requests ahead assumed: drop them and continue from exactly
+                // what was received. A short first page reveals a server-side cap; a short
+                // later page is usually the last one.
                 in_flight = FuturesOrdered::new();
                 next_offset = offset + received;
-                stride = stride.max(received.min(u64::from(limit)));
+                stride = if first_page {
+                    received
+                } else {
+                    stride.max(received.min(u64::from(limit)))
+                };
                 window = 1;
             }
+            first_page = false;
         }
     }
 

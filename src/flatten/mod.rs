@@ -1,7 +1,7 @@
 //! Flatten: one page of the run-history API (a JSON array) into Arrow record batches.
 //!
 //! This module owns the mapping from the wire format to the dataset's tables — every column of
-//! `runs`, `node_outputs` and `run_inputs` is produced here, in [`RowsBuilder`] — and the rules for
+//! `runs`, `node_outputs` and `run_inputs` is produced here, in `RowsBuilder` — and the rules for
 //! records that cannot be runs (they become [`Rejected`] entries with a reason). It is pure and
 //! synchronous: no I/O, no async, no knowledge of files or partitions' storage. Callers run it on
 //! rayon threads, off the async runtime.

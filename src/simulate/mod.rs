@@ -9,6 +9,7 @@ mod data;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Fault {
     pub times: usize,
     /// `Retry-After` header value to send, if any.
     pub retry_after: Option<String>,
+    /// With a 3xx status: redirect to this origin (`http://host:port`) plus the same path.
+    pub redirect_to: Option<String>,
 }
 
 /// What the simulator serves.
@@ -96,7 +99,8 @@ impl Default for SimConfig {
     }
 }
 
-/// One request as the simulator received it.
+/// One request as the simulator received and answered it (requests the client abandoned
+/// before the answer are not logged).
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {
     /// Path and query exactly as received (still percent-encoded).
@@ -118,6 +122,8 @@ struct SimState {
     by_id: HashMap<String, Source>,
     faults: Mutex<Vec<(Fault, usize)>>,
     log: Mutex<Vec<LoggedRequest>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl SimState {
@@ -147,6 +153,8 @@ impl SimState {
             by_id,
             faults: Mutex::new(faults),
             log: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -222,6 +230,11 @@ impl SimServer {
         self.state.log.lock().expect("log lock").clone()
     }
 
+    /// The most requests it was answering at the same moment.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Stops serving.
     pub fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -257,6 +270,7 @@ async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: 
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let auth = request.headers().get(header::AUTHORIZATION).cloned();
+    let _in_flight = InFlight::enter(&state);
     if !state.config.latency.is_zero() {
         tokio::time::sleep(state.config.latency).await;
     }
@@ -266,7 +280,14 @@ async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: 
     } else if let Some(fault) = take_fault(&state, &path_and_query) {
         let status =
             StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        error_response(status, "injected fault", fault.retry_after.as_deref())
+        let mut response = error_response(status, "injected fault", fault.retry_after.as_deref());
+        let location = fault
+            .redirect_to
+            .map(|origin| format!("{origin}{path_and_query}"));
+        if let Some(value) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
     } else {
         next.run(request).await
     };
@@ -276,6 +297,23 @@ async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: 
         status: response.status().as_u16(),
     });
     response
+}
+
+/// Counts a request as in flight until dropped (also when the client goes away mid-answer).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a SimState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self(&state.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn take_fault(state: &SimState, path: &str) -> Option<Fault> {

@@ -1,1 +1,8 @@
+//! Integration tests: the real `orchestra-export` binary against the built-in simulator over
+//! loopback, with the dataset read back by the `parquet` crate's Arrow reader.
 
+mod cli;
+mod export;
+mod faults;
+mod interop;
+mod support;

@@ -1,0 +1,475 @@
+//! Export end to end: every run exactly once with exact values, paging edge cases, layout.
+
+use std::collections::BTreeSet;
+
+use arrow::datatypes::{DataType, TimeUnit};
+use orchestra_export::simulate::SimConfig;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Checks every column of every table against the records the simulator served.
+fn assert_dataset_matches(
+    out: &std::path::Path,
+    workflow_id: &str,
+    records: &[Value],
+    started_us: i64,
+) {
+    let (_, runs) = read_table(out, "runs");
+    let (_, nodes) = read_table(out, "node_outputs");
+    let (_, inputs) = read_table(out, "run_inputs");
+    let runs = select(&runs, "workflow_id", workflow_id);
+    assert_eq!(runs.len(), records.len(), "{workflow_id}: one row per run");
+    let ids: BTreeSet<&str> = runs.iter().map(|r| r["run_id"].text().unwrap()).collect();
+    assert_eq!(ids.len(), records.len(), "{workflow_id}: run ids unique");
+    let now_us = chrono::Utc::now().timestamp_micros();
+    for record in records {
+        let id = record["id"].as_str().unwrap();
+        let row = runs
+            .iter()
+            .find(|r| r["run_id"] == text(id))
+            .unwrap_or_else(|| panic!("run {id} missing"));
+        let start = record["start_time"].as_str().map(micros);
+        let end = record["end_time"].as_str().map(micros);
+        let ts = |v: Option<i64>| v.map_or(Cell::Null, Cell::Micros);
+        assert_eq!(row["status"], encoded(record.get("status")), "{id}");
+        assert_eq!(row["start_time"], ts(start), "{id}");
+        assert_eq!(row["end_time"], ts(end), "{id}");
+        assert_eq!(
+            row["elapsed_time"],
+            record["elapsed_time"]
+                .as_i64()
+                .map_or(Cell::Null, Cell::Int),
+            "{id}"
+        );
+        let duration = start.zip(end).map(|(s, e)| (e - s) / 1000);
+        assert_eq!(
+            row["duration_ms"],
+            duration.map_or(Cell::Null, Cell::Int),
+            "{id}"
+        );
+        assert_eq!(row["error"], encoded(record.get("error")), "{id}");
+        assert_eq!(row["outputs"], encoded(record.get("outputs")), "{id}");
+        let all_outputs = record["all_outputs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            row["node_count"],
+            Cell::Int(all_outputs.len() as i64),
+            "{id}"
+        );
+        assert_eq!(
+            row["inputs"],
+            Cell::Text(record["inputs"].to_string()),
+            "{id}"
+        );
+        let Cell::Micros(extracted) = row["extracted_at"] else {
+            panic!("extracted_at")
+        };
+        assert!(
+            extracted >= started_us && extracted <= now_us,
+            "{id}: extracted_at {extracted}"
+        );
+        let date = chrono::DateTime::from_timestamp_micros(start.unwrap())
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
+        assert_eq!(row["date"], Cell::Text(date.clone()), "{id}: partition");
+
+        let mut run_nodes: Vec<_> = nodes
+            .iter()
+            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
+            .collect();
+        run_nodes.sort_by_key(|n| n["node_index"].clone());
+        assert_eq!(run_nodes.len(), all_outputs.len(), "{id}: node rows");
+        for (i, ((name, value), node)) in all_outputs.iter().zip(&run_nodes).enumerate() {
+            assert_eq!(node["node"], text(name));
+            assert_eq!(node["node_index"], Cell::Int(i as i64));
+            assert_eq!(node["value"], encoded(Some(value)));
+            assert_eq!(node["value_type"], text(json_type(value)));
+            assert_eq!(node["start_time"], ts(start));
+            assert_eq!(node["date"], Cell::Text(date.clone()));
+        }
+        let wanted_inputs = record["inputs"].as_object().cloned().unwrap_or_default();
+        let run_inputs: Vec<_> = inputs
+            .iter()
+            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
+            .collect();
+        assert_eq!(run_inputs.len(), wanted_inputs.len(), "{id}: input rows");
+        for (name, value) in &wanted_inputs {
+            let row = run_inputs.iter().find(|r| r["name"] == text(name)).unwrap();
+            assert_eq!(row["value"], encoded(Some(value)));
+            assert_eq!(row["value_type"], text(json_type(value)));
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[test]
+fn every_run_exactly_once_with_exact_values_in_every_column() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 437,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let started = chrono::Utc::now().timestamp_micros();
+    let ids: Vec<String> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| w.id.clone())
+        .collect();
+    let mut args = vec!["--page-size", "50"];
+    for id in &ids {
+        args.extend(["--workflow", id.as_str()]);
+    }
+    let out = export(&sim, dir.path(), &args);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("3 of 3 workflows ok, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("1311 runs"), "{}", stdout(&out));
+    for id in &ids {
+        assert_dataset_matches(dir.path(), id, &sim.server.records(id), started);
+    }
+    // Nothing but committed Parquet files in table folders; no temp files left anywhere.
+    for entry in walk(dir.path()) {
+        let name = entry.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(!name.ends_with(".tmp"), "leftover temp file {entry:?}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all.extend(walk(&p));
+        } else {
+            all.push(p);
+        }
+    }
+    all
+}
+
+#[test]
+fn tables_have_the_documented_types() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 40,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let expect = |table: &str, columns: &[(&str, DataType)]| {
+        let (schema, rows) = read_table(dir.path(), table);
+        assert!(!rows.is_empty(), "{table} has rows");
+        let schema = schema.unwrap();
+        let got: Vec<(String, DataType)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let want: Vec<(String, DataType)> = columns
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        assert_eq!(got, want, "{table}");
+    };
+    use DataType::{Int32, Int64, Utf8};
+    expect(
+        "runs",
+        &[
+            ("workflow_id", Utf8),
+            ("run_id", Utf8),
+            ("status", Utf8),
+            ("start_time", ts.clone()),
+            ("end_time", ts.clone()),
+            ("elapsed_time", Int64),
+            ("duration_ms", Int64),
+            ("error", Utf8),
+            ("outputs", Utf8),
+            ("node_count", Int32),
+            ("inputs", Utf8),
+            ("extracted_at", ts.clone()),
+        ],
+    );
+    expect(
+        "node_outputs",
+        &[
+            ("workflow_id", Utf8),
+            ("run_id", Utf8),
+            ("start_time", ts.clone()),
+            ("node", Utf8),
+            ("node_index", Int32),
+            ("value_type", Utf8),
+            ("value", Utf8),
+        ],
+    );
+    expect(
+        "run_inputs",
+        &[
+            ("workflow_id", Utf8),
+            ("run_id", Utf8),
+            ("start_time", ts.clone()),
+            ("name", Utf8),
+            ("value_type", Utf8),
+            ("value", Utf8),
+        ],
+    );
+    expect(
+        "workflows",
+        &[
+            ("workflow_id", Utf8),
+            ("name", Utf8),
+            ("description", Utf8),
+            ("status", Utf8),
+            ("version", Utf8),
+            ("created_at", ts.clone()),
+            ("updated_at", ts.clone()),
+            ("extracted_at", ts),
+        ],
+    );
+}
+
+#[test]
+fn history_an_exact_multiple_of_the_page_size_ends_on_an_empty_page() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 300,
+        ..SimConfig::default()
+    });
+    let id = sim.server.workflows()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &[
+            "--workflow",
+            &id,
+            "--page-size",
+            "100",
+            "--concurrency",
+            "1",
+        ],
+    ));
+    assert_eq!(offsets(&sim.paths(), &id), [0, 100, 200, 300]);
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+}
+
+#[test]
+fn a_server_page_cap_below_the_limit_loses_nothing() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 205,
+        page_cap: Some(30),
+        ..SimConfig::default()
+    });
+    let id = sim.server.workflows()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(
+        &sim,
+        dir.path(),
+        &[
+            "--workflow",
+            &id,
+            "--page-size",
+            "100",
+            "--concurrency",
+            "1",
+        ],
+    );
+    assert_ok(&out);
+    // Offsets advance by what was received (30), not by the limit asked for (100).
+    assert_eq!(
+        offsets(&sim.paths(), &id),
+        [0, 30, 60, 90, 120, 150, 180, 205]
+    );
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+
+    // With pages fetched ahead, the stride learnt from the first page is used.
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &[
+            "--workflow",
+            &id,
+            "--page-size",
+            "100",
+            "--concurrency",
+            "8",
+        ],
+    ));
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+}
+
+#[test]
+fn pages_of_one_long_workflow_are_fetched_concurrently() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 3000,
+        latency: std::time::Duration::from_millis(30),
+        ..SimConfig::default()
+    });
+    let id = sim.server.workflows()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--workflow", &id, "--concurrency", "8"],
+    ));
+    let max = sim.server.max_concurrent_requests();
+    assert!(
+        (4..=8).contains(&max),
+        "one workflow had {max} requests in flight at most"
+    );
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+}
+
+#[test]
+fn an_empty_workflow_succeeds_with_no_rows() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 10,
+        fixtures: vec![fixture("empty-wf", vec![])],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--workflow", "empty-wf"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("1 of 1 workflows ok"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(offsets(&sim.paths(), "empty-wf"), [0]);
+    assert!(read_table(dir.path(), "runs").1.is_empty());
+}
+
+#[test]
+fn workflow_ids_are_one_percent_encoded_path_segment() {
+    let odd = "a/b?c#d%e f";
+    let record = json!({"id": "r1", "status": "completed", "start_time": "2025-03-12T03:39:30.476391Z",
+                        "end_time": "2025-03-12T03:39:36.133074Z", "elapsed_time": 5, "error": null,
+                        "outputs": "x", "all_outputs": {"model": "x"}, "inputs": {"prompt": "p"}});
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture(odd, vec![record.clone()])],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", odd]));
+    let paths = sim.paths();
+    assert_eq!(
+        paths[0], "/api/v1/workflow/workflows/a%2Fb%3Fc%23d%25e%20f/runs?limit=100&offset=0",
+        "{paths:?}"
+    );
+    assert_dataset_matches(dir.path(), odd, &[record], 0);
+}
+
+#[test]
+fn records_that_cannot_be_runs_are_quarantined_not_fatal() {
+    let page: Vec<Value> =
+        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("odd-records", page)],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--workflow", "odd-records"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("4 runs"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("5 rejected"), "{}", stdout(&out));
+    let rejected_dir = dir.path().join("_rejected");
+    let files: Vec<_> = std::fs::read_dir(&rejected_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let lines: Vec<Value> = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "`id` is missing",
+            "`id` is empty",
+            "`id` is null",
+            "record is a JSON string, not an object",
+            "`id` is a JSON array"
+        ]
+    );
+    assert!(lines.iter().all(|l| l["workflow_id"] == "odd-records"));
+    assert_eq!(lines[3]["record"], json!("not a run"));
+    let (_, runs) = read_table(dir.path(), "runs");
+    let ids: BTreeSet<&str> = runs.iter().map(|r| r["run_id"].text().unwrap()).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["12345", "run-no-start", "run-object-outputs", "run-running"])
+    );
+    let no_start = select(&runs, "run_id", "run-no-start");
+    assert_eq!(no_start[0]["date"], text("__HIVE_DEFAULT_PARTITION__"));
+}
+
+#[test]
+fn all_workflows_lists_exports_and_writes_the_workflows_table() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 25,
+        fixtures: vec![fixture("extra-wf", vec![])],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--all-workflows"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("4 of 4 workflows ok"),
+        "{}",
+        stdout(&out)
+    );
+    let (_, workflows) = read_table(dir.path(), "workflows");
+    let mut listed: Vec<&str> = workflows
+        .iter()
+        .map(|w| w["workflow_id"].text().unwrap())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| w.id.clone())
+        .collect();
+    want.push("extra-wf".into());
+    want.sort();
+    assert_eq!(listed, want);
+    let first = &sim.server.workflows()[0];
+    let row = select(&workflows, "workflow_id", &first.id)[0];
+    assert_eq!(row["name"], text(&first.name));
+    assert_eq!(row["version"], text("1"));
+    assert!(matches!(row["created_at"], Cell::Micros(_)));
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert_eq!(runs.len(), 75);
+}

@@ -1,0 +1,49 @@
+//! Real readers: DuckDB, Polars and pyarrow (from PyPI, in the venv `scripts/test` creates) read
+//! an export with the documented types, partitions and keys (`tests/interop/check_dataset.py`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use orchestra_export::simulate::SimConfig;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The interpreter with duckdb, polars and pyarrow: `ORCHESTRA_EXPORT_PYTHON`, else the repo's
+/// `.venv` that `scripts/test` creates.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORCHESTRA_EXPORT_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with duckdb/polars/pyarrow: run `scripts/test` (it creates .venv) or set ORCHESTRA_EXPORT_PYTHON"
+    );
+    venv
+}
+
+#[test]
+fn duckdb_polars_and_pyarrow_read_the_dataset_with_documented_types() {
+    let odd: Vec<Value> =
+        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
+    let docs: Vec<Value> =
+        serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
+    let sim = Sim::start(SimConfig {
+        workflows: 5,
+        runs_per_workflow: 300,
+        fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_dataset.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains(" passed, 0 failed"), "{report}");
+}

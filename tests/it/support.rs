@@ -1,0 +1,249 @@
+//! Shared helpers: a simulator on 127.0.0.1:0, running the binary, reading tables back.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use orchestra_export::simulate::{Fixture, SimConfig, SimServer};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+pub const KEY: &str = "test-key-Zq8Xw3";
+
+/// A simulator running on its own runtime for the duration of a test.
+pub struct Sim {
+    pub server: SimServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Sim {
+    pub fn start(config: SimConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = SimConfig {
+            api_key: KEY.to_owned(),
+            ..config
+        };
+        let server = runtime
+            .block_on(SimServer::start(
+                config,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ))
+            .unwrap();
+        Self {
+            server,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// Paths (with query) of the requests answered, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .into_iter()
+            .map(|r| r.path_and_query)
+            .collect()
+    }
+}
+
+pub fn fixture(id: &str, records: Vec<Value>) -> Fixture {
+    Fixture {
+        id: id.to_owned(),
+        records,
+    }
+}
+
+/// Runs the binary with the test key in the environment.
+pub fn run(args: &[&str]) -> Output {
+    run_with_env(args, &[("ORCHESTRA_API_KEY", KEY)])
+}
+
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestra-export"));
+    cmd.args(args)
+        .env_remove("ORCHESTRA_API_KEY")
+        .env_remove("ORCHESTRA_BASE_URL")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// `export` against `sim` into `out`, with extra args.
+pub fn export(sim: &Sim, out: &Path, extra: &[&str]) -> Output {
+    let url = sim.url();
+    let out = out.to_str().unwrap();
+    let mut args = vec!["export", "--base-url", url.as_str(), "--out", out];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success, showing output otherwise.
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A cell of a table read back, typed as the Parquet column was.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    Micros(i64),
+}
+
+impl Cell {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Cell::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+pub type Row = BTreeMap<String, Cell>;
+
+/// Every `.parquet` file below `dir`, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Reads all rows of `table`, adding the Hive partition folder as the `date` cell.
+pub fn read_table(out: &Path, table: &str) -> (Option<SchemaRef>, Vec<Row>) {
+    let mut rows = Vec::new();
+    let mut schema = None;
+    for path in parquet_files(&out.join(table)) {
+        let partition = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("date="))
+            .map(str::to_owned);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            schema = Some(batch.schema());
+            for mut row in batch_rows(&batch) {
+                if let Some(p) = &partition {
+                    row.insert("date".into(), Cell::Text(p.clone()));
+                }
+                rows.push(row);
+            }
+        }
+    }
+    (schema, rows)
+}
+
+fn batch_rows(batch: &RecordBatch) -> Vec<Row> {
+    let mut rows = vec![Row::new(); batch.num_rows()];
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        for (i, row) in rows.iter_mut().enumerate() {
+            let cell = if column.is_null(i) {
+                Cell::Null
+            } else {
+                match field.data_type() {
+                    DataType::Utf8 => Cell::Text(column.as_string::<i32>().value(i).to_owned()),
+                    DataType::Int64 => Cell::Int(column.as_primitive::<Int64Type>().value(i)),
+                    DataType::Int32 => {
+                        Cell::Int(column.as_primitive::<Int32Type>().value(i).into())
+                    }
+                    DataType::Timestamp(_, _) => {
+                        Cell::Micros(column.as_primitive::<TimestampMicrosecondType>().value(i))
+                    }
+                    other => panic!("unexpected type {other}"),
+                }
+            };
+            row.insert(field.name().clone(), cell);
+        }
+    }
+    rows
+}
+
+/// Microseconds of an RFC 3339 timestamp, parsed independently of the exporter.
+pub fn micros(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_micros()
+}
+
+/// The value encoding the contract promises: strings verbatim, null NULL, others compact JSON.
+pub fn encoded(v: Option<&Value>) -> Cell {
+    match v {
+        None | Some(Value::Null) => Cell::Null,
+        Some(Value::String(s)) => Cell::Text(s.clone()),
+        Some(other) => Cell::Text(serde_json::to_string(other).unwrap()),
+    }
+}
+
+pub fn text(s: &str) -> Cell {
+    Cell::Text(s.to_owned())
+}
+
+/// Rows of `rows` whose `column` equals `value`.
+pub fn select<'a>(rows: &'a [Row], column: &str, value: &str) -> Vec<&'a Row> {
+    rows.iter().filter(|r| r[column] == text(value)).collect()
+}
+
+/// Offsets requested for a workflow, in request order.
+pub fn offsets(paths: &[String], workflow_segment: &str) -> Vec<u64> {
+    paths
+        .iter()
+        .filter(|p| p.contains(&format!("/workflows/{workflow_segment}/runs?")))
+        .map(|p| {
+            p.split("offset=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
