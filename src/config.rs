@@ -33,9 +33,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The key is empty.
-    #[error("the API key from {from} is empty")]
-    EmptyKey { from: String },
+    /// The key is empty or cannot be sent.
+    #[error("the API key from {from} {reason}")]
+    BadKey { from: String, reason: &'static str },
     /// The workflows file could not be read.
     #[error("cannot read workflows file `{}`", path.display())]
     WorkflowsFile {
@@ -71,8 +71,8 @@ pub struct ExportConfig {
     pub extract: ExtractOptions,
 }
 
-/// Raw inputs, as the CLI collected them.
-#[derive(Debug, Clone, Default)]
+/// Raw inputs, as the CLI collected them. No `Debug`: it holds the raw key.
+#[derive(Clone, Default)]
 pub struct ExportInputs {
     pub base_url: String,
     pub api_key_file: Option<PathBuf>,
@@ -158,13 +158,15 @@ fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigErro
             path: path.to_path_buf(),
             source,
         })?;
-        return ApiKey::new(&text).ok_or_else(|| ConfigError::EmptyKey {
+        return ApiKey::parse(&text).map_err(|reason| ConfigError::BadKey {
             from: format!("`{}`", path.display()),
+            reason,
         });
     }
     match env {
-        Some(value) => ApiKey::new(value).ok_or_else(|| ConfigError::EmptyKey {
+        Some(value) => ApiKey::parse(value).map_err(|reason| ConfigError::BadKey {
             from: format!("`{API_KEY_ENV}`"),
+            reason,
         }),
         None => Err(ConfigError::NoApiKey),
     }
@@ -180,7 +182,8 @@ pub fn read_workflows_file(path: &Path) -> Result<Vec<String>, ConfigError> {
 }
 
 fn parse_workflow_lines(text: &str) -> Vec<String> {
-    text.lines()
+    text.trim_start_matches('\u{feff}')
+        .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .map(str::to_owned)
@@ -188,16 +191,7 @@ fn parse_workflow_lines(text: &str) -> Vec<String> {
 }
 
 fn check_workflow_id(id: &str) -> Result<(), ConfigError> {
-    let reason = if id.trim().is_empty() {
-        "it is empty"
-    } else if id == "." || id == ".." {
-        "`.` and `..` cannot be used as a URL path segment"
-    } else if id.chars().any(char::is_control) {
-        "it contains control characters"
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::WorkflowId {
+    api::check_workflow_id(id).map_err(|reason| ConfigError::WorkflowId {
         id: id.escape_debug().to_string(),
         reason,
     })
@@ -223,12 +217,17 @@ mod tests {
     #[test]
     fn invalid_inputs_name_what_is_wrong() {
         type Case = (&'static str, fn(&mut ExportInputs), &'static str);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             ("no key", |i| i.api_key_env = None, "no API key"),
             (
                 "blank key",
                 |i| i.api_key_env = Some(" \n".into()),
                 "is empty",
+            ),
+            (
+                "two-line key",
+                |i| i.api_key_env = Some("ab\ncd".into()),
+                "cannot be sent in an HTTP header",
             ),
             (
                 "no workflows",

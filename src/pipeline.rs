@@ -16,7 +16,7 @@ use crate::dataset::{
     DatasetError, DatasetWriter, LocalStorage, Storage, Table, WriteSummary, WriterOptions,
     write_jsonl, write_snapshot,
 };
-use crate::extract::{Extractor, SinkItem, WorkflowOutcome};
+use crate::extract::{Extractor, SinkItem, Stopper, WorkflowOutcome};
 use crate::flatten::{PageError, Rejected, flatten_workflows};
 use crate::progress::Reporter;
 
@@ -123,6 +123,7 @@ pub fn new_export_id() -> String {
 pub async fn export(
     config: ExportConfig,
     reporter: Arc<dyn Reporter>,
+    stopper: Stopper,
 ) -> Result<ExportSummary, ExportError> {
     let started = Instant::now();
     let export_id = new_export_id();
@@ -169,7 +170,13 @@ pub async fn export(
         export_id.clone(),
         rx,
     );
-    let extractor = Extractor::new(client.clone(), config.extract.clone(), tx, reporter.clone());
+    let extractor = Extractor::new(
+        client.clone(),
+        config.extract.clone(),
+        tx,
+        reporter.clone(),
+        stopper,
+    );
     let outcomes = extractor.run(workflow_ids).await;
     drop(extractor); // closes the queue so the writer finishes
     reporter.on_finish();

@@ -34,10 +34,24 @@ const ERROR_BODY_SNIPPET: usize = 200;
 pub struct ApiKey(String);
 
 impl ApiKey {
-    /// Wraps a key; surrounding whitespace (a key file's trailing newline) is removed.
+    /// Wraps a key; surrounding whitespace (a key file's trailing newline, a BOM) is removed.
+    /// Returns `None` when nothing is left.
     pub fn new(key: &str) -> Option<Self> {
-        let key = key.trim();
-        (!key.is_empty()).then(|| Self(key.to_owned()))
+        Self::parse(key).ok()
+    }
+
+    /// Like [`ApiKey::new`], saying what is wrong: empty, or not sendable in an HTTP header.
+    pub fn parse(key: &str) -> Result<Self, &'static str> {
+        let key = key.trim_start_matches('\u{feff}').trim();
+        if key.is_empty() {
+            return Err("is empty");
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "contains spaces, line breaks or characters that cannot be sent in an HTTP header",
+            );
+        }
+        Ok(Self(key.to_owned()))
     }
 
     fn header(&self) -> Result<HeaderValue, ApiError> {
@@ -399,6 +413,19 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
         TransportKind::Connect
     } else {
         TransportKind::Broken
+    }
+}
+
+/// Whether `id` can be sent as one URL path segment; the reason when it cannot.
+pub fn check_workflow_id(id: &str) -> Result<(), &'static str> {
+    if id.trim().is_empty() {
+        Err("it is empty")
+    } else if id == "." || id == ".." {
+        Err("`.` and `..` cannot be used as a URL path segment")
+    } else if id.chars().any(char::is_control) {
+        Err("it contains control characters")
+    } else {
+        Ok(())
     }
 }
 

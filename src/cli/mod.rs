@@ -15,7 +15,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{self, ApiError};
 use crate::config::{self, ExportConfig, ExportInputs};
+use crate::dataset::Table;
 use crate::exit;
+use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
 use crate::progress::{LogReporter, Reporter};
 use crate::simulate::{self, SimConfig, SimServer};
@@ -241,7 +243,44 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         }
     };
     let out = config.out.clone();
-    finish_export(pipeline::export(config, reporter(bars)).await, &out)
+    finish_export(export_until_signalled(config, bars).await, &out)
+}
+
+/// Runs an export; the first SIGINT/SIGTERM stops fetching and commits what was fetched, a
+/// second one exits at once (uncommitted files are hidden temp files readers never see).
+async fn export_until_signalled(
+    config: ExportConfig,
+    bars: bool,
+) -> Result<ExportSummary, ExportError> {
+    let stopper = Stopper::default();
+    let watcher = tokio::spawn({
+        let stopper = stopper.clone();
+        async move {
+            shutdown_signal().await;
+            eprintln!("interrupted: committing what was fetched (interrupt again to quit at once)");
+            stopper.stop(StopReason::Interrupted);
+            shutdown_signal().await;
+            std::process::exit(exit::INTERRUPTED);
+        }
+    });
+    let result = pipeline::export(config, reporter(bars), stopper).await;
+    watcher.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Prints the summary or the error, and picks the exit code.
@@ -286,6 +325,17 @@ fn exit_code(summary: &ExportSummary) -> i32 {
     let errors: Vec<_> = summary.failed().filter_map(|w| w.error.as_ref()).collect();
     if errors.is_empty() {
         return exit::SUCCESS;
+    }
+    let interrupted = |e: &&ExtractError| {
+        matches!(
+            e,
+            ExtractError::Cancelled {
+                reason: StopReason::Interrupted
+            }
+        )
+    };
+    if errors.iter().any(interrupted) {
+        return exit::INTERRUPTED;
     }
     let api_errors: Vec<_> = errors.iter().filter_map(|e| e.api_error()).collect();
     if api_errors
@@ -333,6 +383,10 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
             return exit::INTERNAL;
         }
     };
+    if let Err(e) = prepare_demo_out(&args.out) {
+        report_error(&e, Some("pass another `--out`, or remove the folder"));
+        return exit::OUTPUT;
+    }
     println!(
         "simulator: serving {} workflows at {}",
         args.workflows,
@@ -352,12 +406,42 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         }
     };
     let out = config.out.clone();
-    let code = finish_export(pipeline::export(config, reporter(bars)).await, &out);
+    let code = finish_export(export_until_signalled(config, bars).await, &out);
     if code == exit::SUCCESS {
         print!("{}", summary::query_help(&out));
     }
     server.stop();
     code
+}
+
+/// Marks a folder the demo wrote, so a later demo may replace it.
+const DEMO_MARKER: &str = "_demo";
+
+/// The demo writes a fresh dataset each time: into a new or empty folder, or over an earlier
+/// demo's output (its tables are removed first). Any other folder is left alone.
+fn prepare_demo_out(out: &std::path::Path) -> std::io::Result<()> {
+    let is_empty = |p: &std::path::Path| std::fs::read_dir(p).map(|mut d| d.next().is_none());
+    if out.exists() && !out.join(DEMO_MARKER).exists() && !is_empty(out)? {
+        return Err(std::io::Error::other(format!(
+            "`{}` is not empty and was not written by `demo`; it is left untouched",
+            out.display()
+        )));
+    }
+    for table in Table::RUN_TABLES.iter().chain([&Table::Workflows]) {
+        let dir = out.join(table.name());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    let rejected = out.join("_rejected");
+    if rejected.exists() {
+        std::fs::remove_dir_all(&rejected)?;
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join(DEMO_MARKER),
+        "written by `orchestra-export demo`; a later demo replaces this folder\n",
+    )
 }
 
 async fn run_simulate(args: SimulateArgs) -> i32 {

@@ -135,6 +135,17 @@ impl StagedFile for LocalStaged {
                 io::Error::other("file already committed"),
             ));
         };
+        let result = self.finish(writer);
+        if result.is_err() {
+            // Failed before the rename (disk full, I/O error): the temp file must not linger.
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+}
+
+impl LocalStaged {
+    fn finish(&self, writer: BufWriter<File>) -> Result<u64, DatasetError> {
         let file = writer
             .into_inner()
             .map_err(|e| DatasetError::io("write", &self.temp, e.into_error()))?;

@@ -22,6 +22,10 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 const MAX_ROWS_PER_FILE: usize = 4 * 1024 * 1024;
 /// Encoded-but-unflushed bytes all open files may hold together before the largest is flushed.
 const DEFAULT_MEMORY_BUDGET: usize = 96 * 1024 * 1024;
+/// Files open at once. History arrives newest first per workflow, so few partitions are active
+/// at a time; past this the least recently written file is committed (bounds descriptors and
+/// buffers for histories spanning years).
+const MAX_OPEN_FILES: usize = 96;
 /// zstd level 3: zstd's default, most of the ratio at a fraction of the CPU of higher levels.
 const ZSTD_LEVEL: i32 = 3;
 /// Columns that are nearly unique per row, where a dictionary only costs time.
@@ -100,6 +104,7 @@ struct OpenFile {
     table: Table,
     path: String,
     rows: usize,
+    last_write: u64,
     writer: ArrowWriter<Box<dyn StagedFile>>,
 }
 
@@ -127,6 +132,7 @@ pub struct DatasetWriter {
     props: WriterProperties,
     open: HashMap<(Table, PartitionDate), OpenFile>,
     next_seq: u64,
+    writes: u64,
     summary: WriteSummary,
 }
 
@@ -142,6 +148,7 @@ impl DatasetWriter {
             props: writer_properties(),
             open: HashMap::new(),
             next_seq: 0,
+            writes: 0,
             summary: WriteSummary::default(),
         })
     }
@@ -166,10 +173,15 @@ impl DatasetWriter {
         }
         let key = (table, date);
         if !self.open.contains_key(&key) {
+            if self.open.len() >= MAX_OPEN_FILES {
+                self.close_least_recent()?;
+            }
             let file = self.open_file(table, date)?;
             self.open.insert(key, file);
         }
+        self.writes += 1;
         let file = self.open.get_mut(&key).expect("inserted above");
+        file.last_write = self.writes;
         file.writer
             .write(batch)
             .map_err(|source| DatasetError::Parquet {
@@ -204,8 +216,21 @@ impl DatasetWriter {
             table,
             path,
             rows: 0,
+            last_write: 0,
             writer,
         })
+    }
+
+    fn close_least_recent(&mut self) -> Result<(), DatasetError> {
+        let oldest = self
+            .open
+            .iter()
+            .min_by_key(|(_, f)| f.last_write)
+            .map(|(k, _)| *k);
+        if let Some(file) = oldest.and_then(|key| self.open.remove(&key)) {
+            self.summary.files.push(file.close()?);
+        }
+        Ok(())
     }
 
     /// Flushes the largest buffered row groups until the open files fit the memory budget.
@@ -298,4 +323,95 @@ pub fn write_jsonl(
         file.write_all(b"\n").map_err(io_err)?;
     }
     file.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use arrow::array::{Array, AsArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use serde_json::json;
+
+    use super::*;
+    use crate::dataset::LocalStorage;
+    use crate::flatten::{PageContext, flatten_records};
+
+    /// One run a day for `days` days, each in its own partition.
+    fn rows(days: i64, text_len: usize) -> Vec<PartitionRows> {
+        let records = (0..days)
+            .map(|d| {
+                let start = crate::flatten::format_timestamp(1_700_000_000_000_000 + d * 86_400_000_000);
+                json!({"id": format!("r{d}"), "start_time": start, "all_outputs": {"m": "x".repeat(text_len)}})
+            })
+            .collect();
+        let ctx = PageContext {
+            workflow_id: "w",
+            offset: 0,
+            extracted_at_us: 0,
+        };
+        flatten_records(records, ctx).partitions
+    }
+
+    fn read_run_ids(root: &std::path::Path, summary: &WriteSummary) -> Vec<String> {
+        let mut ids = Vec::new();
+        for file in summary.files.iter().filter(|f| f.table == Table::Runs) {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                File::open(root.join(&file.path)).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = batch
+                    .column_by_name("run_id")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone();
+                ids.extend((0..col.len()).map(|i| col.value(i).to_owned()));
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn years_of_partitions_keep_a_bounded_number_of_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let mut writer = DatasetWriter::try_new(storage, WriterOptions::new("t")).unwrap();
+        let parts = rows(730, 10);
+        for part in &parts {
+            writer.write(part).unwrap();
+            assert!(writer.open.len() <= MAX_OPEN_FILES);
+        }
+        let summary = writer.close().unwrap();
+        assert_eq!(summary.rows(Table::Runs), 730);
+        let mut want: Vec<String> = (0..730).map(|d| format!("r{d}")).collect();
+        want.sort();
+        assert_eq!(read_run_ids(dir.path(), &summary), want);
+    }
+
+    #[test]
+    fn a_tiny_memory_budget_flushes_row_groups_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let options = WriterOptions {
+            memory_budget: 64 * 1024,
+            ..WriterOptions::new("t")
+        };
+        let mut writer = DatasetWriter::try_new(storage, options).unwrap();
+        for part in rows(20, 50_000) {
+            writer.write(&part).unwrap();
+            assert!(
+                writer.buffered_bytes() <= 64 * 1024,
+                "{}",
+                writer.buffered_bytes()
+            );
+        }
+        let summary = writer.close().unwrap();
+        assert_eq!(read_run_ids(dir.path(), &summary).len(), 20);
+        assert_eq!(summary.rows(Table::NodeOutputs), 20);
+    }
 }

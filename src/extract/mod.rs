@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::stream::{self, FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,10 @@ use crate::progress::Reporter;
 
 /// Largest number of pages of one workflow requested ahead of the answers.
 pub const DEFAULT_MAX_WINDOW: usize = 16;
+
+/// Consecutive non-empty pages holding only runs already seen before a workflow is failed. New
+/// runs arriving during paging cause at most one such page per page size of arrivals.
+const MAX_PAGES_WITHOUT_NEWS: u32 = 5;
 
 /// What the extract stage sends to the writer.
 #[derive(Debug)]
@@ -91,7 +95,15 @@ pub enum ExtractError {
     },
     /// Stopped because another workflow hit an error that ends the whole export.
     #[error("stopped: {reason}")]
-    Cancelled { reason: &'static str },
+    Cancelled { reason: StopReason },
+    /// The id cannot be sent as a URL path segment.
+    #[error("invalid workflow id: {reason}")]
+    InvalidWorkflowId { reason: &'static str },
+    /// Page after page brought only runs already seen: the API ignores `offset`, or is looping.
+    #[error(
+        "{pages} pages in a row up to offset {offset} held only runs already seen; the API seems to ignore `offset`"
+    )]
+    NoProgress { pages: u32, offset: u64 },
     /// The writer stopped (its own error is reported separately).
     #[error("the dataset writer stopped")]
     WriterStopped,
@@ -113,23 +125,62 @@ pub struct Extractor {
     options: ExtractOptions,
     sink: mpsc::Sender<SinkItem>,
     reporter: Arc<dyn Reporter>,
-    cancel: CancellationToken,
+    stopper: Stopper,
+}
+
+/// Why an export was stopped before every workflow finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The API answered 401/403.
+    KeyRejected,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::KeyRejected => "the API key was rejected",
+            StopReason::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// Stops a running extraction from anywhere (another workflow, a signal handler). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Stopper {
+    token: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl Stopper {
+    /// Stops every workflow still running; they fail with `reason`. The first reason wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Why it was stopped, once it was.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
 }
 
 impl Extractor {
-    /// An extractor sending to `sink`.
+    /// An extractor sending to `sink`, stopped early through `stopper`.
     pub fn new(
         client: ApiClient,
         options: ExtractOptions,
         sink: mpsc::Sender<SinkItem>,
         reporter: Arc<dyn Reporter>,
+        stopper: Stopper,
     ) -> Self {
         Self {
             client,
             options,
             sink,
             reporter,
-            cancel: CancellationToken::new(),
+            stopper,
         }
     }
 
@@ -151,19 +202,23 @@ impl Extractor {
 
     async fn workflow(&self, workflow_id: String) -> WorkflowOutcome {
         let mut stats = WorkflowStats::default();
-        let error = tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => Some(ExtractError::Cancelled {
-                reason: "the API key was rejected",
-            }),
-            result = self.page_through(&workflow_id, &mut stats) => result.err(),
+        let error = if let Err(reason) = crate::api::check_workflow_id(&workflow_id) {
+            Some(ExtractError::InvalidWorkflowId { reason })
+        } else {
+            tokio::select! {
+                biased;
+                () = self.stopper.token.cancelled() => Some(ExtractError::Cancelled {
+                    reason: self.stopper.reason().unwrap_or(StopReason::Interrupted),
+                }),
+                result = self.page_through(&workflow_id, &mut stats) => result.err(),
+            }
         };
         if let Some(ExtractError::Api {
             source: ApiError::Unauthorized { .. },
             ..
         }) = &error
         {
-            self.cancel.cancel();
+            self.stopper.stop(StopReason::KeyRejected);
         }
         WorkflowOutcome {
             workflow_id,
@@ -185,6 +240,7 @@ impl Extractor {
         let mut next_offset = 0u64;
         let mut window = 1usize;
         let mut first_page = true;
+        let mut pages_without_news = 0u32;
         let mut in_flight = FuturesOrdered::new();
         loop {
             while in_flight.len() < window {
@@ -198,11 +254,19 @@ impl Extractor {
             stats.pages += 1;
             let received = page.record_count as u64;
             self.keep_new_runs(&mut page, &mut seen, stats);
+            let news = page.run_ids.len() + page.rejected.len();
             self.reporter
                 .on_page(workflow_id, page.run_ids.len() as u64, bytes);
             self.send(page).await?;
             if received == 0 {
                 return Ok(());
+            }
+            pages_without_news = if news == 0 { pages_without_news + 1 } else { 0 };
+            if pages_without_news >= MAX_PAGES_WITHOUT_NEWS {
+                return Err(ExtractError::NoProgress {
+                    pages: pages_without_news,
+                    offset,
+                });
             }
             if received == stride {
                 window = (window * 2).min(max_window);

@@ -244,7 +244,7 @@ impl RunFields {
 
     /// End minus start in whole milliseconds (truncated), when both are known.
     fn duration_ms(&self) -> Option<i64> {
-        Some((self.end_time? - self.start_time?) / 1000)
+        Some(self.end_time?.checked_sub(self.start_time?)? / 1000)
     }
 }
 

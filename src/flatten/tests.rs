@@ -289,3 +289,30 @@ fn odd_numbers_and_timestamps_become_nulls_and_are_counted() {
     assert_eq!(int64(&p.runs, "elapsed_time"), [Some(12)]);
     assert_eq!(p.runs.column_by_name("start_time").unwrap().null_count(), 1);
 }
+
+#[test]
+fn numbers_are_kept_exactly_as_sent() {
+    let body = br#"[{"id": 7, "start_time": "2025-01-01T00:00:00Z",
+        "all_outputs": {"price": 1.10, "big": 12345678901234567890123, "tiny": 1e400, "obj": {"v": 2.50}}}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    let p = &page.partitions[0];
+    assert_eq!(
+        text(&p.node_outputs, "value"),
+        [
+            s("1.10"),
+            s("12345678901234567890123"),
+            s("1e+400"), // exact value; serde_json spells the exponent with a sign
+            s(r#"{"v":2.50}"#)
+        ]
+    );
+    assert_eq!(page.run_ids, ["7"]);
+}
+
+#[test]
+fn absurd_years_are_unreadable_not_an_overflow() {
+    let body = br#"[{"id": "x", "start_time": "-262000-01-01T00:00:00", "end_time": "+262000-01-01T00:00:00"}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    assert_eq!(page.unreadable_values, 2);
+    let p = partition(&page, HIVE_DEFAULT);
+    assert_eq!(int64(&p.runs, "duration_ms"), [None]);
+}

@@ -1,6 +1,6 @@
 //! Timestamp parsing for the forms the Orchestra docs show, normalised to UTC microseconds.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Utc};
 
 /// Naive forms (no offset) accepted and read as UTC.
 const NAIVE_FORMATS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
@@ -13,19 +13,25 @@ const OFFSET_FORMATS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%
 /// Returns `None` when the text is none of these forms.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let text = text.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(dt.timestamp_micros());
-    }
-    for format in OFFSET_FORMATS {
-        if let Ok(dt) = DateTime::parse_from_str(text, format) {
-            return Some(dt.timestamp_micros());
-        }
-    }
-    NAIVE_FORMATS.iter().find_map(|format| {
-        NaiveDateTime::parse_from_str(text, format)
-            .ok()
-            .map(|naive| naive.and_utc().timestamp_micros())
-    })
+    let utc = DateTime::parse_from_rfc3339(text)
+        .ok()
+        .or_else(|| {
+            OFFSET_FORMATS
+                .iter()
+                .find_map(|format| DateTime::parse_from_str(text, format).ok())
+        })
+        .map(|dt| dt.to_utc())
+        .or_else(|| {
+            NAIVE_FORMATS.iter().find_map(|format| {
+                NaiveDateTime::parse_from_str(text, format)
+                    .ok()
+                    .map(|naive| naive.and_utc())
+            })
+        })?;
+    // Years outside 1–9999 are not timestamps any reader agrees on (and overflow arithmetic).
+    (1..=9999)
+        .contains(&utc.year())
+        .then(|| utc.timestamp_micros())
 }
 
 /// Formats microseconds since the epoch as RFC 3339 UTC with 6 fractional digits, as the API does.

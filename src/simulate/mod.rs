@@ -80,6 +80,8 @@ pub struct SimConfig {
     pub faults: Vec<Fault>,
     /// Delay before answering each request.
     pub latency: Duration,
+    /// Serve every page from offset 0, as a broken API that ignores `offset` would.
+    pub ignore_offset: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +97,7 @@ impl Default for SimConfig {
             fixtures: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
+            ignore_offset: false,
         }
     }
 }
@@ -380,6 +383,11 @@ async fn list_runs(
         );
     };
     let limit = state.config.page_cap.map_or(limit, |cap| limit.min(cap));
+    let offset = if state.config.ignore_offset {
+        0
+    } else {
+        offset
+    };
     axum::Json(state.page(source, offset, limit)).into_response()
 }
 

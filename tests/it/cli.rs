@@ -137,3 +137,115 @@ fn the_key_is_never_printed_logged_or_written() {
     let help = run(&["export", "--help"]);
     assert!(!stdout(&help).contains(KEY));
 }
+
+#[test]
+fn demo_replaces_its_own_output_and_never_touches_other_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let demo = |out: &std::path::Path| {
+        run(&[
+            "demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--workflows",
+            "3",
+            "--runs",
+            "40",
+            "--seed",
+            "7",
+        ])
+    };
+    let first = demo(&out);
+    assert_ok(&first);
+    assert!(
+        stdout(&first).contains("3 of 3 workflows ok"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&first).contains("query it with DuckDB"),
+        "{}",
+        stdout(&first)
+    );
+    let runs_once = read_table(&out, "runs").1.len();
+    assert!(runs_once > 0);
+    assert_ok(&demo(&out));
+    assert_eq!(
+        read_table(&out, "runs").1.len(),
+        runs_once,
+        "a second demo replaces, not appends"
+    );
+
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), b"mine").unwrap();
+    let refused = demo(&precious);
+    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("is not empty and was not written by `demo`"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(precious.join("notes.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 5000,
+        latency: std::time::Duration::from_millis(50),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args([
+            "export",
+            "--base-url",
+            &url,
+            "--all-workflows",
+            "--concurrency",
+            "2",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("ORCHESTRA_API_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until a few pages were served, then ask it to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sim.server.requests().len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted: committing what was fetched"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("failed: stopped: interrupted"),
+        "{}",
+        stderr(&out)
+    );
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert!(
+        !runs.is_empty() && runs.len() < 10_000,
+        "{} runs",
+        runs.len()
+    );
+    let ids: std::collections::BTreeSet<_> = runs
+        .iter()
+        .map(|r| (r["workflow_id"].clone(), r["run_id"].clone()))
+        .collect();
+    assert_eq!(ids.len(), runs.len(), "no duplicates");
+}

@@ -323,3 +323,46 @@ fn a_redirect_to_another_host_never_carries_the_key() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn an_api_that_ignores_offset_fails_the_workflow_instead_of_looping() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 500,
+        ignore_offset: true,
+        ..SimConfig::default()
+    });
+    let id = sim.server.workflows()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--workflow", &id, "--concurrency", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("5 pages in a row up to offset 500 held only runs already seen"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(offsets(&sim.paths(), &id), [0, 100, 200, 300, 400, 500]);
+    // The runs it did get are kept, once each.
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert_eq!(runs.len(), 100);
+}
+
+#[test]
+fn a_listed_workflow_id_that_cannot_be_a_path_segment_fails_alone() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 20,
+        fixtures: vec![fixture("..", vec![])],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--all-workflows"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("error: workflow `..` failed: invalid workflow id: `.` and `..` cannot be used as a URL path segment"), "{}", stderr(&out));
+    assert!(
+        !sim.paths().iter().any(|p| p.contains("/workflows/runs")),
+        "{:?}",
+        sim.paths()
+    );
+    assert_eq!(read_table(dir.path(), "runs").1.len(), 20);
+}
