@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::DatasetError;
 
 /// Buffer in front of each staged local file; Parquet writes in page-sized chunks anyway.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Where committed files live. Paths are relative, `/`-separated, below the export root.
 pub trait Storage: Send + Sync {

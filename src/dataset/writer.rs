@@ -21,11 +21,11 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A partition file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: usize = 4 * 1024 * 1024;
 /// Encoded-but-unflushed bytes all open files may hold together before the largest is flushed.
-const DEFAULT_MEMORY_BUDGET: usize = 96 * 1024 * 1024;
+const DEFAULT_MEMORY_BUDGET: usize = 48 * 1024 * 1024;
 /// Files open at once. History arrives newest first per workflow, so few partitions are active
 /// at a time; past this the least recently written file is committed (bounds descriptors and
 /// buffers for histories spanning years).
-const MAX_OPEN_FILES: usize = 96;
+const MAX_OPEN_FILES: usize = 192;
 /// zstd level 3: zstd's default, most of the ratio at a fraction of the CPU of higher levels.
 const ZSTD_LEVEL: i32 = 3;
 /// Columns that are nearly unique per row, where a dictionary only costs time.
@@ -236,10 +236,7 @@ impl DatasetWriter {
     /// Flushes the largest buffered row groups until the open files fit the memory budget.
     fn enforce_memory_budget(&mut self) -> Result<(), DatasetError> {
         loop {
-            let sizes = self
-                .open
-                .iter()
-                .map(|(k, f)| (*k, f.writer.in_progress_size()));
+            let sizes = self.open.iter().map(|(k, f)| (*k, f.writer.memory_size()));
             let total: usize = sizes.clone().map(|(_, s)| s).sum();
             if total <= self.options.memory_budget {
                 return Ok(());
@@ -259,10 +256,7 @@ impl DatasetWriter {
 
     /// Bytes buffered in memory by open files.
     pub fn buffered_bytes(&self) -> usize {
-        self.open
-            .values()
-            .map(|f| f.writer.in_progress_size())
-            .sum()
+        self.open.values().map(|f| f.writer.memory_size()).sum()
     }
 
     /// Closes and commits every open file.
