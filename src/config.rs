@@ -17,6 +17,12 @@ pub const API_KEY_ENV: &str = "ORCHESTRA_API_KEY";
 pub const DEFAULT_OUT: &str = "data/export";
 /// Default `limit` per page, the API's own default.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Default look-back of incremental exports: runs that start late or show up late by up to an
+/// hour are still picked up.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
+/// Default horizon for unfinished runs: a run still unfinished a week after it started is given
+/// up on (reported, no longer fetched).
+pub const DEFAULT_UNFINISHED_HORIZON: Duration = Duration::from_secs(7 * 86_400);
 /// Default requests in flight: enough to hide latency, gentle on the API.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
@@ -69,6 +75,10 @@ pub struct ExportConfig {
     pub out: PathBuf,
     /// Paging settings.
     pub extract: ExtractOptions,
+    /// Ignore earlier state and page every history to its end (still merging, never duplicating).
+    pub full: bool,
+    /// How far before the cursor an incremental export re-reads.
+    pub lookback: Duration,
 }
 
 /// Raw inputs, as the CLI collected them. No `Debug`: it holds the raw key.
@@ -85,6 +95,9 @@ pub struct ExportInputs {
     pub concurrency: usize,
     pub request_timeout: Duration,
     pub max_retries: u32,
+    pub full: bool,
+    pub lookback: Duration,
+    pub unfinished_horizon: Duration,
 }
 
 impl ExportInputs {
@@ -121,7 +134,12 @@ impl ExportInputs {
             workflow_ids: ids,
             all_workflows: self.all_workflows,
             out: self.out,
+            full: self.full,
+            lookback: self.lookback,
             extract: ExtractOptions {
+                export_id: String::new(),
+                lookback: None,
+                unfinished_horizon: self.unfinished_horizon,
                 page_size: self.page_size,
                 max_window: concurrency.min(DEFAULT_MAX_WINDOW),
                 parallel_workflows: concurrency,

@@ -12,6 +12,8 @@ pub const AUTH: i32 = 3;
 pub const OUTPUT: i32 = 4;
 /// The API could not be reached at all (connection refused, DNS, TLS).
 pub const UNREACHABLE: i32 = 5;
+/// Another export is writing to the same `--out`.
+pub const LOCKED: i32 = 6;
 /// Stopped by SIGINT/SIGTERM; what was fetched before is committed.
 pub const INTERRUPTED: i32 = 130;
 /// A bug: an invariant broke. Please report it.

@@ -4,6 +4,7 @@
 //! It holds no stage logic of its own; it decides only what ends the export (a rejected key, an
 //! output that cannot be written) and what merely fails one workflow.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,11 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    DatasetError, DatasetWriter, LocalStorage, Storage, Table, WriteSummary, WriterOptions,
-    write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, LocalStorage, PartitionDate, RunKeys,
+    Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
 };
-use crate::extract::{Extractor, SinkItem, Stopper, WorkflowOutcome};
+use crate::extract::state::{self, StateError};
+use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
 use crate::flatten::{PageError, Rejected, flatten_workflows};
 use crate::progress::Reporter;
 
@@ -42,6 +44,9 @@ pub enum ExportError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(ApiError),
+    /// A state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The writer thread died; a bug.
     #[error("the dataset writer thread panicked")]
     WriterPanicked,
@@ -64,8 +69,12 @@ pub struct ExportSummary {
     pub export_id: String,
     /// One outcome per workflow, in the order requested.
     pub workflows: Vec<WorkflowOutcome>,
-    /// Files committed.
-    pub written: WriteSummary,
+    /// Whether the export ignored earlier state and paged every history to its end.
+    pub full: bool,
+    /// Files written to staging.
+    pub staged: WriteSummary,
+    /// What the commit did, partition by partition.
+    pub committed: CommitSummary,
     /// Rows in the `workflows` table, when it was written.
     pub workflows_table_rows: Option<usize>,
     /// Records quarantined to `_rejected/`.
@@ -119,17 +128,31 @@ pub fn new_export_id() -> String {
     )
 }
 
-/// Runs one export.
+/// Folder of the per-export staging area; cleared when an export starts and after it commits.
+const STAGING_DIR: &str = "_staging";
+/// Folder of the per-export manifests.
+pub const MANIFEST_DIR: &str = "_manifest";
+/// Written after an export in which every workflow succeeded; removed while one commits.
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
+
+/// Runs one export: lock, fetch into staging, merge-commit, then state, manifest and marker.
 pub async fn export(
     config: ExportConfig,
     reporter: Arc<dyn Reporter>,
     stopper: Stopper,
 ) -> Result<ExportSummary, ExportError> {
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let export_id = new_export_id();
     let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(&config.out)?);
-    // Fail before the first request if the folder cannot be written to.
-    drop(storage.create("_probe")?);
+    let _lock = storage.lock(&lock_holder(&export_id))?;
+    // What a killed export left: its staging area and hidden temp files. Nobody else writes
+    // here while we hold the lock.
+    storage.remove_dir_all(STAGING_DIR)?;
+    let abandoned = storage.remove_abandoned("")?;
+    if abandoned > 0 {
+        tracing::info!(target: "dataset", files = abandoned, "removed files left by an interrupted export");
+    }
 
     let hook_reporter = reporter.clone();
     let client = ApiClient::new(config.client.clone())
@@ -139,7 +162,7 @@ pub async fn export(
         }));
 
     let mut workflow_ids = config.workflow_ids.clone();
-    let mut workflows_table_rows = None;
+    let mut workflow_list = None;
     if config.all_workflows {
         let url = client.workflows_url();
         let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
@@ -153,50 +176,176 @@ pub async fn export(
         if list.skipped > 0 {
             tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
         }
-        write_snapshot(storage.as_ref(), Table::Workflows, &export_id, &list.batch)?;
-        workflows_table_rows = Some(list.batch.num_rows());
-        for id in list.ids {
-            if !workflow_ids.contains(&id) {
-                workflow_ids.push(id);
+        for id in &list.ids {
+            if !workflow_ids.contains(id) {
+                workflow_ids.push(id.clone());
             }
         }
+        workflow_list = Some(list);
     }
-    reporter.on_start(workflow_ids.len());
+    let mut work = Vec::with_capacity(workflow_ids.len());
+    for id in workflow_ids {
+        let previous = if config.full {
+            None
+        } else {
+            state::load(storage.as_ref(), &id)?
+        };
+        work.push((id, previous));
+    }
+    reporter.on_start(work.len());
 
     let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
     let writer = spawn_writer(
         storage.clone(),
-        WriterOptions::new(&export_id),
+        WriterOptions::new(format!("{STAGING_DIR}/{export_id}/")),
         export_id.clone(),
         rx,
     );
-    let extractor = Extractor::new(
-        client.clone(),
-        config.extract.clone(),
-        tx,
-        reporter.clone(),
-        stopper,
-    );
-    let outcomes = extractor.run(workflow_ids).await;
+    let options = ExtractOptions {
+        export_id: export_id.clone(),
+        lookback: (!config.full).then_some(config.lookback),
+        ..config.extract.clone()
+    };
+    let extractor = Extractor::new(client.clone(), options, tx, reporter.clone(), stopper);
+    let outcomes = extractor.run(work).await;
     drop(extractor); // closes the queue so the writer finishes
     reporter.on_finish();
-    let (written, rejected) = tokio::task::spawn_blocking(move || writer.join())
+    let (staged, rejected) = tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|_| ExportError::WriterPanicked)?
         .map_err(|_| ExportError::WriterPanicked)??;
 
+    // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
+    // dataset in the middle of a commit for a finished one.
+    remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
+    let mut moved_out: HashMap<PartitionDate, RunKeys> = HashMap::new();
+    for outcome in &outcomes {
+        for (date, run_id) in &outcome.moved {
+            moved_out
+                .entry(*date)
+                .or_default()
+                .insert(&outcome.workflow_id, run_id);
+        }
+    }
+    let committed = dataset::commit(storage.as_ref(), &staged, &moved_out)?;
+    let workflows_table_rows = match &workflow_list {
+        Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
+        None => None,
+    };
+    // State advances only now that the data it describes is durable; failed workflows keep
+    // theirs.
+    for state in outcomes.iter().filter_map(|o| o.new_state.as_ref()) {
+        state::save(storage.as_ref(), state)?;
+    }
+    storage.remove_dir_all(&format!("{STAGING_DIR}/{export_id}"))?;
+
     let stats = client.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(ExportSummary {
+    let summary = ExportSummary {
         export_id,
+        full: config.full,
         workflows: outcomes,
-        written,
+        staged,
+        committed,
         workflows_table_rows,
         rejected,
         requests: load(&stats.requests),
         retries: load(&stats.retries),
         bytes_received: load(&stats.bytes),
         elapsed: started.elapsed(),
+    };
+    let manifest = manifest(&summary, started_at);
+    write_jsonl(
+        storage.as_ref(),
+        &format!("{MANIFEST_DIR}/{}.json", summary.export_id),
+        [manifest.to_string()],
+    )?;
+    if summary.failed().next().is_none() {
+        write_jsonl(storage.as_ref(), SUCCESS_MARKER, [manifest.to_string()])?;
+    }
+    Ok(summary)
+}
+
+fn remove_if_present(storage: &dyn Storage, path: &str) -> Result<(), DatasetError> {
+    if storage.list("")?.iter().any(|name| name == path) {
+        storage.remove(path)?;
+    }
+    Ok(())
+}
+
+/// Who holds the lock, for the message another export shows.
+fn lock_holder(export_id: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "this host".to_owned());
+    format!(
+        "pid {} on {host}, export {export_id} started {}",
+        std::process::id(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// The manifest record of an export: what a downstream job checks before it reads.
+fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    let tables: serde_json::Map<String, serde_json::Value> = Table::RUN_TABLES
+        .iter()
+        .map(|table| {
+            let partitions: Vec<serde_json::Value> = s
+                .committed
+                .partitions
+                .iter()
+                .filter(|p| p.table == *table)
+                .map(|p| {
+                    json!({
+                        "partition": p.date.dir_name(),
+                        "rows_written": p.rows_staged,
+                        "rows_replaced": p.rows_replaced,
+                        "rows_after": p.rows_after,
+                        "file_replaced": p.rewrote,
+                    })
+                })
+                .collect();
+            (
+                table.name().to_owned(),
+                json!({
+                    "rows_new": s.committed.rows_new(*table),
+                    "rows_updated": s.committed.rows_updated(*table),
+                    "partitions": partitions,
+                }),
+            )
+        })
+        .collect();
+    let workflows: Vec<serde_json::Value> = s
+        .workflows
+        .iter()
+        .map(|w| {
+            json!({
+                "workflow_id": w.workflow_id,
+                "ok": w.error.is_none(),
+                "error": w.error.as_ref().map(|e| crate::error_chain(e)),
+                "pages": w.stats.pages,
+                "runs_fetched": w.stats.runs,
+                "duplicates": w.stats.duplicates,
+                "rejected": w.stats.rejected,
+                "unfinished_refreshed": w.stats.refreshed,
+                "unfinished_abandoned": w.stats.abandoned,
+                "cursor": w.new_state.as_ref().and_then(|st| st.cursor.clone()),
+            })
+        })
+        .collect();
+    json!({
+        "export_id": s.export_id,
+        "status": if s.failed().next().is_none() { "ok" } else { "partial" },
+        "mode": if s.full { "full" } else { "incremental" },
+        "started_at": started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "requests": s.requests,
+        "retries": s.retries,
+        "rejected": s.rejected,
+        "files_replaced": s.committed.files_rewritten(),
+        "workflows": workflows,
+        "tables": tables,
+        "workflows_table_rows": s.workflows_table_rows,
     })
 }
 

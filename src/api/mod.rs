@@ -236,6 +236,11 @@ impl ApiClient {
         url
     }
 
+    /// `{base}/workflows/{id}/runs/{run_id}`, both percent-encoded as one segment each.
+    pub fn run_url(&self, workflow_id: &str, run_id: &str) -> Url {
+        self.endpoint(&["workflows", workflow_id, "runs", run_id])
+    }
+
     /// `{base}/workflows`.
     pub fn workflows_url(&self) -> Url {
         self.endpoint(&["workflows"])

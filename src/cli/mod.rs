@@ -15,7 +15,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{self, ApiError};
 use crate::config::{self, ExportConfig, ExportInputs};
-use crate::dataset::Table;
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
@@ -75,8 +74,44 @@ struct ExportArgs {
     /// Dataset folder.
     #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
     out: PathBuf,
+    /// Ignore what earlier exports stored and page every history to its end (rows are still
+    /// merged, never duplicated). By default only what is new since the last export is fetched.
+    #[arg(long)]
+    full: bool,
+    /// How far before the newest stored run an incremental export re-reads (`30m`, `1h`, `2d`).
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+    lookback: Duration,
+    /// Stop fetching runs that are still unfinished this long after they started.
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
+    unfinished_horizon: Duration,
     #[command(flatten)]
     tuning: Tuning,
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration like `30m`, `1h` or `7d`"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is not a duration like `30m`, `1h` or `7d`"))
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +256,8 @@ fn export_inputs(tuning: &Tuning, out: PathBuf) -> ExportInputs {
         concurrency: tuning.concurrency,
         request_timeout: Duration::from_secs_f64(tuning.request_timeout),
         max_retries: tuning.max_retries,
+        lookback: config::DEFAULT_LOOKBACK,
+        unfinished_horizon: config::DEFAULT_UNFINISHED_HORIZON,
         ..ExportInputs::default()
     }
 }
@@ -233,6 +270,9 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         workflows: args.workflows,
         workflows_file: args.workflows_file,
         all_workflows: args.all_workflows,
+        full: args.full,
+        lookback: args.lookback,
+        unfinished_horizon: args.unfinished_horizon,
         ..export_inputs(&args.tuning, args.out)
     };
     let config = match inputs.validate() {
@@ -300,7 +340,11 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         }
         Err(e) => {
             let (code, hint) = match &e {
-                ExportError::Dataset(_) => (
+                ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
+                    exit::LOCKED,
+                    Some("wait for it to finish: the lock is released when that process exits"),
+                ),
+                ExportError::Dataset(_) | ExportError::State(_) => (
                     exit::OUTPUT,
                     Some("check that `--out` is a writable folder with free space"),
                 ),
@@ -427,15 +471,8 @@ fn prepare_demo_out(out: &std::path::Path) -> std::io::Result<()> {
             out.display()
         )));
     }
-    for table in Table::RUN_TABLES.iter().chain([&Table::Workflows]) {
-        let dir = out.join(table.name());
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-    }
-    let rejected = out.join("_rejected");
-    if rejected.exists() {
-        std::fs::remove_dir_all(&rejected)?;
+    if out.join(DEMO_MARKER).exists() {
+        std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out)?;
     std::fs::write(

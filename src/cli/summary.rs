@@ -12,10 +12,11 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     let failed = s.failed().count();
     let secs = s.elapsed.as_secs_f64();
     let runs = s.runs();
+    let mode = if s.full { "full" } else { "incremental" };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "export {}: {} of {total} workflows ok, {failed} failed",
+        "export {} ({mode}): {} of {total} workflows ok, {failed} failed",
         s.export_id,
         total - failed
     );
@@ -29,27 +30,43 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         s.rejected,
         s.unreadable_values()
     );
-    for table in Table::RUN_TABLES {
-        let files = s.written.files.iter().filter(|f| f.table == table).count();
+    let sum = |f: fn(&crate::extract::WorkflowStats) -> u64| -> u64 {
+        s.workflows.iter().map(|w| f(&w.stats)).sum()
+    };
+    let (refreshed, abandoned, vanished) = (
+        sum(|w| w.refreshed),
+        sum(|w| w.abandoned),
+        sum(|w| w.vanished),
+    );
+    if refreshed + abandoned + vanished > 0 {
         let _ = writeln!(
             text,
-            "  {:<13} {:>10} rows in {files} files",
+            "  unfinished runs: {refreshed} fetched again, {abandoned} given up past the horizon, {vanished} no longer known to the API"
+        );
+    }
+    for table in Table::RUN_TABLES {
+        let partitions = s
+            .committed
+            .partitions
+            .iter()
+            .filter(|p| p.table == table)
+            .count();
+        let _ = writeln!(
+            text,
+            "  {:<13} {:>9} new, {:>7} updated rows in {partitions} partitions",
             table.name(),
-            s.written.rows(table)
+            s.committed.rows_new(table),
+            s.committed.rows_updated(table)
         );
     }
     if let Some(rows) = s.workflows_table_rows {
-        let _ = writeln!(
-            text,
-            "  {:<13} {rows:>10} rows in 1 file",
-            Table::Workflows.name()
-        );
+        let _ = writeln!(text, "  {:<13} {rows:>9} rows", Table::Workflows.name());
     }
     let _ = writeln!(
         text,
-        "  {:.1} MB received, {:.1} MB written to `{}` in {secs:.2} s ({:.0} runs/s)",
+        "  {:.1} MB received, {:.1} MB written, committed to `{}` in {secs:.2} s ({:.0} runs/s)",
         s.bytes_received as f64 / 1e6,
-        s.written.bytes() as f64 / 1e6,
+        s.staged.bytes() as f64 / 1e6,
         out.display(),
         runs as f64 / secs.max(1e-9)
     );

@@ -4,15 +4,20 @@
 //! properties and the memory bound of the writing stage. It never talks to the API and never
 //! decides what a row contains (`flatten` does); files reach disk only through [`storage`].
 
+mod commit;
 pub mod schema;
 pub mod storage;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use commit::{CommitSummary, PartitionCommit, RunKeys, commit, read_batches};
 pub use schema::{PartitionDate, Table};
 pub use storage::{LocalStorage, StagedFile, Storage};
-pub use writer::{DatasetWriter, WriteSummary, WriterOptions, write_jsonl, write_snapshot};
+pub use writer::{
+    DatasetWriter, PARTITION_FILE, WriteSummary, WriterOptions, WrittenFile, write_jsonl,
+    write_snapshot,
+};
 
 /// Errors of the dataset stage; each names the file or folder involved.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,9 @@ pub enum DatasetError {
     /// The export root exists and is not a folder.
     #[error("`{}` is not a directory", path.display())]
     NotADirectory { path: PathBuf },
+    /// Another process holds the dataset's lock.
+    #[error("`{}` is locked by another export ({holder})", path.display())]
+    Locked { path: PathBuf, holder: String },
     /// The Parquet encoder failed.
     #[error("cannot write Parquet file `{path}`")]
     Parquet {

@@ -10,6 +10,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+
 use super::DatasetError;
 
 /// Buffer in front of each staged local file; Parquet writes in page-sized chunks anyway.
@@ -21,8 +23,22 @@ pub trait Storage: Send + Sync {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError>;
     /// Names of the committed files directly inside folder `dir` (empty when it does not exist).
     fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
+    /// Names of the folders directly inside folder `dir` (empty when it does not exist).
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
+    /// The whole content of a committed file.
+    fn read(&self, path: &str) -> Result<Bytes, DatasetError>;
+    /// Moves a committed file to `to`, atomically replacing any file there, durably.
+    fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError>;
     /// Removes a committed file.
     fn remove(&self, path: &str) -> Result<(), DatasetError>;
+    /// Removes a folder and everything in it (nothing when it does not exist).
+    fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError>;
+    /// Removes staged files that a killed process left below `dir`; returns how many.
+    /// Only call it while holding the dataset lock.
+    fn remove_abandoned(&self, dir: &str) -> Result<usize, DatasetError>;
+    /// Takes the dataset's writer lock, released when the guard is dropped (or the process dies).
+    /// `holder` describes this process for the error another process will see.
+    fn lock(&self, holder: &str) -> Result<Box<dyn Send>, DatasetError>;
     /// How to show `path` to a person (an absolute path or URL).
     fn display(&self, path: &str) -> String;
 }
@@ -62,6 +78,16 @@ impl LocalStorage {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The lock file in the export root; see [`Storage::lock`].
+pub const LOCK_FILE: &str = "_lock";
+
+/// Makes renames and new entries in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| DatasetError::io("sync", dir, source))
+}
+
 impl Storage for LocalStorage {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError> {
         let target = self.full(path);
@@ -99,9 +125,106 @@ impl Storage for LocalStorage {
         Ok(names)
     }
 
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+        let full = self.full(dir);
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(DatasetError::io("list", &full, source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| DatasetError::io("list", &full, source))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, path: &str) -> Result<Bytes, DatasetError> {
+        let full = self.full(path);
+        fs::read(&full)
+            .map(Bytes::from)
+            .map_err(|source| DatasetError::io("read", &full, source))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
+        let (from, to) = (self.full(from), self.full(to));
+        let dir = to.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|source| DatasetError::io("create", &dir, source))?;
+        fs::rename(&from, &to).map_err(|source| DatasetError::io("rename", &from, source))?;
+        sync_dir(&dir)
+    }
+
     fn remove(&self, path: &str) -> Result<(), DatasetError> {
         let full = self.full(path);
         fs::remove_file(&full).map_err(|source| DatasetError::io("remove", &full, source))
+    }
+
+    fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError> {
+        let full = self.full(dir);
+        match fs::remove_dir_all(&full) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(DatasetError::io("remove", &full, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_abandoned(&self, dir: &str) -> Result<usize, DatasetError> {
+        let mut removed = 0;
+        let mut stack = vec![self.full(dir)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else if name.starts_with('.') && name.ends_with(".tmp") {
+                    fs::remove_file(&path)
+                        .map_err(|source| DatasetError::io("remove", &path, source))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn lock(&self, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
+        let path = self.root.join(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| DatasetError::io("open", &path, source))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = io::Read::read_to_string(&mut file, &mut text);
+                return Err(DatasetError::Locked {
+                    path,
+                    holder: text.trim().to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(DatasetError::io("lock", &path, source));
+            }
+        }
+        // The lock is the kernel's (released when the process dies, so never stale); the
+        // content only tells others who holds it.
+        file.set_len(0)
+            .and_then(|()| io::Seek::seek(&mut file, io::SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(holder.as_bytes()))
+            .map_err(|source| DatasetError::io("write", &path, source))?;
+        Ok(Box::new(file))
     }
 
     fn display(&self, path: &str) -> String {
@@ -158,10 +281,7 @@ impl LocalStaged {
         drop(file);
         fs::rename(&self.temp, &self.target)
             .map_err(|source| DatasetError::io("rename", &self.target, source))?;
-        // Make the rename itself durable.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| DatasetError::io("sync", &self.dir, source))?;
+        sync_dir(&self.dir)?;
         Ok(bytes)
     }
 }

@@ -31,20 +31,24 @@ const ZSTD_LEVEL: i32 = 3;
 /// Columns that are nearly unique per row, where a dictionary only costs time.
 const NO_DICTIONARY_COLUMNS: [&str; 5] = ["run_id", "outputs", "inputs", "value", "extracted_at"];
 
+/// The name of the one file each committed partition holds: replacing it is a single atomic
+/// rename, so readers never see a partition with both old and new rows.
+pub const PARTITION_FILE: &str = "part-0.parquet";
+
 /// Tunables of the writer; the defaults suit any history size.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
-    /// Identifies this export in file names (`part-{export_id}-{seq}.parquet`).
-    pub export_id: String,
+    /// Folder (with a trailing `/`) the tables are written under, e.g. a staging area.
+    pub prefix: String,
     /// Bound on buffered, not yet flushed, encoded bytes across open files.
     pub memory_budget: usize,
 }
 
 impl WriterOptions {
-    /// Options with the default memory budget.
-    pub fn new(export_id: impl Into<String>) -> Self {
+    /// Options writing below `prefix` with the default memory budget.
+    pub fn new(prefix: impl Into<String>) -> Self {
         Self {
-            export_id: export_id.into(),
+            prefix: prefix.into(),
             memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
@@ -62,6 +66,8 @@ pub struct WriteSummary {
 pub struct WrittenFile {
     /// Table the file belongs to.
     pub table: Table,
+    /// Its partition; `None` for unpartitioned tables.
+    pub date: Option<PartitionDate>,
     /// Path relative to the export root.
     pub path: String,
     /// Rows in the file.
@@ -86,7 +92,7 @@ impl WriteSummary {
     }
 }
 
-fn writer_properties() -> WriterProperties {
+pub(crate) fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
@@ -102,6 +108,7 @@ fn writer_properties() -> WriterProperties {
 
 struct OpenFile {
     table: Table,
+    date: PartitionDate,
     path: String,
     rows: usize,
     last_write: u64,
@@ -118,6 +125,7 @@ impl OpenFile {
         let bytes = staged.commit()?;
         Ok(WrittenFile {
             table: self.table,
+            date: Some(self.date),
             path: self.path,
             rows: self.rows,
             bytes,
@@ -198,10 +206,10 @@ impl DatasetWriter {
 
     fn open_file(&mut self, table: Table, date: PartitionDate) -> Result<OpenFile, DatasetError> {
         let path = format!(
-            "{}/{}/part-{}-{:05}.parquet",
+            "{}{}/{}/part-{:05}.parquet",
+            self.options.prefix,
             table.name(),
             date.dir_name(),
-            self.options.export_id,
             self.next_seq
         );
         self.next_seq += 1;
@@ -214,6 +222,7 @@ impl DatasetWriter {
         )?;
         Ok(OpenFile {
             table,
+            date,
             path,
             rows: 0,
             last_write: 0,
@@ -270,17 +279,15 @@ impl DatasetWriter {
     }
 }
 
-/// Replaces the whole unpartitioned `table` with `batch`: the new file is committed first, then
-/// the older files are removed, so readers always see a complete table.
+/// Replaces the whole unpartitioned `table` with `batch`, atomically: the new file takes the
+/// place of the old one in a single rename.
 pub fn write_snapshot(
     storage: &dyn Storage,
     table: Table,
-    export_id: &str,
     batch: &RecordBatch,
 ) -> Result<WrittenFile, DatasetError> {
     let dir = table.name();
-    let old = storage.list(dir)?;
-    let path = format!("{dir}/part-{export_id}-00000.parquet");
+    let path = format!("{dir}/{PARTITION_FILE}");
     let sink = storage.create(&path)?;
     let parquet_err = |source| DatasetError::Parquet {
         path: path.clone(),
@@ -290,14 +297,9 @@ pub fn write_snapshot(
         .map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
     let bytes = writer.into_inner().map_err(parquet_err)?.commit()?;
-    for name in old.iter().filter(|n| n.ends_with(".parquet")) {
-        let old_path = format!("{dir}/{name}");
-        if old_path != path {
-            storage.remove(&old_path)?;
-        }
-    }
     Ok(WrittenFile {
         table,
+        date: None,
         path,
         rows: batch.num_rows(),
         bytes,
@@ -374,7 +376,7 @@ mod tests {
     fn years_of_partitions_keep_a_bounded_number_of_files_open() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
-        let mut writer = DatasetWriter::try_new(storage, WriterOptions::new("t")).unwrap();
+        let mut writer = DatasetWriter::try_new(storage, WriterOptions::new("")).unwrap();
         let parts = rows(730, 10);
         for part in &parts {
             writer.write(part).unwrap();
@@ -393,7 +395,7 @@ mod tests {
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
         let options = WriterOptions {
             memory_budget: 64 * 1024,
-            ..WriterOptions::new("t")
+            ..WriterOptions::new("")
         };
         let mut writer = DatasetWriter::try_new(storage, options).unwrap();
         for part in rows(20, 50_000) {

@@ -10,17 +10,24 @@
 //! doubling up to the concurrency budget (like TCP slow start); any page of an unexpected size
 //! cancels the speculation and re-aligns on what was really received.
 
-use std::collections::HashSet;
+pub mod state;
+
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures_util::stream::{self, FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiError};
-use crate::flatten::{self, FlatPage, PageContext, PageError, PartitionRows, Rejected};
+use crate::dataset::PartitionDate;
+use crate::flatten::{
+    self, FlatPage, PageContext, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
+};
 use crate::progress::Reporter;
+use state::{UnfinishedRun, WorkflowState};
 
 /// Largest number of pages of one workflow requested ahead of the answers.
 pub const DEFAULT_MAX_WINDOW: usize = 16;
@@ -41,6 +48,12 @@ pub enum SinkItem {
 /// Paging settings.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
+    /// Names the export in state files.
+    pub export_id: String,
+    /// Incremental look-back before the cursor; `None` pages every history to its end.
+    pub lookback: Option<Duration>,
+    /// Unfinished runs older than this are given up on.
+    pub unfinished_horizon: Duration,
     /// `limit` sent with every page request.
     pub page_size: u32,
     /// Pages of one workflow in flight at most.
@@ -62,6 +75,14 @@ pub struct WorkflowStats {
     pub rejected: u64,
     /// Timestamps or numbers that could not be read and were stored as NULL.
     pub unreadable_values: u64,
+    /// Stored unfinished runs fetched again by id.
+    pub refreshed: u64,
+    /// Unfinished runs given up on: still unfinished past the horizon.
+    pub abandoned: u64,
+    /// Stored unfinished runs the API no longer knows (404).
+    pub vanished: u64,
+    /// Paging stopped at the cursor (an incremental export) rather than at the end.
+    pub stopped_at_cursor: bool,
 }
 
 /// How one workflow's export ended.
@@ -71,6 +92,10 @@ pub struct WorkflowOutcome {
     pub workflow_id: String,
     /// Counters, also for a failed workflow (what was fetched before the failure).
     pub stats: WorkflowStats,
+    /// Runs whose partition changed since an earlier export stored them: (old partition, run id).
+    pub moved: Vec<(PartitionDate, String)>,
+    /// The state to save once the data is committed; `None` when the workflow failed.
+    pub new_state: Option<WorkflowState>,
     /// Why it failed, if it did.
     pub error: Option<ExtractError>,
 }
@@ -184,12 +209,16 @@ impl Extractor {
         }
     }
 
-    /// Exports every workflow; outcomes come back in the order given.
-    pub async fn run(&self, workflows: Vec<String>) -> Vec<WorkflowOutcome> {
+    /// Exports every workflow, each with the state of its previous export (if any); outcomes
+    /// come back in the order given.
+    pub async fn run(
+        &self,
+        workflows: Vec<(String, Option<WorkflowState>)>,
+    ) -> Vec<WorkflowOutcome> {
         let mut outcomes: Vec<(usize, WorkflowOutcome)> =
             stream::iter(workflows.into_iter().enumerate())
-                .map(|(i, id)| async move {
-                    let outcome = self.workflow(id).await;
+                .map(|(i, (id, state))| async move {
+                    let outcome = self.workflow(id, state).await;
                     self.reporter.on_workflow_done(&outcome);
                     (i, outcome)
                 })
@@ -200,65 +229,138 @@ impl Extractor {
         outcomes.into_iter().map(|(_, o)| o).collect()
     }
 
-    async fn workflow(&self, workflow_id: String) -> WorkflowOutcome {
-        let mut stats = WorkflowStats::default();
-        let error = if let Err(reason) = crate::api::check_workflow_id(&workflow_id) {
-            Some(ExtractError::InvalidWorkflowId { reason })
+    async fn workflow(
+        &self,
+        workflow_id: String,
+        previous: Option<WorkflowState>,
+    ) -> WorkflowOutcome {
+        let mut tally = Tally::new(previous.as_ref());
+        let result = if let Err(reason) = crate::api::check_workflow_id(&workflow_id) {
+            Err(ExtractError::InvalidWorkflowId { reason })
         } else {
             tokio::select! {
                 biased;
-                () = self.stopper.token.cancelled() => Some(ExtractError::Cancelled {
+                () = self.stopper.token.cancelled() => Err(ExtractError::Cancelled {
                     reason: self.stopper.reason().unwrap_or(StopReason::Interrupted),
                 }),
-                result = self.page_through(&workflow_id, &mut stats) => result.err(),
+                result = self.export_workflow(&workflow_id, previous.as_ref(), &mut tally) => result,
             }
         };
-        if let Some(ExtractError::Api {
+        if let Err(ExtractError::Api {
             source: ApiError::Unauthorized { .. },
             ..
-        }) = &error
+        }) = &result
         {
             self.stopper.stop(StopReason::KeyRejected);
         }
+        let new_state = result
+            .is_ok()
+            .then(|| tally.next_state(&workflow_id, previous.as_ref(), &self.options));
         WorkflowOutcome {
             workflow_id,
-            stats,
-            error,
+            stats: tally.stats,
+            moved: tally.moved,
+            new_state,
+            error: result.err(),
         }
+    }
+
+    /// Pages through the new part of the history, then fetches the stored unfinished runs that
+    /// paging did not reach.
+    async fn export_workflow(
+        &self,
+        workflow_id: &str,
+        previous: Option<&WorkflowState>,
+        tally: &mut Tally,
+    ) -> Result<(), ExtractError> {
+        // Incremental: stop once a page reaches past the cursor minus the look-back.
+        let stop_before = match (
+            self.options.lookback,
+            previous.and_then(WorkflowState::cursor_us),
+        ) {
+            (Some(lookback), Some(cursor)) => Some(cursor - lookback.as_micros() as i64),
+            _ => None,
+        };
+        self.page_through(workflow_id, stop_before, tally).await?;
+        let Some(previous) = previous else {
+            return Ok(());
+        };
+        let horizon = self.options.unfinished_horizon.as_micros() as i64;
+        let now = chrono::Utc::now().timestamp_micros();
+        let workflow: Arc<str> = Arc::from(workflow_id);
+        for run in &previous.unfinished {
+            if tally.seen.contains(&id_hash(&run.run_id)) {
+                continue;
+            }
+            if now - run.since_us() > horizon {
+                tally.stats.abandoned += 1;
+                continue;
+            }
+            let url = self.client.run_url(workflow_id, &run.run_id);
+            let (_, bytes, page) = self.fetch(workflow.clone(), url, 0).await;
+            let mut page = match page {
+                Err(ExtractError::Api {
+                    source: ApiError::Status { status: 404, .. },
+                    ..
+                }) => {
+                    // Deleted upstream: nothing to refresh; its stored row stays as it was.
+                    tally.stats.vanished += 1;
+                    continue;
+                }
+                other => other?,
+            };
+            tally.stats.refreshed += 1;
+            tally.keep_new_runs(&mut page);
+            self.reporter
+                .on_page(workflow_id, page.runs.len() as u64, bytes);
+            self.send(page).await?;
+        }
+        Ok(())
     }
 
     async fn page_through(
         &self,
         workflow_id: &str,
-        stats: &mut WorkflowStats,
+        stop_before: Option<i64>,
+        tally: &mut Tally,
     ) -> Result<(), ExtractError> {
         let limit = self.options.page_size;
         let max_window = self.options.max_window.max(1);
         let workflow: Arc<str> = Arc::from(workflow_id);
-        let mut seen: HashSet<u128> = HashSet::new();
         let mut stride = u64::from(limit);
         let mut next_offset = 0u64;
         let mut window = 1usize;
         let mut first_page = true;
         let mut pages_without_news = 0u32;
+        let mut previous_oldest: Option<i64> = None;
         let mut in_flight = FuturesOrdered::new();
         loop {
             while in_flight.len() < window {
-                in_flight.push_back(self.fetch(workflow.clone(), next_offset));
+                let url = self.client.runs_url(&workflow, limit, next_offset);
+                in_flight.push_back(self.fetch(workflow.clone(), url, next_offset));
                 next_offset += stride;
             }
             let Some((offset, bytes, page)) = in_flight.next().await else {
                 return Ok(());
             };
             let mut page = page?;
-            stats.pages += 1;
+            tally.stats.pages += 1;
             let received = page.record_count as u64;
-            self.keep_new_runs(&mut page, &mut seen, stats);
-            let news = page.run_ids.len() + page.rejected.len();
+            let oldest = page.runs.iter().filter_map(|r| r.start_time).min();
+            let page_newest = page.runs.iter().filter_map(|r| r.start_time).max();
+            tally.keep_new_runs(&mut page);
+            let news = page.runs.len() + page.rejected.len();
             self.reporter
-                .on_page(workflow_id, page.run_ids.len() as u64, bytes);
+                .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page).await?;
             if received == 0 {
+                return Ok(());
+            }
+            if stop_before
+                .zip(oldest)
+                .is_some_and(|(stop, oldest)| oldest < stop)
+            {
+                tally.stats.stopped_at_cursor = true;
                 return Ok(());
             }
             pages_without_news = if news == 0 { pages_without_news + 1 } else { 0 };
@@ -270,6 +372,16 @@ impl Extractor {
             }
             if received == stride {
                 window = (window * 2).min(max_window);
+                if let (Some(stop), Some(oldest)) = (stop_before, oldest) {
+                    // Incremental: do not request far past the cursor. Estimate the pages left
+                    // from the time one page covered.
+                    let newest = page_newest.unwrap_or(oldest);
+                    let span = previous_oldest
+                        .map_or(newest - oldest, |p| p - oldest)
+                        .max(1);
+                    let pages_left = ((oldest - stop) / span).saturating_add(1);
+                    window = window.min(usize::try_from(pages_left).unwrap_or(usize::MAX));
+                }
             } else {
                 // Not the size the requests ahead assumed: drop them and continue from exactly
                 // what was received. A short first page reveals a server-side cap; a short
@@ -284,29 +396,8 @@ impl Extractor {
                 window = 1;
             }
             first_page = false;
+            previous_oldest = oldest.or(previous_oldest);
         }
-    }
-
-    /// Drops runs already exported from an earlier page and counts what is left.
-    fn keep_new_runs(
-        &self,
-        page: &mut FlatPage,
-        seen: &mut HashSet<u128>,
-        stats: &mut WorkflowStats,
-    ) {
-        let repeated: HashSet<String> = page
-            .run_ids
-            .iter()
-            .filter(|id| !seen.insert(id_hash(id)))
-            .cloned()
-            .collect();
-        if !repeated.is_empty() {
-            page.drop_runs(|id| repeated.contains(id));
-        }
-        stats.duplicates += (repeated.len() + page.duplicates) as u64;
-        stats.runs += page.run_ids.len() as u64;
-        stats.rejected += page.rejected.len() as u64;
-        stats.unreadable_values += page.unreadable_values as u64;
     }
 
     async fn send(&self, page: FlatPage) -> Result<(), ExtractError> {
@@ -325,15 +416,13 @@ impl Extractor {
         Ok(())
     }
 
-    /// Fetches and flattens the page at `offset`: (offset, body bytes, page).
+    /// Fetches and flattens one page (`offset` is for messages and rows): (offset, bytes, page).
     async fn fetch(
         &self,
         workflow: Arc<str>,
+        url: url::Url,
         offset: u64,
     ) -> (u64, u64, Result<FlatPage, ExtractError>) {
-        let url = self
-            .client
-            .runs_url(&workflow, self.options.page_size, offset);
         let body = match self.client.get(&url).await {
             Ok(body) => body,
             Err(source) => return (offset, 0, Err(ExtractError::Api { offset, source })),
@@ -359,6 +448,105 @@ impl Extractor {
             Err(_) => Err(ExtractError::WriterStopped),
         };
         (offset, bytes, page)
+    }
+}
+
+/// What one workflow's export has seen so far.
+struct Tally {
+    stats: WorkflowStats,
+    /// Fingerprints of the run ids received.
+    seen: HashSet<u128>,
+    /// Newest start time received.
+    newest_start: Option<i64>,
+    /// Runs received unfinished.
+    unfinished: Vec<RunInfo>,
+    /// Runs stored unfinished by earlier exports, by id.
+    stored_unfinished: HashMap<String, UnfinishedRun>,
+    /// Runs whose partition changed since they were stored: (old partition, run id).
+    moved: Vec<(PartitionDate, String)>,
+}
+
+impl Tally {
+    fn new(previous: Option<&WorkflowState>) -> Self {
+        let stored_unfinished = previous
+            .map(|p| {
+                p.unfinished
+                    .iter()
+                    .map(|u| (u.run_id.clone(), u.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            stats: WorkflowStats::default(),
+            seen: HashSet::new(),
+            newest_start: None,
+            unfinished: Vec::new(),
+            stored_unfinished,
+            moved: Vec::new(),
+        }
+    }
+
+    /// Drops runs already received from an earlier page, and records what is left.
+    fn keep_new_runs(&mut self, page: &mut FlatPage) {
+        let repeated: HashSet<String> = page
+            .runs
+            .iter()
+            .filter(|run| !self.seen.insert(id_hash(&run.id)))
+            .map(|run| run.id.clone())
+            .collect();
+        if !repeated.is_empty() {
+            page.drop_runs(|id| repeated.contains(id));
+        }
+        for run in &page.runs {
+            self.newest_start = self.newest_start.max(run.start_time);
+            if !run.finished {
+                self.unfinished.push(run.clone());
+            }
+            if let Some(stored) = self.stored_unfinished.get(&run.id) {
+                let was = PartitionDate::from_micros(stored.start_us());
+                if was != run.date() {
+                    self.moved.push((was, run.id.clone()));
+                }
+            }
+        }
+        let s = &mut self.stats;
+        s.duplicates += (repeated.len() + page.duplicates) as u64;
+        s.runs += page.runs.len() as u64;
+        s.rejected += page.rejected.len() as u64;
+        s.unreadable_values += page.unreadable_values as u64;
+    }
+
+    /// The state to save once this export's data is committed.
+    fn next_state(
+        &mut self,
+        workflow_id: &str,
+        previous: Option<&WorkflowState>,
+        options: &ExtractOptions,
+    ) -> WorkflowState {
+        let now = chrono::Utc::now().timestamp_micros();
+        let horizon = options.unfinished_horizon.as_micros() as i64;
+        let first_seen = |id: &str| {
+            self.stored_unfinished
+                .get(id)
+                .map_or_else(|| format_timestamp(now), |u| u.first_seen.clone())
+        };
+        let mut unfinished = Vec::new();
+        for run in &self.unfinished {
+            let stored = UnfinishedRun {
+                run_id: run.id.clone(),
+                start_time: run.start_time.map(format_timestamp),
+                first_seen: first_seen(&run.id),
+            };
+            if now - stored.since_us() > horizon {
+                self.stats.abandoned += 1;
+            } else {
+                unfinished.push(stored);
+            }
+        }
+        let cursor = previous
+            .and_then(WorkflowState::cursor_us)
+            .max(self.newest_start);
+        WorkflowState::new(workflow_id, cursor, unfinished, &options.export_id)
     }
 }
 

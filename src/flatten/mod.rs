@@ -82,13 +82,35 @@ pub struct PartitionRows {
     pub run_inputs: RecordBatch,
 }
 
+/// Statuses of runs that have not reached a final state.
+const UNFINISHED_STATUSES: [&str; 3] = ["running", "queued", "pending"];
+
+/// What paging and state need to know about one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The run id.
+    pub id: String,
+    /// Its start, microseconds since the epoch (UTC).
+    pub start_time: Option<i64>,
+    /// Whether it reached a final state: it has an `end_time` and is not running, queued or
+    /// pending.
+    pub finished: bool,
+}
+
+impl RunInfo {
+    /// The partition the run's rows are in.
+    pub fn date(&self) -> PartitionDate {
+        PartitionDate::from_micros(self.start_time)
+    }
+}
+
 /// A flattened page.
 #[derive(Debug, Default)]
 pub struct FlatPage {
     /// How many records the page held (runs and rejected alike): drives paging.
     pub record_count: usize,
-    /// Run ids accepted from this page, in page order.
-    pub run_ids: Vec<String>,
+    /// The runs accepted from this page, in page order.
+    pub runs: Vec<RunInfo>,
     /// Rows grouped by partition.
     pub partitions: Vec<PartitionRows>,
     /// Records that could not be runs.
@@ -107,7 +129,7 @@ impl FlatPage {
 
     /// Removes the runs whose id `drop` selects, and their child rows, from every table.
     pub fn drop_runs(&mut self, drop: impl Fn(&str) -> bool) {
-        self.run_ids.retain(|id| !drop(id));
+        self.runs.retain(|run| !drop(&run.id));
         for part in &mut self.partitions {
             part.runs = filter_by_run_id(&part.runs, &drop);
             part.node_outputs = filter_by_run_id(&part.node_outputs, &drop);
@@ -172,7 +194,13 @@ pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
             continue;
         }
         out.unreadable_values += run.unreadable;
-        out.run_ids.push(run.id.clone());
+        let status = record.get("status").and_then(Value::as_str);
+        out.runs.push(RunInfo {
+            id: run.id.clone(),
+            start_time: run.start_time,
+            finished: run.end_time.is_some()
+                && !status.is_some_and(|s| UNFINISHED_STATUSES.contains(&s)),
+        });
         by_date
             .entry(PartitionDate::from_micros(run.start_time))
             .or_default()

@@ -54,6 +54,10 @@ fn int32(batch: &RecordBatch, column: &str) -> Vec<Option<i32>> {
         .collect()
 }
 
+fn ids(page: &FlatPage) -> Vec<&str> {
+    page.runs.iter().map(|r| r.id.as_str()).collect()
+}
+
 fn s(v: &str) -> Option<String> {
     Some(v.to_owned())
 }
@@ -69,7 +73,7 @@ fn partition<'a>(page: &'a FlatPage, date: &str) -> &'a PartitionRows {
 fn docs_example_becomes_one_run_two_nodes_one_input() {
     let page = flatten_page(DOCS_EXAMPLE.as_bytes(), ctx()).unwrap();
     assert_eq!(page.record_count, 1);
-    assert_eq!(page.run_ids, ["a40d4d53-7e5e-432b-8f23-8afdc53eefa3"]);
+    assert_eq!(ids(&page), ["a40d4d53-7e5e-432b-8f23-8afdc53eefa3"]);
     let p = partition(&page, "2025-03-12");
     let runs = &p.runs;
     assert_eq!(text(runs, "status"), [s("completed")]);
@@ -266,13 +270,13 @@ fn repeated_ids_in_a_page_keep_the_first_and_drop_runs_removes_children() {
     ]"#;
     let mut page = flatten_page(body, ctx()).unwrap();
     assert_eq!(page.duplicates, 1);
-    assert_eq!(page.run_ids, ["a", "b"]);
+    assert_eq!(ids(&page), ["a", "b"]);
     assert_eq!(
         text(&page.partitions[0].runs, "status"),
         [s("completed"), None]
     );
     page.drop_runs(|id| id == "b");
-    assert_eq!(page.run_ids, ["a"]);
+    assert_eq!(ids(&page), ["a"]);
     let p = &page.partitions[0];
     assert_eq!(text(&p.runs, "run_id"), [s("a")]);
     assert_eq!(text(&p.node_outputs, "run_id"), [s("a")]);
@@ -305,7 +309,7 @@ fn numbers_are_kept_exactly_as_sent() {
             s(r#"{"v":2.50}"#)
         ]
     );
-    assert_eq!(page.run_ids, ["7"]);
+    assert_eq!(ids(&page), ["7"]);
 }
 
 #[test]
@@ -315,4 +319,35 @@ fn absurd_years_are_unreadable_not_an_overflow() {
     assert_eq!(page.unreadable_values, 2);
     let p = partition(&page, HIVE_DEFAULT);
     assert_eq!(int64(&p.runs, "duration_ms"), [None]);
+}
+
+#[test]
+fn runs_without_end_time_or_with_a_running_status_are_unfinished() {
+    let body = br#"[
+        {"id": "done", "status": "completed", "start_time": "2025-01-01T00:00:00Z", "end_time": "2025-01-01T00:00:01Z"},
+        {"id": "failed", "status": "failed", "start_time": "2025-01-01T00:00:00Z", "end_time": "2025-01-01T00:00:01Z"},
+        {"id": "running", "status": "running", "start_time": "2025-01-01T00:00:00Z", "end_time": "2025-01-01T00:00:01Z"},
+        {"id": "no-end", "status": "completed", "start_time": "2025-01-01T00:00:00Z"},
+        {"id": "queued", "status": "queued"}
+    ]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    let finished: Vec<(&str, bool)> = page
+        .runs
+        .iter()
+        .map(|r| (r.id.as_str(), r.finished))
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            ("done", true),
+            ("failed", true),
+            ("running", false),
+            ("no-end", false),
+            ("queued", false)
+        ]
+    );
+    assert_eq!(
+        page.runs[4].date().dir_name(),
+        "date=__HIVE_DEFAULT_PARTITION__"
+    );
 }

@@ -139,30 +139,37 @@ impl SimWorkflow {
         })
     }
 
-    /// The run id of run `index` (0 = newest); the index is readable from its last group.
-    pub fn run_id(&self, index: u64) -> String {
-        let mut rng = rng_for(self.seed, self.index, index);
-        uuid_like(&mut rng, Some(index))
+    /// The run id of the run with sequence number `seq` (0 = oldest); `seq` is readable from
+    /// its last group.
+    pub fn run_id(&self, seq: u64) -> String {
+        let mut rng = rng_for(self.seed, self.index, seq);
+        uuid_like(&mut rng, Some(seq))
     }
 
-    /// Index of a run id of this workflow, if it is one.
-    pub fn run_index(&self, run_id: &str) -> Option<u64> {
-        let index = u64::from_str_radix(run_id.rsplit('-').next()?, 16).ok()?;
-        (index < self.runs && self.run_id(index) == run_id).then_some(index)
+    /// Sequence number of a run id of this workflow among `total` runs, if it is one.
+    pub fn run_seq(&self, run_id: &str, total: u64) -> Option<u64> {
+        let seq = u64::from_str_radix(run_id.rsplit('-').next()?, 16).ok()?;
+        (seq < total && self.run_id(seq) == run_id).then_some(seq)
     }
 
-    /// Run `index` (0 = newest) as the API returns it; `finished` forces a final status.
-    pub fn run(&self, index: u64, finished: bool) -> Value {
-        let mut rng = rng_for(self.seed, self.index, index);
-        let id = uuid_like(&mut rng, Some(index));
+    /// The run with sequence number `seq` (0 = oldest) as the API returns it, in a history of
+    /// `total` runs. Runs numbered `runs` and up were added after the history was generated and
+    /// start after the anchor. The newest two runs of every third workflow are still running or
+    /// queued, unless `finished_below` is above their number.
+    pub fn run(&self, seq: u64, total: u64, finished_below: u64) -> Value {
+        let mut rng = rng_for(self.seed, self.index, seq);
+        let id = uuid_like(&mut rng, Some(seq));
         let gap = SPAN_DAYS * 86_400_000_000 / self.runs.max(1) as i64;
         let jitter = rng.random_range(0..(gap / 2).max(1));
-        let start = self.anchor_us - index as i64 * gap - jitter;
+        let age = self.runs as i64 - 1 - seq as i64;
+        let start = self.anchor_us - age * gap - jitter;
+        let newest_two = seq + 2 >= total;
+        let finished = !newest_two || seq < finished_below || !self.index.is_multiple_of(3);
         let elapsed_us = (rng.random::<f64>().powi(3) * 110.0 + 0.4) as i64 * 1_000_000
             + rng.random_range(0..1_000_000);
         let roll: f64 = rng.random();
-        let status = if index < 2 && self.index.is_multiple_of(3) && !finished {
-            STATUSES_UNFINISHED[(index % 2) as usize]
+        let status = if !finished {
+            STATUSES_UNFINISHED[(seq % 2) as usize]
         } else if roll < 0.90 {
             "completed"
         } else if roll < 0.97 {
@@ -289,23 +296,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_deterministic_newest_first_and_findable_by_id() {
+    fn runs_are_deterministic_ordered_and_findable_by_id() {
         let wf = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US);
+        let again = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US);
+        assert_eq!(wf.run(17, 500, 0), again.run(17, 500, 0));
+        let t = |seq| {
+            wf.run(seq, 600, 0)["start_time"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(t(599) > t(500) && t(500) > t(499) && t(499) > t(250) && t(250) > t(0));
+        assert_eq!(wf.run_seq(&wf.run_id(42), 500), Some(42));
+        assert_eq!(wf.run(42, 500, 0)["id"], wf.run_id(42));
+        assert_eq!(wf.run_seq(&wf.run_id(520), 500), None);
         assert_eq!(
-            wf.run(17, false),
-            SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US).run(17, false)
+            wf.run_seq("00000000-0000-4000-8000-000000000001", 500),
+            None
         );
-        let t = |i| wf.run(i, false)["start_time"].as_str().unwrap().to_owned();
-        assert!(t(0) > t(1) && t(1) > t(250) && t(250) > t(499));
-        assert_eq!(wf.run_index(&wf.run_id(42)), Some(42));
-        assert_eq!(wf.run(42, false)["id"], wf.run_id(42));
-        assert_eq!(wf.run_index("00000000-0000-4000-8000-000000000001"), None);
+    }
+
+    #[test]
+    fn the_newest_runs_of_every_third_workflow_run_until_finished() {
+        let wf = SimWorkflow::generate(1, 3, 100, DEFAULT_ANCHOR_US);
+        let status =
+            |seq, total, finished_below| wf.run(seq, total, finished_below)["status"].clone();
+        assert_eq!(status(99, 100, 0), "queued");
+        assert_eq!(status(98, 100, 0), "running");
+        assert!(wf.run(99, 100, 0)["end_time"].is_null());
+        // New runs arrived: the old head has finished.
+        assert!(wf.run(99, 105, 0)["end_time"].is_string());
+        // Or the simulator was told to finish everything running.
+        assert!(wf.run(99, 100, 100)["end_time"].is_string());
     }
 
     #[test]
     fn statuses_look_real() {
         let wf = SimWorkflow::generate(9, 0, 2000, DEFAULT_ANCHOR_US);
-        let runs: Vec<Value> = (0..2000).map(|i| wf.run(i, false)).collect();
+        let runs: Vec<Value> = (0..2000).map(|i| wf.run(i, 2000, 0)).collect();
         let count = |s: &str| runs.iter().filter(|r| r["status"] == s).count();
         assert!(
             (1700..1900).contains(&count("completed")),

@@ -9,7 +9,7 @@ mod data;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +127,19 @@ struct SimState {
     log: Mutex<Vec<LoggedRequest>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Changes to generated workflows since start, by index.
+    live: Vec<LiveHistory>,
+    /// Current records of each fixture (they can be replaced while serving).
+    fixture_records: Mutex<Vec<Vec<Value>>>,
+}
+
+/// How a generated workflow's history changed while the simulator ran.
+#[derive(Default)]
+struct LiveHistory {
+    /// Runs added at the head.
+    added: AtomicU64,
+    /// Every run numbered below this is finished.
+    finished_below: AtomicU64,
 }
 
 impl SimState {
@@ -150,6 +163,11 @@ impl SimState {
             by_id.insert(fx.id.clone(), Source::Fixture(i));
         }
         let faults = config.faults.iter().map(|f| (f.clone(), f.times)).collect();
+        let live = (0..generated.len())
+            .map(|_| LiveHistory::default())
+            .collect();
+        let fixture_records =
+            Mutex::new(config.fixtures.iter().map(|f| f.records.clone()).collect());
         Self {
             config,
             generated,
@@ -158,19 +176,39 @@ impl SimState {
             log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            live,
+            fixture_records,
         }
+    }
+
+    /// Runs in generated workflow `i` now, and the sequence number below which all are finished.
+    fn history(&self, i: usize) -> (u64, u64) {
+        let live = &self.live[i];
+        (
+            self.generated[i].runs + live.added.load(Ordering::SeqCst),
+            live.finished_below.load(Ordering::SeqCst),
+        )
     }
 
     fn page(&self, source: &Source, offset: usize, limit: usize) -> Vec<Value> {
         match source {
             Source::Generated(i) => {
                 let wf = &self.generated[*i];
-                let end = (offset as u64).saturating_add(limit as u64).min(wf.runs);
-                (offset as u64..end).map(|r| wf.run(r, false)).collect()
+                let (total, finished_below) = self.history(*i);
+                let end = (offset as u64).saturating_add(limit as u64).min(total);
+                // Position 0 is the newest run, the one with the highest sequence number.
+                (offset as u64..end)
+                    .map(|p| wf.run(total - 1 - p, total, finished_below))
+                    .collect()
             }
             Source::Fixture(i) => {
-                let records = &self.config.fixtures[*i].records;
-                records.iter().skip(offset).take(limit).cloned().collect()
+                let records = self.fixture_records.lock().expect("fixture lock");
+                records[*i]
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .cloned()
+                    .collect()
             }
         }
     }
@@ -231,6 +269,31 @@ impl SimServer {
     /// Requests received so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.log.lock().expect("log lock").clone()
+    }
+
+    /// Adds `count` new runs at the head of generated workflow `index` (they start after every
+    /// run before them); the runs that were running at the old head finish.
+    pub fn add_runs(&self, index: usize, count: u64) {
+        self.state.live[index]
+            .added
+            .fetch_add(count, Ordering::SeqCst);
+    }
+
+    /// Replaces the records fixture `id` serves (as when runs finish or arrive upstream).
+    pub fn set_fixture_records(&self, id: &str, records: Vec<Value>) {
+        if let Some(Source::Fixture(i)) = self.state.by_id.get(id) {
+            self.state.fixture_records.lock().expect("fixture lock")[*i] = records;
+        }
+    }
+
+    /// Finishes every run that is running or queued now.
+    pub fn finish_running(&self) {
+        for i in 0..self.state.generated.len() {
+            let (total, _) = self.state.history(i);
+            self.state.live[i]
+                .finished_below
+                .store(total, Ordering::SeqCst);
+        }
     }
 
     /// The most requests it was answering at the same moment.
@@ -398,10 +461,11 @@ async fn one_run(
     let found = match state.by_id.get(&id) {
         Some(Source::Generated(i)) => {
             let wf = &state.generated[*i];
-            wf.run_index(&run_id).map(|r| wf.run(r, false))
+            let (total, finished_below) = state.history(*i);
+            wf.run_seq(&run_id, total)
+                .map(|seq| wf.run(seq, total, finished_below))
         }
-        Some(Source::Fixture(i)) => state.config.fixtures[*i]
-            .records
+        Some(Source::Fixture(i)) => state.fixture_records.lock().expect("fixture lock")[*i]
             .iter()
             .find(|r| r.get("id").and_then(Value::as_str) == Some(run_id.as_str()))
             .cloned(),

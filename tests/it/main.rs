@@ -5,4 +5,5 @@ mod cli;
 mod export;
 mod faults;
 mod interop;
+mod rerun;
 mod support;

@@ -1,6 +1,6 @@
 //! Shared helpers: a simulator on 127.0.0.1:0, running the binary, reading tables back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -246,4 +246,112 @@ pub fn offsets(paths: &[String], workflow_segment: &str) -> Vec<u64> {
                 .unwrap()
         })
         .collect()
+}
+
+/// Checks every column of every table against the records the simulator served.
+pub fn assert_dataset_matches(
+    out: &std::path::Path,
+    workflow_id: &str,
+    records: &[Value],
+    started_us: i64,
+) {
+    let (_, runs) = read_table(out, "runs");
+    let (_, nodes) = read_table(out, "node_outputs");
+    let (_, inputs) = read_table(out, "run_inputs");
+    let runs = select(&runs, "workflow_id", workflow_id);
+    assert_eq!(runs.len(), records.len(), "{workflow_id}: one row per run");
+    let ids: BTreeSet<&str> = runs.iter().map(|r| r["run_id"].text().unwrap()).collect();
+    assert_eq!(ids.len(), records.len(), "{workflow_id}: run ids unique");
+    let now_us = chrono::Utc::now().timestamp_micros();
+    for record in records {
+        let id = record["id"].as_str().unwrap();
+        let row = runs
+            .iter()
+            .find(|r| r["run_id"] == text(id))
+            .unwrap_or_else(|| panic!("run {id} missing"));
+        let start = record["start_time"].as_str().map(micros);
+        let end = record["end_time"].as_str().map(micros);
+        let ts = |v: Option<i64>| v.map_or(Cell::Null, Cell::Micros);
+        assert_eq!(row["status"], encoded(record.get("status")), "{id}");
+        assert_eq!(row["start_time"], ts(start), "{id}");
+        assert_eq!(row["end_time"], ts(end), "{id}");
+        assert_eq!(
+            row["elapsed_time"],
+            record["elapsed_time"]
+                .as_i64()
+                .map_or(Cell::Null, Cell::Int),
+            "{id}"
+        );
+        let duration = start.zip(end).map(|(s, e)| (e - s) / 1000);
+        assert_eq!(
+            row["duration_ms"],
+            duration.map_or(Cell::Null, Cell::Int),
+            "{id}"
+        );
+        assert_eq!(row["error"], encoded(record.get("error")), "{id}");
+        assert_eq!(row["outputs"], encoded(record.get("outputs")), "{id}");
+        let all_outputs = record["all_outputs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            row["node_count"],
+            Cell::Int(all_outputs.len() as i64),
+            "{id}"
+        );
+        assert_eq!(
+            row["inputs"],
+            Cell::Text(record["inputs"].to_string()),
+            "{id}"
+        );
+        let Cell::Micros(extracted) = row["extracted_at"] else {
+            panic!("extracted_at")
+        };
+        assert!(
+            extracted >= started_us && extracted <= now_us,
+            "{id}: extracted_at {extracted}"
+        );
+        let date = chrono::DateTime::from_timestamp_micros(start.unwrap())
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
+        assert_eq!(row["date"], Cell::Text(date.clone()), "{id}: partition");
+
+        let mut run_nodes: Vec<_> = nodes
+            .iter()
+            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
+            .collect();
+        run_nodes.sort_by_key(|n| n["node_index"].clone());
+        assert_eq!(run_nodes.len(), all_outputs.len(), "{id}: node rows");
+        for (i, ((name, value), node)) in all_outputs.iter().zip(&run_nodes).enumerate() {
+            assert_eq!(node["node"], text(name));
+            assert_eq!(node["node_index"], Cell::Int(i as i64));
+            assert_eq!(node["value"], encoded(Some(value)));
+            assert_eq!(node["value_type"], text(json_type(value)));
+            assert_eq!(node["start_time"], ts(start));
+            assert_eq!(node["date"], Cell::Text(date.clone()));
+        }
+        let wanted_inputs = record["inputs"].as_object().cloned().unwrap_or_default();
+        let run_inputs: Vec<_> = inputs
+            .iter()
+            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
+            .collect();
+        assert_eq!(run_inputs.len(), wanted_inputs.len(), "{id}: input rows");
+        for (name, value) in &wanted_inputs {
+            let row = run_inputs.iter().find(|r| r["name"] == text(name)).unwrap();
+            assert_eq!(row["value"], encoded(Some(value)));
+            assert_eq!(row["value_type"], text(json_type(value)));
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }

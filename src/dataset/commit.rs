@@ -1,0 +1,303 @@
+//! Commit: moves an export's staged files into the dataset, merging each touched partition with
+//! the rows already there, so that every run is stored exactly once.
+//!
+//! Every committed partition holds one file ([`PARTITION_FILE`]). A partition is replaced by
+//! writing its merged content to a hidden temp file and renaming it over that file: readers see
+//! the old rows or the new ones, never both, at every instant — also when the process is killed.
+//! Rows are keyed by (`workflow_id`, `run_id`); a run in the export replaces the stored run and
+//! all its child rows (`node_outputs`, `run_inputs`). Within a date, child tables are committed
+//! before `runs`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::DatasetError;
+use super::schema::{PartitionDate, Table};
+use super::storage::Storage;
+use super::writer::{PARTITION_FILE, WriteSummary, writer_properties};
+
+/// A set of run keys (`workflow_id`, `run_id`), probed without allocating.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunKeys(HashMap<String, HashSet<String>>);
+
+impl RunKeys {
+    /// Adds a key.
+    pub fn insert(&mut self, workflow_id: &str, run_id: &str) {
+        self.0
+            .entry(workflow_id.to_owned())
+            .or_default()
+            .insert(run_id.to_owned());
+    }
+
+    /// Whether the key is in the set.
+    pub fn contains(&self, workflow_id: &str, run_id: &str) -> bool {
+        self.0
+            .get(workflow_id)
+            .is_some_and(|runs| runs.contains(run_id))
+    }
+
+    /// Adds every key of `other`.
+    pub fn extend(&mut self, other: &RunKeys) {
+        for (workflow, runs) in &other.0 {
+            self.0
+                .entry(workflow.clone())
+                .or_default()
+                .extend(runs.iter().cloned());
+        }
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(HashSet::is_empty)
+    }
+}
+
+/// What committing one (table, partition) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCommit {
+    /// The table.
+    pub table: Table,
+    /// The partition.
+    pub date: PartitionDate,
+    /// Rows stored before.
+    pub rows_before: usize,
+    /// Rows of this export written.
+    pub rows_staged: usize,
+    /// Stored rows this export replaced (the same run fetched again) or moved elsewhere.
+    pub rows_replaced: usize,
+    /// Rows stored after.
+    pub rows_after: usize,
+    /// Whether an existing file was rewritten (as opposed to a new partition appearing).
+    pub rewrote: bool,
+}
+
+/// What a commit did, partition by partition.
+#[derive(Debug, Default, Clone)]
+pub struct CommitSummary {
+    /// One entry per (table, partition) touched.
+    pub partitions: Vec<PartitionCommit>,
+}
+
+impl CommitSummary {
+    /// Rows of `table` stored for the first time.
+    pub fn rows_new(&self, table: Table) -> usize {
+        self.of(table)
+            .map(|p| p.rows_staged - p.rows_replaced.min(p.rows_staged))
+            .sum()
+    }
+
+    /// Rows of `table` that replaced a stored version.
+    pub fn rows_updated(&self, table: Table) -> usize {
+        self.of(table)
+            .map(|p| p.rows_replaced.min(p.rows_staged))
+            .sum()
+    }
+
+    /// Existing files rewritten.
+    pub fn files_rewritten(&self) -> usize {
+        self.partitions.iter().filter(|p| p.rewrote).count()
+    }
+
+    fn of(&self, table: Table) -> impl Iterator<Item = &PartitionCommit> {
+        self.partitions.iter().filter(move |p| p.table == table)
+    }
+}
+
+/// Commits the staged files of `staged` into the dataset. `moved_out` lists runs whose rows must
+/// leave a partition although this export staged none there (a queued run without a start time
+/// that has since started lands in another date).
+pub fn commit(
+    storage: &dyn Storage,
+    staged: &WriteSummary,
+    moved_out: &HashMap<PartitionDate, RunKeys>,
+) -> Result<CommitSummary, DatasetError> {
+    let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
+    for file in &staged.files {
+        if let Some(date) = file.date {
+            by_partition
+                .entry(date)
+                .or_default()
+                .entry(file.table)
+                .or_default()
+                .push(file.path.clone());
+        }
+    }
+    for date in moved_out.keys() {
+        by_partition.entry(*date).or_default();
+    }
+    let mut summary = CommitSummary::default();
+    for (date, tables) in by_partition {
+        let runs_staged = tables
+            .get(&Table::Runs)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut replace = staged_keys(storage, runs_staged)?;
+        if let Some(moved) = moved_out.get(&date) {
+            replace.extend(moved);
+        }
+        // Children first: a committed `runs` row always has its children committed.
+        for table in [Table::NodeOutputs, Table::RunInputs, Table::Runs] {
+            let files = tables.get(&table).map(Vec::as_slice).unwrap_or_default();
+            if let Some(done) = commit_partition(storage, table, date, files, &replace)? {
+                summary.partitions.push(done);
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// The run keys in the staged `runs` files of one partition.
+fn staged_keys(storage: &dyn Storage, files: &[String]) -> Result<RunKeys, DatasetError> {
+    let mut keys = RunKeys::default();
+    for path in files {
+        for batch in read_batches(storage, path, Some(&["workflow_id", "run_id"]))? {
+            let (wf, run) = key_columns(&batch);
+            for i in 0..batch.num_rows() {
+                keys.insert(wf.value(i), run.value(i));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+fn commit_partition(
+    storage: &dyn Storage,
+    table: Table,
+    date: PartitionDate,
+    staged: &[String],
+    replace: &RunKeys,
+) -> Result<Option<PartitionCommit>, DatasetError> {
+    let dir = format!("{}/{}", table.name(), date.dir_name());
+    let target = format!("{dir}/{PARTITION_FILE}");
+    let existing: Vec<String> = storage
+        .list(&dir)?
+        .into_iter()
+        .filter(|name| name.ends_with(".parquet"))
+        .map(|name| format!("{dir}/{name}"))
+        .collect();
+    if existing.is_empty() && staged.is_empty() {
+        return Ok(None);
+    }
+    if existing.is_empty() && staged.len() == 1 {
+        // A new partition: the staged file becomes it as it is.
+        let rows = count_rows(storage, &staged[0])?;
+        storage.rename(&staged[0], &target)?;
+        return Ok(Some(PartitionCommit {
+            table,
+            date,
+            rows_before: 0,
+            rows_staged: rows,
+            rows_replaced: 0,
+            rows_after: rows,
+            rewrote: false,
+        }));
+    }
+    let parquet_err = |source| DatasetError::Parquet {
+        path: target.clone(),
+        source,
+    };
+    let sink = storage.create(&target)?;
+    let mut writer = ArrowWriter::try_new(sink, table.schema(), Some(writer_properties()))
+        .map_err(parquet_err)?;
+    let (mut rows_before, mut rows_after, mut rows_staged) = (0, 0, 0);
+    for path in &existing {
+        for batch in read_batches(storage, path, None)? {
+            rows_before += batch.num_rows();
+            let kept = without_keys(&batch, replace);
+            rows_after += kept.num_rows();
+            writer.write(&kept).map_err(parquet_err)?;
+        }
+    }
+    let rows_replaced = rows_before - rows_after;
+    for path in staged {
+        for batch in read_batches(storage, path, None)? {
+            rows_staged += batch.num_rows();
+            writer.write(&batch).map_err(parquet_err)?;
+        }
+    }
+    rows_after += rows_staged;
+    let staged_file = writer.into_inner().map_err(parquet_err)?;
+    if rows_after == 0 {
+        // Every run left this partition: remove it rather than keep an empty file.
+        drop(staged_file);
+        for path in &existing {
+            storage.remove(path)?;
+        }
+    } else {
+        staged_file.commit()?;
+        // Files other than the partition file exist only in datasets of older layouts.
+        for path in existing.iter().filter(|p| **p != target) {
+            storage.remove(path)?;
+        }
+    }
+    Ok(Some(PartitionCommit {
+        table,
+        date,
+        rows_before,
+        rows_staged,
+        rows_replaced,
+        rows_after,
+        rewrote: !existing.is_empty(),
+    }))
+}
+
+/// Reads a Parquet file's batches, optionally only some columns.
+pub fn read_batches(
+    storage: &dyn Storage,
+    path: &str,
+    columns: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, DatasetError> {
+    let parquet_err = |source| DatasetError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = storage.read(path)?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(parquet_err)?;
+    reader
+        .map(|batch| {
+            batch.map_err(|e| DatasetError::Parquet {
+                path: path.to_owned(),
+                source: e.into(),
+            })
+        })
+        .collect()
+}
+
+fn count_rows(storage: &dyn Storage, path: &str) -> Result<usize, DatasetError> {
+    Ok(read_batches(storage, path, Some(&["run_id"]))?
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum())
+}
+
+fn key_columns(batch: &RecordBatch) -> (&arrow::array::StringArray, &arrow::array::StringArray) {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("every table has `{name}`"))
+            .as_string::<i32>()
+    };
+    (column("workflow_id"), column("run_id"))
+}
+
+/// The rows of `batch` whose run key is not in `keys`.
+fn without_keys(batch: &RecordBatch, keys: &RunKeys) -> RecordBatch {
+    if keys.is_empty() {
+        return batch.clone();
+    }
+    let (wf, run) = key_columns(batch);
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| Some(!keys.contains(wf.value(i), run.value(i))))
+        .collect();
+    filter_record_batch(batch, &keep).expect("mask has the batch's length")
+}

@@ -1,0 +1,593 @@
+//! Scheduled re-runs: incremental fetches, merges without duplicates, reconciliation of
+//! unfinished runs, state, locking, manifests and crash safety.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestra_export::simulate::SimConfig;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn ids(sim: &Sim) -> Vec<String> {
+    sim.server
+        .workflows()
+        .iter()
+        .map(|w| w.id.clone())
+        .collect()
+}
+
+/// Every row of every run table, without `extracted_at`, sorted: what must not change between
+/// identical exports.
+fn content(out: &Path) -> BTreeMap<&'static str, Vec<Row>> {
+    let mut all = BTreeMap::new();
+    for table in ["runs", "node_outputs", "run_inputs"] {
+        let mut rows = read_table(out, table).1;
+        for row in &mut rows {
+            row.remove("extracted_at");
+        }
+        rows.sort();
+        all.insert(table, rows);
+    }
+    all
+}
+
+/// No (workflow_id, run_id[, child key]) appears twice in any table.
+fn assert_unique_keys(out: &Path) {
+    for (table, extra) in [
+        ("runs", None),
+        ("node_outputs", Some("node")),
+        ("run_inputs", Some("name")),
+    ] {
+        let rows = read_table(out, table).1;
+        let keys: BTreeSet<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["workflow_id"].clone(),
+                    r["run_id"].clone(),
+                    extra.map(|c| r[c].clone()),
+                )
+            })
+            .collect();
+        assert_eq!(keys.len(), rows.len(), "{table} has duplicate keys");
+    }
+}
+
+fn state_cursor(out: &Path, workflow_id: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(out.join("_state").join(format!("{workflow_id}.json"))).ok()?;
+    let state: Value = serde_json::from_str(&text).unwrap();
+    state["cursor"].as_str().map(str::to_owned)
+}
+
+fn partition_files(out: &Path) -> usize {
+    parquet_files(out).len()
+}
+
+#[test]
+fn an_incremental_rerun_fetches_only_what_is_new_and_finishes_running_runs() {
+    // Workflow 0 has its two newest runs running/queued.
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 10_000,
+        ..SimConfig::default()
+    });
+    let id = ids(&sim)[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(&sim, dir.path(), &["--workflow", &id]);
+    assert_ok(&out);
+    let full_requests = sim.paths().len();
+    assert!(full_requests >= 101, "{full_requests}");
+    let (_, runs) = read_table(dir.path(), "runs");
+    let running: Vec<_> = runs
+        .iter()
+        .filter(|r| r["end_time"] == Cell::Null)
+        .collect();
+    assert_eq!(running.len(), 2);
+    let running_ids: Vec<String> = running
+        .iter()
+        .map(|r| r["run_id"].text().unwrap().to_owned())
+        .collect();
+
+    sim.server.add_runs(0, 50);
+    let before = sim.paths().len();
+    let out = export(&sim, dir.path(), &["--workflow", &id]);
+    assert_ok(&out);
+    let rerun_requests = sim.paths().len() - before;
+    assert!(
+        rerun_requests <= 3,
+        "incremental re-run made {rerun_requests} requests: {:?}",
+        &sim.paths()[before..]
+    );
+    assert!(stdout(&out).contains("(incremental)"), "{}", stdout(&out));
+    let summary = stdout(&out);
+    let runs_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("runs "))
+        .unwrap();
+    assert!(
+        runs_line.contains(" 50 new,") && runs_line.contains(" 50 updated"),
+        "{summary}"
+    );
+
+    // Exactly the server's history now: 10,050 runs, the formerly running ones finished.
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+    assert_unique_keys(dir.path());
+    let (_, runs) = read_table(dir.path(), "runs");
+    for run_id in &running_ids {
+        let row = select(&runs, "run_id", run_id)[0];
+        assert!(
+            matches!(row["end_time"], Cell::Micros(_)),
+            "{run_id} still unfinished"
+        );
+    }
+    println!("requests: full export {full_requests}, incremental re-run {rerun_requests}");
+}
+
+#[test]
+fn running_the_same_export_twice_or_in_full_changes_nothing_but_extracted_at() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 400,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--page-size", "70"],
+    ));
+    let first = content(dir.path());
+    let files = partition_files(dir.path());
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--page-size", "70"],
+    ));
+    assert_eq!(
+        content(dir.path()),
+        first,
+        "incremental re-run changed the data"
+    );
+    let out = export(&sim, dir.path(), &["--all-workflows", "--full"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("(full)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("runs                  0 new,    1200 updated"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(content(dir.path()), first, "--full changed the data");
+    assert_eq!(partition_files(dir.path()), files, "file count grew");
+    for id in ids(&sim) {
+        assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+    }
+}
+
+#[test]
+fn unfinished_runs_beyond_the_lookback_are_fetched_by_id_and_replaced() {
+    let t = |h: u32| format!("2025-03-12T{h:02}:00:00Z");
+    let run = |id: &str, h: u32, status: &str, nodes: &[&str]| {
+        let outputs: serde_json::Map<String, Value> = nodes
+            .iter()
+            .map(|n| (n.to_string(), json!(format!("{n} out"))))
+            .collect();
+        let finished = status != "running" && status != "queued";
+        json!({"id": id, "status": status, "start_time": t(h),
+               "end_time": if finished { json!(t(h + 1)) } else { Value::Null },
+               "elapsed_time": if finished { json!(3600) } else { Value::Null },
+               "error": null, "outputs": null, "all_outputs": outputs, "inputs": {"q": id}})
+    };
+    let queued = |start: Option<String>, status: &str| json!({"id": "late", "status": status, "start_time": start, "end_time": null, "all_outputs": {}, "inputs": {}});
+    let before = vec![
+        run("r4", 10, "completed", &["a", "b"]),
+        run("r3", 9, "completed", &["a", "b"]),
+        run("r2", 7, "completed", &["a", "b"]),
+        run("r1", 6, "running", &["a"]),
+        queued(None, "queued"),
+        run("r0", 5, "completed", &["a", "b"]),
+    ];
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("fx", before)],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--workflow", "fx", "--page-size", "1"],
+    ));
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert_eq!(
+        select(&runs, "run_id", "late")[0]["date"],
+        text("__HIVE_DEFAULT_PARTITION__")
+    );
+
+    // Upstream, r1 finished with more nodes and the queued run started.
+    let after = vec![
+        run("r4", 10, "completed", &["a", "b"]),
+        run("r3", 9, "completed", &["a", "b"]),
+        run("r2", 7, "completed", &["a", "b"]),
+        run("r1", 6, "completed", &["a", "b", "c"]),
+        queued(Some(t(6)), "running"),
+        run("r0", 5, "completed", &["a", "b"]),
+    ];
+    sim.server.set_fixture_records("fx", after.clone());
+    let from = sim.paths().len();
+    let out = export(
+        &sim,
+        dir.path(),
+        &["--workflow", "fx", "--page-size", "1", "--lookback", "1h"],
+    );
+    assert_ok(&out);
+    // Paging stops at r2 (07:00 is before the 10:00 cursor minus an hour); r1 and the queued
+    // run are fetched by id.
+    let paths = &sim.paths()[from..];
+    let mut paged = offsets(paths, "fx");
+    paged.sort();
+    assert_eq!(paged, [0, 1, 2], "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.ends_with("/workflows/fx/runs/r1")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.ends_with("/workflows/fx/runs/late")),
+        "{paths:?}"
+    );
+    assert!(
+        stdout(&out).contains("unfinished runs: 2 fetched again"),
+        "{}",
+        stdout(&out)
+    );
+    assert_dataset_matches(dir.path(), "fx", &after, 0);
+    assert_unique_keys(dir.path());
+    // The started run left the default partition.
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert_eq!(
+        select(&runs, "run_id", "late")[0]["date"],
+        text("2025-03-12")
+    );
+    assert!(
+        !dir.path()
+            .join("runs/date=__HIVE_DEFAULT_PARTITION__")
+            .join("part-0.parquet")
+            .exists()
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("_state/fx.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["unfinished"].as_array().unwrap().len(),
+        1,
+        "`late` is still running: {state}"
+    );
+}
+
+#[test]
+fn unfinished_runs_past_the_horizon_are_given_up_and_reported() {
+    let old = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture(
+            "fx",
+            vec![json!({"id": "stuck", "status": "running", "start_time": old})],
+        )],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let unfinished = |dir: &Path| -> usize {
+        let text = std::fs::read_to_string(dir.join("_state/fx.json")).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()["unfinished"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // Found running a month after it started: it still gets the whole horizon from now.
+    let out = export(
+        &sim,
+        dir.path(),
+        &["--workflow", "fx", "--unfinished-horizon", "7d"],
+    );
+    assert_ok(&out);
+    assert_eq!(unfinished(dir.path()), 1);
+    assert!(!stdout(&out).contains("given up"), "{}", stdout(&out));
+    // Once the horizon since it was first seen has passed, it is given up and reported.
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = export(
+        &sim,
+        dir.path(),
+        &["--workflow", "fx", "--unfinished-horizon", "1s"],
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("1 given up past the horizon"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(unfinished(dir.path()), 0);
+}
+
+#[test]
+fn a_failed_workflow_keeps_its_state_while_the_others_advance() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 300,
+        ..SimConfig::default()
+    });
+    let [a, b] = [ids(&sim)[0].clone(), ids(&sim)[1].clone()];
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--workflow", &a, "--workflow", &b],
+    ));
+    let (cursor_a, cursor_b) = (
+        state_cursor(dir.path(), &a).unwrap(),
+        state_cursor(dir.path(), &b).unwrap(),
+    );
+    assert!(dir.path().join("_SUCCESS").exists());
+
+    sim.server.add_runs(0, 20);
+    sim.server.add_runs(1, 20);
+    // `b` fails: its requests answer 500 (a second simulator serves the same data with a fault).
+    let broken = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 300,
+        faults: vec![orchestra_export::simulate::Fault {
+            path_contains: Some(b.clone()),
+            status: 500,
+            times: 1000,
+            retry_after: None,
+            redirect_to: None,
+        }],
+        ..SimConfig::default()
+    });
+    broken.server.add_runs(0, 20);
+    broken.server.add_runs(1, 20);
+    let out = export(
+        &broken,
+        dir.path(),
+        &["--workflow", &a, "--workflow", &b, "--max-retries", "0"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_ne!(
+        state_cursor(dir.path(), &a).unwrap(),
+        cursor_a,
+        "a advanced"
+    );
+    assert_eq!(
+        state_cursor(dir.path(), &b).unwrap(),
+        cursor_b,
+        "b kept its state"
+    );
+    assert!(
+        !dir.path().join("_SUCCESS").exists(),
+        "no _SUCCESS after a partial export"
+    );
+    let manifests: Vec<Value> = std::fs::read_dir(dir.path().join("_manifest"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(manifests.len(), 2);
+    assert!(
+        manifests.iter().any(|m| m["status"] == "partial"),
+        "{manifests:?}"
+    );
+
+    // The next healthy run completes `b`.
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--workflow", &a, "--workflow", &b],
+    ));
+    for id in [&a, &b] {
+        assert_dataset_matches(dir.path(), id, &sim.server.records(id), 0);
+    }
+    assert!(dir.path().join("_SUCCESS").exists());
+}
+
+#[test]
+fn the_manifest_records_what_an_export_did() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 120,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    sim.server.add_runs(1, 7);
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    let success: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("_SUCCESS")).unwrap())
+            .unwrap();
+    let id = success["export_id"].as_str().unwrap();
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("_manifest").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest, success);
+    assert_eq!(manifest["status"], "ok");
+    assert_eq!(manifest["mode"], "incremental");
+    assert_eq!(manifest["tables"]["runs"]["rows_new"], 7);
+    let wf = manifest["workflows"].as_array().unwrap();
+    assert_eq!(wf.len(), 2);
+    assert!(
+        wf.iter()
+            .all(|w| w["ok"] == true && w["cursor"].is_string())
+    );
+}
+
+#[test]
+fn a_second_export_into_the_same_folder_is_refused_while_the_first_runs() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 3000,
+        latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let first = Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args([
+            "export",
+            "--base-url",
+            &url,
+            "--all-workflows",
+            "--concurrency",
+            "1",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("ORCHESTRA_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.server.requests().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = export(&sim, dir.path(), &["--all-workflows"]);
+    assert_eq!(second.status.code(), Some(6), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert!(err.contains("is locked by another export (pid "), "{err}");
+    assert!(err.contains(&format!("pid {} on ", first.id())), "{err}");
+    assert!(err.contains("hint: wait for it to finish"), "{err}");
+
+    // A holder that dies (SIGKILL) leaves no stale lock behind.
+    Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status()
+        .unwrap();
+    let mut first = first;
+    first.wait().unwrap();
+    let third = export(&sim, dir.path(), &["--all-workflows"]);
+    assert_ok(&third);
+    let id = ids(&sim)[0].clone();
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+}
+
+#[test]
+fn killing_exports_at_any_moment_loses_and_duplicates_nothing() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 1500,
+        latency: Duration::from_millis(4),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
+            .args([
+                "export",
+                "--base-url",
+                &url,
+                "--all-workflows",
+                "--page-size",
+                "50",
+                "--concurrency",
+                "4",
+                "--out",
+                dir.path().to_str().unwrap(),
+            ])
+            .env("ORCHESTRA_API_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Time one export into a scratch folder to place the kills across its whole life,
+    // fetching and committing alike.
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    assert_ok(&export(
+        &sim,
+        scratch.path(),
+        &["--all-workflows", "--page-size", "50", "--concurrency", "4"],
+    ));
+    let whole = started.elapsed();
+    let mut killed_with_data = 0;
+    for (round, fraction) in [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.99]
+        .into_iter()
+        .enumerate()
+    {
+        if round % 3 == 2 {
+            sim.server.add_runs(round % 3, 25);
+        }
+        let mut child = spawn();
+        std::thread::sleep(whole.mul_f64(fraction));
+        Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        // Whatever the moment, every reader can open the dataset and no key is duplicated.
+        assert_unique_keys(dir.path());
+        killed_with_data += usize::from(!read_table(dir.path(), "runs").1.is_empty());
+    }
+    assert!(killed_with_data > 0, "no kill landed after a commit");
+    let out = export(&sim, dir.path(), &["--all-workflows", "--page-size", "50"]);
+    assert_ok(&out);
+    for id in ids(&sim) {
+        assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+    }
+    assert_unique_keys(dir.path());
+    let leftovers: Vec<_> = walk_names(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        !dir.path()
+            .join("_staging")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    );
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            names.extend(walk_names(&p));
+        } else {
+            names.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn a_hundred_hourly_reruns_keep_one_file_per_partition() {
+    // ~1 run an hour: 1,000 runs over 42 days.
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 1000,
+        ..SimConfig::default()
+    });
+    let id = ids(&sim)[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", &id]));
+    for _ in 0..100 {
+        sim.server.add_runs(0, 1);
+        assert_ok(&export(&sim, dir.path(), &["--workflow", &id]));
+    }
+    assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+    let partitions = std::fs::read_dir(dir.path().join("runs")).unwrap().count();
+    let files = partition_files(dir.path());
+    // One file per partition and table, plus nothing else.
+    assert_eq!(
+        files,
+        3 * partitions,
+        "{files} files for {partitions} partitions"
+    );
+    println!("after 100 hourly re-runs: {partitions} partitions, {files} Parquet files");
+}
