@@ -42,6 +42,16 @@ pub enum ConfigError {
     /// The key is empty or cannot be sent.
     #[error("the API key from {from} {reason}")]
     BadKey { from: String, reason: &'static str },
+    /// The config file could not be read.
+    #[error("cannot read config file `{}`", path.display())]
+    ConfigFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file has a bad key or value.
+    #[error("invalid config file `{}`: {message}", path.display())]
+    ConfigInvalid { path: PathBuf, message: String },
     /// The workflows file could not be read.
     #[error("cannot read workflows file `{}`", path.display())]
     WorkflowsFile {
@@ -60,6 +70,107 @@ pub enum ConfigError {
     /// The base URL is not usable.
     #[error("invalid `--base-url` `{url}`: {reason}")]
     BaseUrl { url: String, reason: String },
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let bad = || format!("`{text}` is not a duration like `30m`, `1h` or `7d`");
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+/// Settings from a `--config` TOML file; every key is optional and flags win over it.
+/// Relative paths in it are relative to the file's folder.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub base_url: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    /// Never allowed: present only to refuse it with a clear message.
+    api_key: Option<toml::Value>,
+    pub workflows: Option<Vec<String>>,
+    pub workflows_file: Option<PathBuf>,
+    pub all_workflows: Option<bool>,
+    pub out: Option<PathBuf>,
+    pub page_size: Option<u32>,
+    pub concurrency: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub request_timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub lookback: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub unfinished_horizon: Option<Duration>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+impl ConfigFile {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ConfigFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |message: String| ConfigError::ConfigInvalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file: ConfigFile =
+            toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        if file.api_key.is_some() {
+            return Err(bad(format!(
+                "`api_key` is not allowed: keep the key out of config files; set `{API_KEY_ENV}` or `api_key_file`"
+            )));
+        }
+        if file.page_size.is_some_and(|n| !(1..=100_000).contains(&n)) {
+            return Err(bad("`page_size` must be between 1 and 100000".to_owned()));
+        }
+        if file.concurrency.is_some_and(|n| !(1..=256).contains(&n)) {
+            return Err(bad("`concurrency` must be between 1 and 256".to_owned()));
+        }
+        if file.max_retries.is_some_and(|n| n > 50) {
+            return Err(bad("`max_retries` must be at most 50".to_owned()));
+        }
+        if file.request_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(bad("`request_timeout` must be more than 0s".to_owned()));
+        }
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut file.api_key_file,
+            &mut file.workflows_file,
+            &mut file.out,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(file)
+    }
 }
 
 /// Validated settings of `export`.
@@ -300,5 +411,62 @@ mod tests {
         let config = i.validate().unwrap();
         assert_eq!(format!("{:?}", config.client.key), "ApiKey(***)");
         assert!(!format!("{config:?}").contains("from-file"));
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ConfigFile, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_example_config_loads_with_paths_relative_to_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("export.example.toml");
+        let file = ConfigFile::load(&path).unwrap();
+        assert_eq!(file.lookback, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            file.unfinished_horizon,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(
+            file.out,
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/export"))
+        );
+        assert_eq!(file.all_workflows, Some(true));
+    }
+
+    #[test]
+    fn bad_config_files_name_the_key() {
+        let cases = [
+            ("page_size = 0", "`page_size` must be between 1 and 100000"),
+            ("concurency = 3", "unknown field `concurency`"),
+            ("lookback = \"soon\"", "`soon` is not a duration"),
+            ("api_key = \"sk-123\"", "`api_key` is not allowed"),
+            ("page_size = \"ten\"", "invalid type"),
+            ("out = ", "invalid"),
+        ];
+        for (text, want) in cases {
+            let err = load(text).unwrap_err();
+            assert!(
+                err.contains(want) && err.contains("export.toml"),
+                "{text}: {err}"
+            );
+            assert!(!err.contains("sk-123"), "the key leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
     }
 }

@@ -14,7 +14,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{self, ApiError};
-use crate::config::{self, ExportConfig, ExportInputs};
+use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
@@ -56,9 +56,13 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ExportArgs {
+    /// A TOML file with any of the settings below (see `export.example.toml`); flags win over it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Base URL of the workflow API; endpoint paths are appended to it.
-    #[arg(long, env = "ORCHESTRA_BASE_URL", default_value = api::DEFAULT_BASE_URL, value_name = "URL")]
-    base_url: String,
+    /// [default: https://orchestra.arcee.ai/api/v1/workflow]
+    #[arg(long, env = "ORCHESTRA_BASE_URL", value_name = "URL")]
+    base_url: Option<String>,
     /// Read the API key from this file (default: the `ORCHESTRA_API_KEY` environment variable).
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
@@ -71,67 +75,40 @@ struct ExportArgs {
     /// Export every workflow `GET /workflows` lists, and write the `workflows` table.
     #[arg(long)]
     all_workflows: bool,
-    /// Dataset folder.
-    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
-    out: PathBuf,
+    /// Dataset folder. [default: data/export]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Ignore what earlier exports stored and page every history to its end (rows are still
     /// merged, never duplicated). By default only what is new since the last export is fetched.
     #[arg(long)]
     full: bool,
     /// How far before the newest stored run an incremental export re-reads (`30m`, `1h`, `2d`).
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
-    lookback: Duration,
-    /// Stop fetching runs that are still unfinished this long after they started.
-    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
-    unfinished_horizon: Duration,
+    /// [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    lookback: Option<Duration>,
+    /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    unfinished_horizon: Option<Duration>,
     #[command(flatten)]
     tuning: Tuning,
 }
 
-/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a duration like `30m`, `1h` or `7d`"
-            ));
-        }
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(seconds))
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is not a duration like `30m`, `1h` or `7d`"))
-}
-
 #[derive(Debug, Args)]
 struct Tuning {
-    /// Runs per page (`limit`).
-    #[arg(long, default_value_t = config::DEFAULT_PAGE_SIZE, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    page_size: u32,
-    /// Requests in flight at once, across all workflows.
-    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N",
+    /// Runs per page (`limit`). [default: 100]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    page_size: Option<u32>,
+    /// Requests in flight at once, across all workflows. [default: 8]
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
-    concurrency: usize,
-    /// Seconds one request may take, body included.
-    #[arg(long, default_value_t = api::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_name = "SECS",
-          value_parser = parse_seconds)]
-    request_timeout: f64,
+    concurrency: Option<usize>,
+    /// Seconds one request may take, body included. [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    request_timeout: Option<f64>,
     /// Retries of a transient failure (timeouts, resets, 408, 429, 5xx) before giving up.
-    #[arg(long, default_value_t = api::retry::DEFAULT_MAX_RETRIES, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(0..=50))]
-    max_retries: u32,
+    /// [default: 6]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
+    max_retries: Option<u32>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -249,31 +226,72 @@ fn reporter(bars: bool) -> Arc<dyn Reporter> {
     }
 }
 
-fn export_inputs(tuning: &Tuning, out: PathBuf) -> ExportInputs {
+/// Settings from flags, then the config file, then defaults.
+fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> ExportInputs {
     ExportInputs {
-        out,
-        page_size: tuning.page_size,
-        concurrency: tuning.concurrency,
-        request_timeout: Duration::from_secs_f64(tuning.request_timeout),
-        max_retries: tuning.max_retries,
-        lookback: config::DEFAULT_LOOKBACK,
-        unfinished_horizon: config::DEFAULT_UNFINISHED_HORIZON,
+        out: out
+            .or_else(|| file.out.clone())
+            .unwrap_or_else(|| config::DEFAULT_OUT.into()),
+        page_size: tuning
+            .page_size
+            .or(file.page_size)
+            .unwrap_or(config::DEFAULT_PAGE_SIZE),
+        concurrency: tuning
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or(config::DEFAULT_CONCURRENCY),
+        request_timeout: tuning
+            .request_timeout
+            .map(Duration::from_secs_f64)
+            .or(file.request_timeout)
+            .unwrap_or(api::DEFAULT_REQUEST_TIMEOUT),
+        max_retries: tuning
+            .max_retries
+            .or(file.max_retries)
+            .unwrap_or(api::retry::DEFAULT_MAX_RETRIES),
+        lookback: file.lookback.unwrap_or(config::DEFAULT_LOOKBACK),
+        unfinished_horizon: file
+            .unfinished_horizon
+            .unwrap_or(config::DEFAULT_UNFINISHED_HORIZON),
         ..ExportInputs::default()
     }
 }
 
 async fn run_export(args: ExportArgs, bars: bool) -> i32 {
+    let file = match args.config.as_deref().map(ConfigFile::load).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(e) => {
+            report_error(&e, None);
+            return exit::USAGE;
+        }
+    };
+    // A selection on the command line replaces the file's.
+    let cli_selects =
+        !args.workflows.is_empty() || args.workflows_file.is_some() || args.all_workflows;
+    let (workflows, workflows_file, all_workflows) = if cli_selects {
+        (args.workflows, args.workflows_file, args.all_workflows)
+    } else {
+        (
+            file.workflows.clone().unwrap_or_default(),
+            file.workflows_file.clone(),
+            file.all_workflows.unwrap_or(false),
+        )
+    };
+    let base = export_inputs(&args.tuning, &file, args.out);
     let inputs = ExportInputs {
-        base_url: args.base_url,
-        api_key_file: args.api_key_file,
+        base_url: args
+            .base_url
+            .or_else(|| file.base_url.clone())
+            .unwrap_or_else(|| api::DEFAULT_BASE_URL.to_owned()),
+        api_key_file: args.api_key_file.or_else(|| file.api_key_file.clone()),
         api_key_env: std::env::var(config::API_KEY_ENV).ok(),
-        workflows: args.workflows,
-        workflows_file: args.workflows_file,
-        all_workflows: args.all_workflows,
+        workflows,
+        workflows_file,
+        all_workflows,
         full: args.full,
-        lookback: args.lookback,
-        unfinished_horizon: args.unfinished_horizon,
-        ..export_inputs(&args.tuning, args.out)
+        lookback: args.lookback.unwrap_or(base.lookback),
+        unfinished_horizon: args.unfinished_horizon.unwrap_or(base.unfinished_horizon),
+        ..base
     };
     let config = match inputs.validate() {
         Ok(config) => config,
@@ -440,7 +458,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         base_url: server.base_url(),
         api_key_env: Some(simulate::DEFAULT_SIM_KEY.to_owned()),
         all_workflows: true,
-        ..export_inputs(&args.tuning, args.out)
+        ..export_inputs(&args.tuning, &ConfigFile::default(), Some(args.out))
     };
     let config: ExportConfig = match inputs.validate() {
         Ok(config) => config,

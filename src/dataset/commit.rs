@@ -130,6 +130,11 @@ pub fn commit(
     for date in moved_out.keys() {
         by_partition.entry(*date).or_default();
     }
+    let rows: HashMap<&str, usize> = staged
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.rows))
+        .collect();
     let mut summary = CommitSummary::default();
     for (date, tables) in by_partition {
         let runs_staged = tables
@@ -143,7 +148,7 @@ pub fn commit(
         // Children first: a committed `runs` row always has its children committed.
         for table in [Table::NodeOutputs, Table::RunInputs, Table::Runs] {
             let files = tables.get(&table).map(Vec::as_slice).unwrap_or_default();
-            if let Some(done) = commit_partition(storage, table, date, files, &replace)? {
+            if let Some(done) = commit_partition(storage, table, date, files, &rows, &replace)? {
                 summary.partitions.push(done);
             }
         }
@@ -170,6 +175,7 @@ fn commit_partition(
     table: Table,
     date: PartitionDate,
     staged: &[String],
+    staged_rows: &HashMap<&str, usize>,
     replace: &RunKeys,
 ) -> Result<Option<PartitionCommit>, DatasetError> {
     let dir = format!("{}/{}", table.name(), date.dir_name());
@@ -185,7 +191,7 @@ fn commit_partition(
     }
     if existing.is_empty() && staged.len() == 1 {
         // A new partition: the staged file becomes it as it is.
-        let rows = count_rows(storage, &staged[0])?;
+        let rows = staged_rows.get(staged[0].as_str()).copied().unwrap_or(0);
         storage.rename(&staged[0], &target)?;
         return Ok(Some(PartitionCommit {
             table,
@@ -271,13 +277,6 @@ pub fn read_batches(
             })
         })
         .collect()
-}
-
-fn count_rows(storage: &dyn Storage, path: &str) -> Result<usize, DatasetError> {
-    Ok(read_batches(storage, path, Some(&["run_id"]))?
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum())
 }
 
 fn key_columns(batch: &RecordBatch) -> (&arrow::array::StringArray, &arrow::array::StringArray) {

@@ -591,3 +591,54 @@ fn a_hundred_hourly_reruns_keep_one_file_per_partition() {
     );
     println!("after 100 hourly re-runs: {partitions} partitions, {files} Parquet files");
 }
+
+#[test]
+fn a_config_file_drives_the_export_and_flags_override_it() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 120,
+        ..SimConfig::default()
+    });
+    let [a, b] = [ids(&sim)[0].clone(), ids(&sim)[1].clone()];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("export.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "base_url = \"{}\"\nworkflows = [\"{a}\"]\nout = \"dataset\"\npage_size = 50\nconcurrency = 1\nlookback = \"2h\"\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let out = run(&["export", "--config", config.to_str().unwrap()]);
+    assert_ok(&out);
+    assert_eq!(offsets(&sim.paths(), &a), [0, 50, 100, 120]);
+    let dataset = dir.path().join("dataset");
+    assert_dataset_matches(&dataset, &a, &sim.server.records(&a), 0);
+
+    // Flags win: another workflow and page size, same dataset folder from the file.
+    let from = sim.paths().len();
+    let out = run(&[
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--workflow",
+        &b,
+        "--page-size",
+        "100",
+    ]);
+    assert_ok(&out);
+    assert_eq!(offsets(&sim.paths()[from..], &b), [0, 100, 120]);
+    assert!(offsets(&sim.paths()[from..], &a).is_empty());
+    assert_dataset_matches(&dataset, &b, &sim.server.records(&b), 0);
+
+    std::fs::write(&config, "api_key = \"sk-live-123\"\n").unwrap();
+    let out = run(&["export", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`api_key` is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("sk-live-123"));
+}
