@@ -263,11 +263,30 @@ pub fn assert_dataset_matches(
     let ids: BTreeSet<&str> = runs.iter().map(|r| r["run_id"].text().unwrap()).collect();
     assert_eq!(ids.len(), records.len(), "{workflow_id}: run ids unique");
     let now_us = chrono::Utc::now().timestamp_micros();
+    // Index by run id once: histories in these tests have up to ~10k runs.
+    let by_run = |rows: Vec<Row>| {
+        let mut index: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for row in rows
+            .into_iter()
+            .filter(|r| r["workflow_id"] == text(workflow_id))
+        {
+            index
+                .entry(row["run_id"].text().unwrap().to_owned())
+                .or_default()
+                .push(row);
+        }
+        index
+    };
+    let (nodes, inputs) = (by_run(nodes), by_run(inputs));
+    let run_rows: BTreeMap<&str, &Row> = runs
+        .iter()
+        .map(|r| (r["run_id"].text().unwrap(), *r))
+        .collect();
+    let none = Vec::new();
     for record in records {
         let id = record["id"].as_str().unwrap();
-        let row = runs
-            .iter()
-            .find(|r| r["run_id"] == text(id))
+        let row = *run_rows
+            .get(id)
             .unwrap_or_else(|| panic!("run {id} missing"));
         let start = record["start_time"].as_str().map(micros);
         let end = record["end_time"].as_str().map(micros);
@@ -317,10 +336,7 @@ pub fn assert_dataset_matches(
             .to_string();
         assert_eq!(row["date"], Cell::Text(date.clone()), "{id}: partition");
 
-        let mut run_nodes: Vec<_> = nodes
-            .iter()
-            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
-            .collect();
+        let mut run_nodes: Vec<_> = nodes.get(id).unwrap_or(&none).iter().collect();
         run_nodes.sort_by_key(|n| n["node_index"].clone());
         assert_eq!(run_nodes.len(), all_outputs.len(), "{id}: node rows");
         for (i, ((name, value), node)) in all_outputs.iter().zip(&run_nodes).enumerate() {
@@ -332,10 +348,7 @@ pub fn assert_dataset_matches(
             assert_eq!(node["date"], Cell::Text(date.clone()));
         }
         let wanted_inputs = record["inputs"].as_object().cloned().unwrap_or_default();
-        let run_inputs: Vec<_> = inputs
-            .iter()
-            .filter(|n| n["workflow_id"] == text(workflow_id) && n["run_id"] == text(id))
-            .collect();
+        let run_inputs: Vec<_> = inputs.get(id).unwrap_or(&none).iter().collect();
         assert_eq!(run_inputs.len(), wanted_inputs.len(), "{id}: input rows");
         for (name, value) in &wanted_inputs {
             let row = run_inputs.iter().find(|r| r["name"] == text(name)).unwrap();
