@@ -72,6 +72,9 @@ pub enum ConfigError {
     BaseUrl { url: String, reason: String },
 }
 
+/// Longest duration accepted anywhere (ten years): beyond it arithmetic on timestamps overflows.
+const MAX_DURATION_SECS: u64 = 3650 * 86_400;
+
 /// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -79,7 +82,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let bad = || format!("`{text}` is not a duration like `30m`, `1h` or `7d`");
+    let bad = || format!("`{text}` is not a duration like `30m`, `1h` or `7d` (at most 3650d)");
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -91,6 +94,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(seconds))
+        .filter(|s| *s <= MAX_DURATION_SECS)
         .map(Duration::from_secs)
         .ok_or_else(bad)
 }
@@ -468,5 +472,7 @@ mod file_tests {
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3651d").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }

@@ -4,7 +4,6 @@
 //! It holds no stage logic of its own; it decides only what ends the export (a rejected key, an
 //! output that cannot be written) and what merely fails one workflow.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, LocalStorage, PartitionDate, RunKeys,
-    Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, LocalStorage, Storage, Table, WriteSummary,
+    WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -218,16 +217,7 @@ pub async fn export(
     // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
     // dataset in the middle of a commit for a finished one.
     remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
-    let mut moved_out: HashMap<PartitionDate, RunKeys> = HashMap::new();
-    for outcome in &outcomes {
-        for (date, run_id) in &outcome.moved {
-            moved_out
-                .entry(*date)
-                .or_default()
-                .insert(&outcome.workflow_id, run_id);
-        }
-    }
-    let committed = dataset::commit(storage.as_ref(), &staged, &moved_out)?;
+    let committed = dataset::commit(storage.as_ref(), &staged)?;
     let workflows_table_rows = match &workflow_list {
         Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
         None => None,
@@ -329,6 +319,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
                 "rejected": w.stats.rejected,
                 "unfinished_refreshed": w.stats.refreshed,
                 "unfinished_abandoned": w.stats.abandoned,
+                "unfinished_fetch_failed": w.stats.refresh_failed,
                 "cursor": w.new_state.as_ref().and_then(|st| st.cursor.clone()),
             })
         })

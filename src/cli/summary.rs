@@ -33,15 +33,16 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     let sum = |f: fn(&crate::extract::WorkflowStats) -> u64| -> u64 {
         s.workflows.iter().map(|w| f(&w.stats)).sum()
     };
-    let (refreshed, abandoned, vanished) = (
+    let (refreshed, abandoned, vanished, failed) = (
         sum(|w| w.refreshed),
         sum(|w| w.abandoned),
         sum(|w| w.vanished),
+        sum(|w| w.refresh_failed),
     );
-    if refreshed + abandoned + vanished > 0 {
+    if refreshed + abandoned + vanished + failed > 0 {
         let _ = writeln!(
             text,
-            "  unfinished runs: {refreshed} fetched again, {abandoned} given up past the horizon, {vanished} no longer known to the API"
+            "  unfinished runs: {refreshed} fetched again, {failed} could not be fetched (kept for the next export), {abandoned} given up past the horizon, {vanished} no longer known to the API"
         );
     }
     for table in Table::RUN_TABLES {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -108,14 +108,13 @@ impl CommitSummary {
     }
 }
 
-/// Commits the staged files of `staged` into the dataset. `moved_out` lists runs whose rows must
-/// leave a partition although this export staged none there (a queued run without a start time
-/// that has since started lands in another date).
-pub fn commit(
-    storage: &dyn Storage,
-    staged: &WriteSummary,
-    moved_out: &HashMap<PartitionDate, RunKeys>,
-) -> Result<CommitSummary, DatasetError> {
+/// Commits the staged files of `staged` into the dataset.
+///
+/// A run without a start time is stored in the default partition until it starts; when an export
+/// stages it under its date, it leaves the default partition. That partition is committed first,
+/// so a kill in between can make such a run briefly absent (the next export, whose state did not
+/// advance, fetches it again) but never present twice.
+pub fn commit(storage: &dyn Storage, staged: &WriteSummary) -> Result<CommitSummary, DatasetError> {
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
         if let Some(date) = file.date {
@@ -127,8 +126,27 @@ pub fn commit(
                 .push(file.path.clone());
         }
     }
-    for date in moved_out.keys() {
-        by_partition.entry(*date).or_default();
+    let undated = PartitionDate(None);
+    let waiting = stored_keys(storage, undated)?;
+    let mut started = RunKeys::default();
+    if !waiting.is_empty() {
+        for (date, tables) in by_partition.iter().filter(|(d, _)| **d != undated) {
+            let _ = date;
+            for path in tables
+                .get(&Table::Runs)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                for_each_key(storage, path, |w, r| {
+                    if waiting.contains(w, r) {
+                        started.insert(w, r);
+                    }
+                })?;
+            }
+        }
+        if !started.is_empty() {
+            by_partition.entry(undated).or_default();
+        }
     }
     let rows: HashMap<&str, usize> = staged
         .files
@@ -136,14 +154,15 @@ pub fn commit(
         .map(|f| (f.path.as_str(), f.rows))
         .collect();
     let mut summary = CommitSummary::default();
+    // `BTreeMap` order puts the undated partition first.
     for (date, tables) in by_partition {
         let runs_staged = tables
             .get(&Table::Runs)
             .map(Vec::as_slice)
             .unwrap_or_default();
         let mut replace = staged_keys(storage, runs_staged)?;
-        if let Some(moved) = moved_out.get(&date) {
-            replace.extend(moved);
+        if date == undated {
+            replace.extend(&started);
         }
         // Children first: a committed `runs` row always has its children committed.
         for table in [Table::NodeOutputs, Table::RunInputs, Table::Runs] {
@@ -156,16 +175,39 @@ pub fn commit(
     Ok(summary)
 }
 
+/// Keys of the runs stored in one partition of `runs`.
+fn stored_keys(storage: &dyn Storage, date: PartitionDate) -> Result<RunKeys, DatasetError> {
+    let dir = format!("{}/{}", Table::Runs.name(), date.dir_name());
+    let files: Vec<String> = storage
+        .list(&dir)?
+        .into_iter()
+        .filter(|n| n.ends_with(".parquet"))
+        .map(|n| format!("{dir}/{n}"))
+        .collect();
+    staged_keys(storage, &files)
+}
+
+/// Calls `f(workflow_id, run_id)` for every row of a Parquet file.
+fn for_each_key(
+    storage: &dyn Storage,
+    path: &str,
+    mut f: impl FnMut(&str, &str),
+) -> Result<(), DatasetError> {
+    for batch in batches(storage, path, Some(&["workflow_id", "run_id"]))? {
+        let batch = batch?;
+        let (wf, run) = key_columns(&batch, path)?;
+        for i in 0..batch.num_rows() {
+            f(wf.value(i), run.value(i));
+        }
+    }
+    Ok(())
+}
+
 /// The run keys in the staged `runs` files of one partition.
 fn staged_keys(storage: &dyn Storage, files: &[String]) -> Result<RunKeys, DatasetError> {
     let mut keys = RunKeys::default();
     for path in files {
-        for batch in read_batches(storage, path, Some(&["workflow_id", "run_id"]))? {
-            let (wf, run) = key_columns(&batch);
-            for i in 0..batch.num_rows() {
-                keys.insert(wf.value(i), run.value(i));
-            }
-        }
+        for_each_key(storage, path, |w, r| keys.insert(w, r))?;
     }
     Ok(keys)
 }
@@ -212,16 +254,18 @@ fn commit_partition(
         .map_err(parquet_err)?;
     let (mut rows_before, mut rows_after, mut rows_staged) = (0, 0, 0);
     for path in &existing {
-        for batch in read_batches(storage, path, None)? {
+        for batch in batches(storage, path, None)? {
+            let batch = batch?;
             rows_before += batch.num_rows();
-            let kept = without_keys(&batch, replace);
+            let kept = without_keys(&batch, replace, path)?;
             rows_after += kept.num_rows();
             writer.write(&kept).map_err(parquet_err)?;
         }
     }
     let rows_replaced = rows_before - rows_after;
     for path in staged {
-        for batch in read_batches(storage, path, None)? {
+        for batch in batches(storage, path, None)? {
+            let batch = batch?;
             rows_staged += batch.num_rows();
             writer.write(&batch).map_err(parquet_err)?;
         }
@@ -252,12 +296,12 @@ fn commit_partition(
     }))
 }
 
-/// Reads a Parquet file's batches, optionally only some columns.
-pub fn read_batches(
+/// Streams a Parquet file's batches, optionally only some columns.
+pub fn batches(
     storage: &dyn Storage,
     path: &str,
     columns: Option<&[&str]>,
-) -> Result<Vec<RecordBatch>, DatasetError> {
+) -> Result<impl Iterator<Item = Result<RecordBatch, DatasetError>> + use<>, DatasetError> {
     let parquet_err = |source| DatasetError::Parquet {
         path: path.to_owned(),
         source,
@@ -269,34 +313,47 @@ pub fn read_batches(
         builder = builder.with_projection(mask);
     }
     let reader = builder.build().map_err(parquet_err)?;
-    reader
-        .map(|batch| {
-            batch.map_err(|e| DatasetError::Parquet {
-                path: path.to_owned(),
-                source: e.into(),
-            })
+    let path = path.to_owned();
+    Ok(reader.map(move |batch| {
+        batch.map_err(|e| DatasetError::Parquet {
+            path: path.clone(),
+            source: e.into(),
         })
-        .collect()
+    }))
 }
 
-fn key_columns(batch: &RecordBatch) -> (&arrow::array::StringArray, &arrow::array::StringArray) {
+/// The key columns of a batch read from `path`.
+fn key_columns<'a>(
+    batch: &'a RecordBatch,
+    path: &str,
+) -> Result<(&'a arrow::array::StringArray, &'a arrow::array::StringArray), DatasetError> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
-            .unwrap_or_else(|| panic!("every table has `{name}`"))
-            .as_string::<i32>()
+            .and_then(|c| c.as_string_opt::<i32>())
+            .filter(|c| c.null_count() == 0)
+            .ok_or_else(|| DatasetError::Parquet {
+                path: path.to_owned(),
+                source: parquet::errors::ParquetError::General(format!(
+                    "column `{name}` is missing, not a UTF-8 string column, or has nulls"
+                )),
+            })
     };
-    (column("workflow_id"), column("run_id"))
+    Ok((column("workflow_id")?, column("run_id")?))
 }
 
-/// The rows of `batch` whose run key is not in `keys`.
-fn without_keys(batch: &RecordBatch, keys: &RunKeys) -> RecordBatch {
+/// The rows of `batch` (read from `path`) whose run key is not in `keys`.
+fn without_keys(
+    batch: &RecordBatch,
+    keys: &RunKeys,
+    path: &str,
+) -> Result<RecordBatch, DatasetError> {
     if keys.is_empty() {
-        return batch.clone();
+        return Ok(batch.clone());
     }
-    let (wf, run) = key_columns(batch);
+    let (wf, run) = key_columns(batch, path)?;
     let keep: BooleanArray = (0..batch.num_rows())
         .map(|i| Some(!keys.contains(wf.value(i), run.value(i))))
         .collect();
-    filter_record_batch(batch, &keep).expect("mask has the batch's length")
+    Ok(filter_record_batch(batch, &keep).expect("mask has the batch's length"))
 }

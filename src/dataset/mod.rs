@@ -11,7 +11,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use commit::{CommitSummary, PartitionCommit, RunKeys, commit, read_batches};
+pub use commit::{CommitSummary, PartitionCommit, RunKeys, batches, commit};
 pub use schema::{PartitionDate, Table};
 pub use storage::{LocalStorage, StagedFile, Storage};
 pub use writer::{

@@ -81,6 +81,26 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The lock file in the export root; see [`Storage::lock`].
 pub const LOCK_FILE: &str = "_lock";
 
+/// Creates `dir` and its missing parents, and makes each new entry durable in its parent.
+fn create_dir_durable(dir: &Path) -> Result<(), DatasetError> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.exists() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(|source| DatasetError::io("create", dir, source))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes renames and new entries in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
     File::open(dir)
@@ -92,7 +112,7 @@ impl Storage for LocalStorage {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError> {
         let target = self.full(path);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(|source| DatasetError::io("create", &dir, source))?;
+        create_dir_durable(&dir)?;
         let name = target.file_name().unwrap_or_default().to_string_lossy();
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{name}.{}-{seq}.tmp", std::process::id()));
@@ -153,7 +173,7 @@ impl Storage for LocalStorage {
     fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
         let (from, to) = (self.full(from), self.full(to));
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(|source| DatasetError::io("create", &dir, source))?;
+        create_dir_durable(&dir)?;
         fs::rename(&from, &to).map_err(|source| DatasetError::io("rename", &from, source))?;
         sync_dir(&dir)
     }

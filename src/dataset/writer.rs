@@ -297,6 +297,12 @@ pub fn write_snapshot(
         .map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
     let bytes = writer.into_inner().map_err(parquet_err)?.commit()?;
+    // Files of older layouts next to the snapshot would double its rows.
+    for name in storage.list(dir)? {
+        if name.ends_with(".parquet") && name != PARTITION_FILE {
+            storage.remove(&format!("{dir}/{name}"))?;
+        }
+    }
     Ok(WrittenFile {
         table,
         date: None,

@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiError};
-use crate::dataset::PartitionDate;
 use crate::flatten::{
     self, FlatPage, PageContext, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
 };
@@ -81,6 +80,8 @@ pub struct WorkflowStats {
     pub abandoned: u64,
     /// Stored unfinished runs the API no longer knows (404).
     pub vanished: u64,
+    /// Stored unfinished runs whose fetch failed this time (kept for the next export).
+    pub refresh_failed: u64,
     /// Paging stopped at the cursor (an incremental export) rather than at the end.
     pub stopped_at_cursor: bool,
 }
@@ -92,8 +93,6 @@ pub struct WorkflowOutcome {
     pub workflow_id: String,
     /// Counters, also for a failed workflow (what was fetched before the failure).
     pub stats: WorkflowStats,
-    /// Runs whose partition changed since an earlier export stored them: (old partition, run id).
-    pub moved: Vec<(PartitionDate, String)>,
     /// The state to save once the data is committed; `None` when the workflow failed.
     pub new_state: Option<WorkflowState>,
     /// Why it failed, if it did.
@@ -259,7 +258,6 @@ impl Extractor {
         WorkflowOutcome {
             workflow_id,
             stats: tally.stats,
-            moved: tally.moved,
             new_state,
             error: result.err(),
         }
@@ -278,27 +276,28 @@ impl Extractor {
             self.options.lookback,
             previous.and_then(WorkflowState::cursor_us),
         ) {
-            (Some(lookback), Some(cursor)) => Some(cursor - lookback.as_micros() as i64),
+            (Some(lookback), Some(cursor)) => Some(cursor.saturating_sub(micros(lookback))),
             _ => None,
         };
         self.page_through(workflow_id, stop_before, tally).await?;
         let Some(previous) = previous else {
             return Ok(());
         };
-        let horizon = self.options.unfinished_horizon.as_micros() as i64;
+        let horizon = micros(self.options.unfinished_horizon);
         let now = chrono::Utc::now().timestamp_micros();
         let workflow: Arc<str> = Arc::from(workflow_id);
         for run in &previous.unfinished {
             if tally.seen.contains(&id_hash(&run.run_id)) {
                 continue;
             }
-            if now - run.since_us() > horizon {
+            if now.saturating_sub(run.since_us()) > horizon {
                 tally.stats.abandoned += 1;
                 continue;
             }
             let url = self.client.run_url(workflow_id, &run.run_id);
             let (_, bytes, page) = self.fetch(workflow.clone(), url, 0).await;
             let mut page = match page {
+                Ok(page) if page.runs.iter().any(|r| r.id == run.run_id) => page,
                 Err(ExtractError::Api {
                     source: ApiError::Status { status: 404, .. },
                     ..
@@ -307,7 +306,24 @@ impl Extractor {
                     tally.stats.vanished += 1;
                     continue;
                 }
-                other => other?,
+                Err(
+                    e @ ExtractError::Api {
+                        source: ApiError::Unauthorized { .. },
+                        ..
+                    },
+                ) => return Err(e),
+                other => {
+                    // One run that cannot be fetched must not hold the workflow back: keep it
+                    // for the next export and say so.
+                    let why = other.err().map_or_else(
+                        || "the answer does not hold that run".to_owned(),
+                        |e| crate::error_chain(&e),
+                    );
+                    tracing::warn!(target: "extract", workflow_id, run_id = %run.run_id, error = %why, "cannot fetch unfinished run again");
+                    tally.stats.refresh_failed += 1;
+                    tally.carried.push(run.clone());
+                    continue;
+                }
             };
             tally.stats.refreshed += 1;
             tally.keep_new_runs(&mut page);
@@ -356,9 +372,11 @@ impl Extractor {
             if received == 0 {
                 return Ok(());
             }
+            // Stop once a whole page is older than the cursor minus the look-back (its newest
+            // run, not its oldest: one run with an odd old start must not end paging early).
             if stop_before
-                .zip(oldest)
-                .is_some_and(|(stop, oldest)| oldest < stop)
+                .zip(page_newest)
+                .is_some_and(|(stop, newest)| newest < stop)
             {
                 tally.stats.stopped_at_cursor = true;
                 return Ok(());
@@ -462,8 +480,8 @@ struct Tally {
     unfinished: Vec<RunInfo>,
     /// Runs stored unfinished by earlier exports, by id.
     stored_unfinished: HashMap<String, UnfinishedRun>,
-    /// Runs whose partition changed since they were stored: (old partition, run id).
-    moved: Vec<(PartitionDate, String)>,
+    /// Stored unfinished runs that could not be fetched again this time: kept as they were.
+    carried: Vec<UnfinishedRun>,
 }
 
 impl Tally {
@@ -482,7 +500,7 @@ impl Tally {
             newest_start: None,
             unfinished: Vec::new(),
             stored_unfinished,
-            moved: Vec::new(),
+            carried: Vec::new(),
         }
     }
 
@@ -502,12 +520,6 @@ impl Tally {
             if !run.finished {
                 self.unfinished.push(run.clone());
             }
-            if let Some(stored) = self.stored_unfinished.get(&run.id) {
-                let was = PartitionDate::from_micros(stored.start_us());
-                if was != run.date() {
-                    self.moved.push((was, run.id.clone()));
-                }
-            }
         }
         let s = &mut self.stats;
         s.duplicates += (repeated.len() + page.duplicates) as u64;
@@ -524,30 +536,36 @@ impl Tally {
         options: &ExtractOptions,
     ) -> WorkflowState {
         let now = chrono::Utc::now().timestamp_micros();
-        let horizon = options.unfinished_horizon.as_micros() as i64;
+        let horizon = micros(options.unfinished_horizon);
         let first_seen = |id: &str| {
             self.stored_unfinished
                 .get(id)
                 .map_or_else(|| format_timestamp(now), |u| u.first_seen.clone())
         };
-        let mut unfinished = Vec::new();
+        let mut unfinished = std::mem::take(&mut self.carried);
         for run in &self.unfinished {
             let stored = UnfinishedRun {
                 run_id: run.id.clone(),
                 start_time: run.start_time.map(format_timestamp),
                 first_seen: first_seen(&run.id),
             };
-            if now - stored.since_us() > horizon {
+            if now.saturating_sub(stored.since_us()) > horizon {
                 self.stats.abandoned += 1;
             } else {
                 unfinished.push(stored);
             }
         }
-        let cursor = previous
-            .and_then(WorkflowState::cursor_us)
-            .max(self.newest_start);
+        // A start time in the future (bad data, a scheduled run) must not move the cursor past
+        // runs that have not happened yet.
+        let newest = self.newest_start.map(|t| t.min(now));
+        let cursor = previous.and_then(WorkflowState::cursor_us).max(newest);
         WorkflowState::new(workflow_id, cursor, unfinished, &options.export_id)
     }
+}
+
+/// A duration in microseconds, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// A 128-bit fingerprint of a run id: exact-set semantics at a fraction of the memory of the ids.
