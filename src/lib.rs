@@ -3,8 +3,8 @@
 //!
 //! The pipeline reads left to right, one module per stage: [`api`] (HTTP, retries) →
 //! [`extract`] (paging, fan-out, de-duplication) → [`flatten`] (JSON → Arrow rows) →
-//! [`dataset`] (Parquet files, partitions, atomic commits). [`pipeline`] wires the stages for one
-//! export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
+//! [`dataset`] (Parquet files, partitions, atomic commits). [`report`] reads a dataset back with
+//! Polars. [`pipeline`] wires the stages for one export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
 //! server for demos, tests and benchmarks.
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod extract;
 pub mod flatten;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod simulate;
 
 /// An error and its causes on one line, joined by `: ` (for per-item failure lines and logs).

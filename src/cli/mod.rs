@@ -19,6 +19,7 @@ use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
 use crate::progress::{LogReporter, Reporter};
+use crate::report::{self, ReportError, ReportOptions};
 use crate::simulate::{self, SimConfig, SimServer};
 
 /// Export Arcee Orchestra workflow run history to a Hive-partitioned Parquet dataset.
@@ -52,6 +53,30 @@ enum Command {
     Demo(DemoArgs),
     /// Serve an Orchestra-compatible API with seeded data (for tests, demos, benchmarks).
     Simulate(SimulateArgs),
+    /// Compute trends, error groups, slow runs and regressions from an export.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The export folder to read.
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
+    data: PathBuf,
+    /// Where to write the reports [default: DATA/reports].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// First UTC day to include (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    since: Option<chrono::NaiveDate>,
+    /// Last UTC day to include (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    until: Option<chrono::NaiveDate>,
+    /// Only this workflow; repeat for several.
+    #[arg(long = "workflow", value_name = "ID")]
+    workflows: Vec<String>,
+    /// Rows in `slowest_runs`.
+    #[arg(long, default_value_t = report::DEFAULT_TOP_N, value_name = "N")]
+    top: usize,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +221,7 @@ pub fn run() -> i32 {
             Command::Export(args) => run_export(args, bars).await,
             Command::Demo(args) => run_demo(args, bars).await,
             Command::Simulate(args) => run_simulate(args).await,
+            Command::Report(args) => run_report(args),
         }
     })
 }
@@ -470,10 +496,69 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
     let out = config.out.clone();
     let code = finish_export(export_until_signalled(config, bars).await, &out);
     if code == exit::SUCCESS {
+        let code = write_report(&ReportOptions {
+            data: out.clone(),
+            out: out.join("reports"),
+            since: None,
+            until: None,
+            workflows: Vec::new(),
+            top_n: report::DEFAULT_TOP_N,
+        });
+        if code != exit::SUCCESS {
+            return code;
+        }
         print!("{}", summary::query_help(&out));
     }
     server.stop();
     code
+}
+
+fn run_report(args: ReportArgs) -> i32 {
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && since > until
+    {
+        eprintln!("error: `--since` {since} is after `--until` {until}");
+        return exit::USAGE;
+    }
+    let options = ReportOptions {
+        out: args.out.unwrap_or_else(|| args.data.join("reports")),
+        data: args.data,
+        since: args.since,
+        until: args.until,
+        workflows: args.workflows,
+        top_n: args.top,
+    };
+    write_report(&options)
+}
+
+/// Writes the reports and prints where they are; returns the exit code.
+fn write_report(options: &ReportOptions) -> i32 {
+    match report::run(options) {
+        Ok(done) => {
+            let tables: Vec<String> = done
+                .tables
+                .iter()
+                .map(|(name, df)| format!("{name} ({})", df.height()))
+                .collect();
+            println!(
+                "report: {} runs in {:.2} s -> `{}`: {}, summary.md, report.html",
+                done.runs,
+                done.elapsed.as_secs_f64(),
+                options.out.display(),
+                tables.join(", ")
+            );
+            exit::SUCCESS
+        }
+        Err(e) => {
+            let code = match e {
+                ReportError::NoData { .. } => exit::USAGE,
+                ReportError::Io { .. } => exit::OUTPUT,
+                ReportError::Polars { .. } => exit::PARTIAL_FAILURE,
+            };
+            report_error(&e, None);
+            code
+        }
+    }
 }
 
 /// Marks a folder the demo wrote, so a later demo may replace it.

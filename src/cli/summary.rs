@@ -86,6 +86,7 @@ pub fn query_help(out: &Path) -> String {
     let out = out.display();
     format!(
         r#"
+reports: `{out}/reports/report.html` (open it in a browser) and `{out}/reports/summary.md`
 query it with DuckDB:
   duckdb -c "SELECT workflow_id, status, count(*) AS runs, median(duration_ms)/1000 AS p50_s
              FROM read_parquet('{out}/runs/**/*.parquet', hive_partitioning=true)

@@ -109,6 +109,54 @@ for table, types in DUCK_TYPES.items():
     check(f"pyarrow {table} rows = duckdb", dataset.count_rows() == counts[table],
           f"{dataset.count_rows()}")
 
+# The report's numbers equal the same numbers computed independently in DuckDB.
+REPORTS = OUT / "reports"
+if (REPORTS / "workflow_summary.parquet").exists():
+    def close(a, b):
+        if a is None or b is None:
+            return a is None and b is None
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+    def rows_equal(name, report_sql, duck_sql):
+        got = {r[0]: r[1:] for r in con.execute(report_sql).fetchall()}
+        want = {r[0]: r[1:] for r in con.execute(duck_sql).fetchall()}
+        bad = [k for k in want if k not in got or not all(close(x, y) for x, y in zip(got[k], want[k]))]
+        check(f"report {name} equals DuckDB", len(got) == len(want) and not bad and len(want) > 0,
+              f"{len(got)} vs {len(want)} rows, differing: {bad[:3]} {[(got.get(k), want[k]) for k in bad[:2]]}")
+
+    rows_equal(
+        "workflow_summary (runs, failed, error rate, p50, p95, p99)",
+        f"SELECT workflow_id, runs, failed, error_rate, p50_s, p95_s, p99_s FROM read_parquet('{REPORTS}/workflow_summary.parquet')",
+        f"""SELECT workflow_id, count(*), count(*) FILTER (WHERE status = 'failed'),
+                   count(*) FILTER (WHERE status = 'failed') / count(*),
+                   quantile_cont(duration_ms / 1000.0, 0.5), quantile_cont(duration_ms / 1000.0, 0.95),
+                   quantile_cont(duration_ms / 1000.0, 0.99)
+            FROM {scan('runs')} GROUP BY workflow_id""",
+    )
+    rows_equal(
+        "daily_trends (runs, failed, error rate, p50, p95)",
+        f"SELECT day || '/' || workflow_id, runs, failed, error_rate, p50_s, p95_s FROM read_parquet('{REPORTS}/daily_trends.parquet')",
+        f"""SELECT CAST(start_time AS DATE) || '/' || workflow_id, count(*),
+                   count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'failed') / count(*),
+                   quantile_cont(duration_ms / 1000.0, 0.5), quantile_cont(duration_ms / 1000.0, 0.95)
+            FROM {scan('runs')} WHERE start_time IS NOT NULL GROUP BY 1""",
+    )
+    fingerprint_sql = (Path(__file__).resolve().parents[2] / "queries" / "top_errors.sql").read_text()
+    fingerprint_sql = fingerprint_sql.replace("runs/**/*.parquet", f"{OUT}/runs/**/*.parquet").replace("LIMIT 25", "")
+    rows_equal(
+        "error_groups (count and workflows per fingerprint) equals queries/top_errors.sql",
+        f"SELECT fingerprint, count, workflows FROM read_parquet('{REPORTS}/error_groups.parquet')",
+        f"SELECT fingerprint, count, workflows FROM ({fingerprint_sql.rstrip().rstrip(';')})",
+    )
+    for name in ["workflow_summary", "daily_trends", "error_groups", "node_stats", "slowest_runs", "regressions"]:
+        n_parquet = con.execute(f"SELECT count(*) FROM read_parquet('{REPORTS}/{name}.parquet')").fetchone()[0]
+        n_csv = con.execute(f"SELECT count(*) FROM read_csv('{REPORTS}/{name}.csv')").fetchone()[0]
+        check(f"report {name} has the same rows in Parquet and CSV", n_parquet == n_csv, f"{n_parquet} vs {n_csv}")
+    html = (REPORTS / "report.html").read_text()
+    check("report.html is self-contained with charts",
+          html.count("<svg") == 3 and "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html,
+          "svg/script/link check")
+
 # Every query in queries/ runs, from the export folder as its header says, and returns rows.
 import os
 

@@ -167,6 +167,11 @@ fn demo_replaces_its_own_output_and_never_touches_other_folders() {
         "{}",
         stdout(&first)
     );
+    assert!(
+        out.join("reports/report.html").exists(),
+        "the demo writes the reports"
+    );
+    assert!(stdout(&first).contains("report: "), "{}", stdout(&first));
     let runs_once = read_table(&out, "runs").1.len();
     assert!(runs_once > 0);
     assert_ok(&demo(&out));

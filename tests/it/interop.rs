@@ -24,7 +24,7 @@ fn python() -> PathBuf {
 }
 
 #[test]
-fn duckdb_polars_and_pyarrow_read_the_dataset_with_documented_types() {
+fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
     let odd: Vec<Value> =
         serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
     let docs: Vec<Value> =
@@ -37,6 +37,7 @@ fn duckdb_polars_and_pyarrow_read_the_dataset_with_documented_types() {
     });
     let dir = tempfile::tempdir().unwrap();
     assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    assert_ok(&run(&["report", "--data", dir.path().to_str().unwrap()]));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_dataset.py");
     let out = Command::new(python())
         .arg(&script)

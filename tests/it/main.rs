@@ -5,5 +5,6 @@ mod cli;
 mod export;
 mod faults;
 mod interop;
+mod report;
 mod rerun;
 mod support;

@@ -1,0 +1,7 @@
+-- Runs per status per UTC hour.
+-- cd data/export && duckdb < ../../queries/runs_per_status_hourly.sql
+SELECT date_trunc('hour', start_time) AS hour, status, count(*) AS runs
+FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
+WHERE start_time IS NOT NULL
+GROUP BY ALL
+ORDER BY hour, status;

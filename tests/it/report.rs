@@ -1,0 +1,218 @@
+//! `report`: the numbers users read, computed with Polars from a real export.
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use orchestra_export::simulate::SimConfig;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn run_record(id: &str, day: u32, secs: u32, status: &str, error: Option<&str>) -> Value {
+    json!({"id": id, "status": status,
+           "start_time": format!("2025-03-{day:02}T10:00:00Z"),
+           "end_time": format!("2025-03-{day:02}T10:00:{secs:02}Z"),
+           "elapsed_time": secs, "error": error, "outputs": "ok",
+           "all_outputs": {"prompt": "p", "model": "x".repeat(secs as usize * 10)},
+           "inputs": {"prompt": "p"}})
+}
+
+fn read(path: &std::path::Path) -> RecordBatch {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn f64s(batch: &RecordBatch, column: &str) -> Vec<Option<f64>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<Float64Type>()
+        .iter()
+        .collect()
+}
+
+fn i64s(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
+    batch
+        .column_by_name(column)
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .iter()
+        .collect()
+}
+
+fn strs(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+    // Polars may write large or view strings; compare as plain UTF-8.
+    let col = batch.column_by_name(column).unwrap();
+    let utf8 = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+    utf8.as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_report_computes_counts_rates_quantiles_and_groups() {
+    let a = vec![
+        run_record(
+            "a4",
+            3,
+            4,
+            "failed",
+            Some("Node 'model' failed after 30s (request id 8f3a9c2e)"),
+        ),
+        run_record("a3", 2, 3, "completed", None),
+        run_record("a2", 1, 2, "completed", None),
+        run_record("a1", 1, 1, "completed", None),
+    ];
+    let b = vec![run_record(
+        "b1",
+        2,
+        9,
+        "failed",
+        Some("Node 'search' failed after 45s (request id 0badf00d1)"),
+    )];
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("wf-a", a), fixture("wf-b", b)],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    let out = run(&[
+        "report",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--top",
+        "3",
+    ]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("report: 5 runs"), "{}", stdout(&out));
+    let reports = dir.path().join("reports");
+
+    let summary = read(&reports.join("workflow_summary.parquet"));
+    assert_eq!(
+        strs(&summary, "workflow_id"),
+        [Some("wf-a".into()), Some("wf-b".into())]
+    );
+    assert_eq!(
+        strs(&summary, "name"),
+        [Some("wf-a".into()), Some("wf-b".into())],
+        "names from the workflows table"
+    );
+    assert_eq!(i64s(&summary, "runs"), [Some(4), Some(1)]);
+    assert_eq!(i64s(&summary, "failed"), [Some(1), Some(1)]);
+    assert_eq!(f64s(&summary, "error_rate"), [Some(0.25), Some(1.0)]);
+    assert_eq!(f64s(&summary, "p50_s"), [Some(2.5), Some(9.0)]);
+    // Linear interpolation over 1, 2, 3, 4 s: position 0.95 × 3 = 2.85 → 3.85 s.
+    let p95 = f64s(&summary, "p95_s");
+    assert!((p95[0].unwrap() - 3.85).abs() < 1e-9, "{p95:?}");
+    assert_eq!(f64s(&summary, "max_s"), [Some(4.0), Some(9.0)]);
+
+    let daily = read(&reports.join("daily_trends.parquet"));
+    assert_eq!(
+        i64s(&daily, "runs"),
+        [Some(2), Some(1), Some(1), Some(1)],
+        "a: 1st×2, 2nd; b: 2nd; a: 3rd"
+    );
+
+    let errors = read(&reports.join("error_groups.parquet"));
+    assert_eq!(
+        errors.num_rows(),
+        1,
+        "the two messages differ only in values"
+    );
+    assert_eq!(i64s(&errors, "count"), [Some(2)]);
+    assert_eq!(i64s(&errors, "workflows"), [Some(2)]);
+    assert_eq!(
+        strs(&errors, "fingerprint"),
+        [Some("Node '…' failed after <n>s (request id <hex>)".into())]
+    );
+
+    let slowest = read(&reports.join("slowest_runs.parquet"));
+    assert_eq!(
+        strs(&slowest, "run_id"),
+        [Some("b1".into()), Some("a4".into()), Some("a3".into())]
+    );
+
+    let nodes = read(&reports.join("node_stats.parquet"));
+    assert_eq!(
+        strs(&nodes, "node"),
+        [
+            Some("prompt".into()),
+            Some("model".into()),
+            Some("prompt".into()),
+            Some("model".into())
+        ]
+    );
+    assert_eq!(strs(&nodes, "value_types")[0], Some("string".into()));
+
+    let md = std::fs::read_to_string(reports.join("summary.md")).unwrap();
+    assert!(md.starts_with("# Orchestra workflow report"), "{md}");
+    assert!(
+        md.contains("| wf-a | wf-a | 4 | 1 | 25.0% | 2.500 | 3.850 |"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(reports.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(!html.contains("<script") && !html.contains("src=\"http"));
+    for name in [
+        "workflow_summary",
+        "daily_trends",
+        "error_groups",
+        "node_stats",
+        "slowest_runs",
+        "regressions",
+    ] {
+        assert!(reports.join(format!("{name}.csv")).exists(), "{name}.csv");
+    }
+
+    // Scope: one day, one workflow.
+    let scoped = dir.path().join("scoped");
+    let out = run(&[
+        "report",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        scoped.to_str().unwrap(),
+        "--since",
+        "2025-03-02",
+        "--until",
+        "2025-03-02",
+        "--workflow",
+        "wf-a",
+    ]);
+    assert_ok(&out);
+    let summary = read(&scoped.join("workflow_summary.parquet"));
+    assert_eq!(i64s(&summary, "runs"), [Some(1)]);
+}
+
+#[test]
+fn a_report_on_a_folder_without_an_export_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["report", "--data", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: no `runs` table in"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "report",
+        "--data",
+        ".",
+        "--since",
+        "2025-03-05",
+        "--until",
+        "2025-03-01",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is after `--until`"),
+        "{}",
+        stderr(&out)
+    );
+}
