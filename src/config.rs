@@ -121,6 +121,7 @@ pub struct ConfigFile {
     pub lookback: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub unfinished_horizon: Option<Duration>,
+    pub with_steps: Option<bool>,
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -213,6 +214,7 @@ pub struct ExportInputs {
     pub full: bool,
     pub lookback: Duration,
     pub unfinished_horizon: Duration,
+    pub with_steps: bool,
 }
 
 impl ExportInputs {
@@ -255,6 +257,7 @@ impl ExportInputs {
                 export_id: String::new(),
                 lookback: None,
                 unfinished_horizon: self.unfinished_horizon,
+                with_steps: self.with_steps,
                 page_size: self.page_size,
                 max_window: concurrency.min(DEFAULT_MAX_WINDOW),
                 parallel_workflows: concurrency,

@@ -217,7 +217,7 @@ pub async fn export(
     // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
     // dataset in the middle of a commit for a finished one.
     remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
-    let committed = dataset::commit(storage.as_ref(), &staged)?;
+    let committed = dataset::commit(storage.as_ref(), &staged, config.extract.with_steps)?;
     let workflows_table_rows = match &workflow_list {
         Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
         None => None,
@@ -359,6 +359,9 @@ fn spawn_writer(
                 match item {
                     SinkItem::Rows(rows) => writer.write(&rows)?,
                     SinkItem::Rejected(list) => rejected.extend(list),
+                    SinkItem::Steps(date, batch) => {
+                        writer.write_batch(Table::Steps, date, &batch)?
+                    }
                 }
             }
             let summary = writer.close()?;

@@ -241,6 +241,11 @@ impl ApiClient {
         self.endpoint(&["workflows", workflow_id, "runs", run_id])
     }
 
+    /// `{base}/workflows/{id}/runs/{run_id}/steps`.
+    pub fn steps_url(&self, workflow_id: &str, run_id: &str) -> Url {
+        self.endpoint(&["workflows", workflow_id, "runs", run_id, "steps"])
+    }
+
     /// `{base}/workflows`.
     pub fn workflows_url(&self) -> Url {
         self.endpoint(&["workflows"])

@@ -111,6 +111,9 @@ struct ExportArgs {
     /// [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     lookback: Option<Duration>,
+    /// Also fetch each run's steps (one request per run) into the `steps` table.
+    #[arg(long)]
+    with_steps: bool,
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     unfinished_horizon: Option<Duration>,
@@ -315,6 +318,7 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         workflows_file,
         all_workflows,
         full: args.full,
+        with_steps: args.with_steps || file.with_steps.unwrap_or(false),
         lookback: args.lookback.unwrap_or(base.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(base.unfinished_horizon),
         ..base
@@ -484,6 +488,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         base_url: server.base_url(),
         api_key_env: Some(simulate::DEFAULT_SIM_KEY.to_owned()),
         all_workflows: true,
+        with_steps: true,
         ..export_inputs(&args.tuning, &ConfigFile::default(), Some(args.out))
     };
     let config: ExportConfig = match inputs.validate() {

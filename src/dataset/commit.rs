@@ -114,7 +114,14 @@ impl CommitSummary {
 /// stages it under its date, it leaves the default partition. That partition is committed first,
 /// so a kill in between can make such a run briefly absent (the next export, whose state did not
 /// advance, fetches it again) but never present twice.
-pub fn commit(storage: &dyn Storage, staged: &WriteSummary) -> Result<CommitSummary, DatasetError> {
+///
+/// `steps_fetched` says whether this export fetched steps: only then are a re-fetched run's
+/// stored steps replaced (an export without `--with-steps` leaves the `steps` table alone).
+pub fn commit(
+    storage: &dyn Storage,
+    staged: &WriteSummary,
+    steps_fetched: bool,
+) -> Result<CommitSummary, DatasetError> {
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
         if let Some(date) = file.date {
@@ -165,7 +172,15 @@ pub fn commit(storage: &dyn Storage, staged: &WriteSummary) -> Result<CommitSumm
             replace.extend(&started);
         }
         // Children first: a committed `runs` row always has its children committed.
-        for table in [Table::NodeOutputs, Table::RunInputs, Table::Runs] {
+        for table in [
+            Table::NodeOutputs,
+            Table::RunInputs,
+            Table::Steps,
+            Table::Runs,
+        ] {
+            if table == Table::Steps && !steps_fetched {
+                continue;
+            }
             let files = tables.get(&table).map(Vec::as_slice).unwrap_or_default();
             if let Some(done) = commit_partition(storage, table, date, files, &rows, &replace)? {
                 summary.partitions.push(done);

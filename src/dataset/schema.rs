@@ -24,6 +24,8 @@ pub enum Table {
     NodeOutputs,
     /// One row per entry of a run's `inputs`.
     RunInputs,
+    /// One row per executed node of a run (`--with-steps`).
+    Steps,
     /// One row per workflow (`--all-workflows`), not partitioned.
     Workflows,
 }
@@ -38,6 +40,7 @@ impl Table {
             Table::Runs => "runs",
             Table::NodeOutputs => "node_outputs",
             Table::RunInputs => "run_inputs",
+            Table::Steps => "steps",
             Table::Workflows => "workflows",
         }
     }
@@ -48,6 +51,7 @@ impl Table {
             Table::Runs => runs(),
             Table::NodeOutputs => node_outputs(),
             Table::RunInputs => run_inputs(),
+            Table::Steps => steps(),
             Table::Workflows => workflows(),
         }
     }
@@ -134,6 +138,24 @@ static RUN_INPUTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static STEPS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        text("workflow_id", false),
+        text("run_id", false),
+        text("step_id", true),
+        text("node_id", true),
+        text("status", true),
+        timestamp("start_time", true),
+        timestamp("end_time", true),
+        Field::new("elapsed_time", DataType::Int64, true),
+        Field::new("duration_ms", DataType::Int64, true),
+        text("error", true),
+        text("outputs", true),
+        text("inputs", true),
+        Field::new("tokens", DataType::Int64, true),
+    ]))
+});
+
 static WORKFLOWS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         text("workflow_id", false),
@@ -160,6 +182,11 @@ pub fn node_outputs() -> SchemaRef {
 /// Schema of `run_inputs`.
 pub fn run_inputs() -> SchemaRef {
     RUN_INPUTS.clone()
+}
+
+/// Schema of `steps`.
+pub fn steps() -> SchemaRef {
+    STEPS.clone()
 }
 
 /// Schema of `workflows`.

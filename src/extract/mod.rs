@@ -17,11 +17,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use futures_util::stream::{self, FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiError};
+use crate::dataset::PartitionDate;
 use crate::flatten::{
     self, FlatPage, PageContext, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
 };
@@ -42,6 +44,8 @@ pub enum SinkItem {
     Rows(PartitionRows),
     /// Records that could not be runs.
     Rejected(Vec<Rejected>),
+    /// The steps of one run, in its run's partition.
+    Steps(PartitionDate, RecordBatch),
 }
 
 /// Paging settings.
@@ -53,6 +57,8 @@ pub struct ExtractOptions {
     pub lookback: Option<Duration>,
     /// Unfinished runs older than this are given up on.
     pub unfinished_horizon: Duration,
+    /// Fetch each run's steps (`GET …/runs/{run_id}/steps`) into the `steps` table.
+    pub with_steps: bool,
     /// `limit` sent with every page request.
     pub page_size: u32,
     /// Pages of one workflow in flight at most.
@@ -329,7 +335,7 @@ impl Extractor {
             tally.keep_new_runs(&mut page);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
-            self.send(page).await?;
+            self.send(&workflow, page).await?;
         }
         Ok(())
     }
@@ -368,7 +374,7 @@ impl Extractor {
             let news = page.runs.len() + page.rejected.len();
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
-            self.send(page).await?;
+            self.send(&workflow, page).await?;
             if received == 0 {
                 return Ok(());
             }
@@ -418,20 +424,60 @@ impl Extractor {
         }
     }
 
-    async fn send(&self, page: FlatPage) -> Result<(), ExtractError> {
-        if !page.rejected.is_empty() {
+    /// Sends a page's rows to the writer, with its runs' steps when asked for.
+    async fn send(&self, workflow: &Arc<str>, page: FlatPage) -> Result<(), ExtractError> {
+        let steps = if self.options.with_steps {
+            self.steps(workflow, &page.runs).await?
+        } else {
+            Vec::new()
+        };
+        let sink = |item| async {
             self.sink
-                .send(SinkItem::Rejected(page.rejected))
+                .send(item)
                 .await
-                .map_err(|_| ExtractError::WriterStopped)?;
+                .map_err(|_| ExtractError::WriterStopped)
+        };
+        if !page.rejected.is_empty() {
+            sink(SinkItem::Rejected(page.rejected)).await?;
         }
         for part in page.partitions {
-            self.sink
-                .send(SinkItem::Rows(part))
-                .await
-                .map_err(|_| ExtractError::WriterStopped)?;
+            sink(SinkItem::Rows(part)).await?;
+        }
+        for (date, batch) in steps {
+            sink(SinkItem::Steps(date, batch)).await?;
         }
         Ok(())
+    }
+
+    /// Fetches the steps of `runs`, as many at once as the shared concurrency allows. A run the
+    /// API does not know steps for (404) has none; any other failure fails the workflow.
+    async fn steps(
+        &self,
+        workflow: &Arc<str>,
+        runs: &[RunInfo],
+    ) -> Result<Vec<(PartitionDate, RecordBatch)>, ExtractError> {
+        stream::iter(runs.iter().map(|run| async move {
+            let url = self.client.steps_url(workflow, &run.id);
+            let body = match self.client.get(&url).await {
+                Ok(body) => body,
+                Err(ApiError::Status { status: 404, .. }) => return Ok(None),
+                Err(source) => return Err(ExtractError::Api { offset: 0, source }),
+            };
+            let batch = flatten::flatten_steps(&body, workflow, &run.id).map_err(|source| {
+                ExtractError::Page {
+                    offset: 0,
+                    url: crate::api::redact_url(&url),
+                    source,
+                }
+            })?;
+            Ok(Some((run.date(), batch)))
+        }))
+        .buffered(self.options.max_window.max(1))
+        .filter_map(|r| async move { r.transpose() })
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// Fetches and flattens one page (`offset` is for messages and rows): (offset, bytes, page).

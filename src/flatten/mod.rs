@@ -11,6 +11,7 @@
 //! order kept. A `value_type` column names the JSON type (`string`, `object`, `array`, `number`,
 //! `boolean`, `null`).
 
+mod steps;
 mod time;
 mod workflows;
 
@@ -25,6 +26,7 @@ use arrow::compute::filter_record_batch;
 use serde_json::Value;
 
 use crate::dataset::schema::{self, PartitionDate};
+pub use steps::flatten_steps;
 pub use time::{format_timestamp, parse_timestamp};
 pub use workflows::{WorkflowList, flatten_workflows};
 

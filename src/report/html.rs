@@ -311,6 +311,27 @@ th{background:#f1f5f9;font-weight:600}
         ],
         |_| true,
     ));
+    if report.table("slowest_nodes").is_some() {
+        html.push_str(&table(
+            "Slowest nodes (from steps)",
+            report.table("slowest_nodes"),
+            &["workflow_id", "node_id", "steps", "p50_s", "p95_s", "max_s"],
+            |_| true,
+        ));
+        html.push_str(&table(
+            "Failing nodes (from steps)",
+            report.table("failing_nodes"),
+            &[
+                "workflow_id",
+                "node_id",
+                "steps",
+                "failures",
+                "failure_rate",
+                "sample_error",
+            ],
+            |_| true,
+        ));
+    }
     html.push_str(&table(
         "Node outputs",
         report.table("node_stats"),

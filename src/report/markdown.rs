@@ -13,7 +13,7 @@ const MAX_ROWS: usize = 15;
 pub(super) fn cell(column: &str, value: &AnyValue<'_>) -> String {
     match value {
         AnyValue::Null => "—".to_owned(),
-        AnyValue::Float64(v) if column.contains("error_rate") => format!("{:.1}%", v * 100.0),
+        AnyValue::Float64(v) if column.contains("_rate") => format!("{:.1}%", v * 100.0),
         AnyValue::Float64(v) if column.contains("ratio") => format!("{v:.2}×"),
         AnyValue::Float64(v) if column.contains("bytes") => format!("{v:.0}"),
         AnyValue::Float64(v) => format!("{v:.3}"),
@@ -137,6 +137,21 @@ pub fn render(report: &Report, options: &ReportOptions) -> String {
         ],
         |_| true,
     );
+    if report.table("failing_nodes").is_some() {
+        let _ = writeln!(out, "## Failing nodes\n");
+        table(
+            &mut out,
+            get("failing_nodes"),
+            &[
+                "workflow_id",
+                "node_id",
+                "steps",
+                "failures",
+                "failure_rate",
+            ],
+            |_| true,
+        );
+    }
     let _ = writeln!(out, "## Slowest runs\n");
     table(
         &mut out,

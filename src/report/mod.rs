@@ -330,6 +330,62 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     ];
     let regressions = regressions(&runs).map_err(polars_err("regressions"))?;
     tables.push(("regressions", regressions));
+    if has_files(&options.data.join("steps")) {
+        let steps = in_scope(
+            scan(&options.data, "steps").map_err(polars_err("steps"))?,
+            options,
+        )
+        .with_column(
+            (col("duration_ms").cast(DataType::Float64) / lit(1000.0)).alias("duration_s"),
+        );
+        let slowest_nodes = steps
+            .clone()
+            .group_by([col("workflow_id"), col("node_id")])
+            .agg([
+                len().cast(DataType::Int64).alias("steps"),
+                quantile("duration_s", 0.5).alias("p50_s"),
+                quantile("duration_s", 0.95).alias("p95_s"),
+                col("duration_s").max().alias("max_s"),
+                col("duration_s").mean().alias("mean_s"),
+            ])
+            .sort(
+                ["p95_s", "workflow_id", "node_id"],
+                SortMultipleOptions::default()
+                    .with_order_descending_multi([true, false, false])
+                    .with_nulls_last(true),
+            );
+        let failing_nodes = steps
+            .group_by([col("workflow_id"), col("node_id")])
+            .agg([
+                len().cast(DataType::Int64).alias("steps"),
+                count_where(col("status").eq(lit("failed"))).alias("failures"),
+                col("error")
+                    .filter(col("status").eq(lit("failed")))
+                    .first()
+                    .alias("sample_error"),
+            ])
+            .filter(col("failures").gt(lit(0)))
+            .with_column(
+                (col("failures").cast(DataType::Float64) / col("steps").cast(DataType::Float64))
+                    .alias("failure_rate"),
+            )
+            .sort(
+                ["failures", "workflow_id", "node_id"],
+                SortMultipleOptions::default().with_order_descending_multi([true, false, false]),
+            );
+        tables.push((
+            "slowest_nodes",
+            slowest_nodes
+                .collect()
+                .map_err(polars_err("slowest_nodes"))?,
+        ));
+        tables.push((
+            "failing_nodes",
+            failing_nodes
+                .collect()
+                .map_err(polars_err("failing_nodes"))?,
+        ));
+    }
     let total = tables[0]
         .1
         .column("runs")

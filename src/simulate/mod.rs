@@ -321,7 +321,8 @@ fn router(state: Arc<SimState>) -> Router {
     let api = Router::new()
         .route("/workflows", get(list_workflows))
         .route("/workflows/{id}/runs", get(list_runs))
-        .route("/workflows/{id}/runs/{run_id}", get(one_run));
+        .route("/workflows/{id}/runs/{run_id}", get(one_run))
+        .route("/workflows/{id}/runs/{run_id}/steps", get(run_steps));
     Router::new()
         .nest(API_PREFIX, api)
         .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
@@ -454,26 +455,115 @@ async fn list_runs(
     axum::Json(state.page(source, offset, limit)).into_response()
 }
 
+/// A run by id, and the node that failed it when it failed (generated workflows know it).
+fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<String>)> {
+    match state.by_id.get(id)? {
+        Source::Generated(i) => {
+            let wf = &state.generated[*i];
+            let (total, finished_below) = state.history(*i);
+            let run = wf.run(wf.run_seq(run_id, total)?, total, finished_below);
+            let done = run["all_outputs"].as_object().map_or(0, |m| m.len());
+            let failing = (run["status"] == "failed")
+                .then(|| wf.nodes.get(done).map(|n| (*n).to_owned()))
+                .flatten();
+            Some((run, failing))
+        }
+        Source::Fixture(i) => {
+            let records = state.fixture_records.lock().expect("fixture lock");
+            let run = records[*i]
+                .iter()
+                .find(|r| r.get("id").and_then(Value::as_str) == Some(run_id))?
+                .clone();
+            let failing = (run["status"] == "failed").then(|| "unknown".to_owned());
+            Some((run, failing))
+        }
+    }
+}
+
+/// The steps of a run, consistent with it: one completed step per entry of `all_outputs` (in
+/// order, splitting the run's time evenly), plus a failed step for the node that failed it.
+pub fn steps_of(run: &Value, failing_node: Option<&str>) -> Vec<Value> {
+    use crate::flatten::{format_timestamp, parse_timestamp};
+    let start = run["start_time"].as_str().and_then(parse_timestamp);
+    let end = run["end_time"].as_str().and_then(parse_timestamp);
+    let outputs: Vec<(String, Value)> = run["all_outputs"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let count = outputs.len() + usize::from(failing_node.is_some());
+    let at = |i: usize| match (start, end) {
+        (Some(s), Some(e)) => Some(s + (e - s) * i as i64 / count.max(1) as i64),
+        (Some(s), None) => Some(s + i as i64 * 1_000_000),
+        _ => None,
+    };
+    let run_id = run["id"].as_str().unwrap_or_default();
+    let step = |i: usize, node: &str, status: &str, error: Value, outputs: Value, inputs: Value| {
+        let (s, e) = (at(i), at(i + 1));
+        serde_json::json!({
+            "id": format!("{run_id}-step-{i}"),
+            "node_id": node,
+            "status": status,
+            "start_time": s.map(format_timestamp),
+            "end_time": e.map(format_timestamp),
+            "elapsed_time": s.zip(e).map(|(s, e)| (e - s) / 1_000_000),
+            "error": error,
+            "outputs": outputs,
+            "inputs": inputs,
+            "step_metadata": {"node_type": node},
+            "tokens": 0,
+            "user_id": "sim-user",
+            "organization_id": "sim-org",
+        })
+    };
+    let mut steps: Vec<Value> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, (node, value))| {
+            let inputs = if i == 0 {
+                run["inputs"].clone()
+            } else {
+                serde_json::json!({ "from": outputs[i - 1].0 })
+            };
+            step(
+                i,
+                node,
+                "completed",
+                Value::Null,
+                serde_json::json!({ "output": value }),
+                inputs,
+            )
+        })
+        .collect();
+    if let Some(node) = failing_node {
+        steps.push(step(
+            outputs.len(),
+            node,
+            "failed",
+            run["error"].clone(),
+            serde_json::json!({}),
+            serde_json::json!({}),
+        ));
+    }
+    steps
+}
+
+async fn run_steps(
+    State(state): State<Arc<SimState>>,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Response {
+    match find_run(&state, &id, &run_id) {
+        Some((run, failing)) => axum::Json(steps_of(&run, failing.as_deref())).into_response(),
+        None => error_response(StatusCode::NOT_FOUND, "Run not found", None),
+    }
+}
+
 async fn one_run(
     State(state): State<Arc<SimState>>,
     Path((id, run_id)): Path<(String, String)>,
 ) -> Response {
-    let found = match state.by_id.get(&id) {
-        Some(Source::Generated(i)) => {
-            let wf = &state.generated[*i];
-            let (total, finished_below) = state.history(*i);
-            wf.run_seq(&run_id, total)
-                .map(|seq| wf.run(seq, total, finished_below))
-        }
-        Some(Source::Fixture(i)) => state.fixture_records.lock().expect("fixture lock")[*i]
-            .iter()
-            .find(|r| r.get("id").and_then(Value::as_str) == Some(run_id.as_str()))
-            .cloned(),
-        None => None,
-    };
-    match found {
+    match find_run(&state, &id, &run_id) {
         // The documented example answers with a one-element array.
-        Some(run) => axum::Json(vec![run]).into_response(),
+        Some((run, _)) => axum::Json(vec![run]).into_response(),
         None => error_response(StatusCode::NOT_FOUND, "Run not found", None),
     }
 }

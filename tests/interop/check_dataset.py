@@ -32,7 +32,15 @@ DUCK_TYPES = {
         "value_type": "VARCHAR", "value": "VARCHAR", "date": "DATE",
     },
 }
+if (OUT / "steps").exists():
+    DUCK_TYPES["steps"] = {
+        "workflow_id": "VARCHAR", "run_id": "VARCHAR", "step_id": "VARCHAR", "node_id": "VARCHAR",
+        "status": "VARCHAR", "start_time": TS, "end_time": TS, "elapsed_time": "BIGINT",
+        "duration_ms": "BIGINT", "error": "VARCHAR", "outputs": "VARCHAR", "inputs": "VARCHAR",
+        "tokens": "BIGINT", "date": "DATE",
+    }
 KEYS = {
+    "steps": "workflow_id, run_id, step_id",
     "runs": "workflow_id, run_id",
     "node_outputs": "workflow_id, run_id, node",
     "run_inputs": "workflow_id, run_id, name",

@@ -36,7 +36,11 @@ fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--with-steps"],
+    ));
     assert_ok(&run(&["report", "--data", dir.path().to_str().unwrap()]));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_dataset.py");
     let out = Command::new(python())

@@ -216,3 +216,71 @@ fn a_report_on_a_folder_without_an_export_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn steps_are_exported_consistently_and_reported_per_node() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 60,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--with-steps"],
+    ));
+    let (_, steps) = read_table(dir.path(), "steps");
+    let (_, runs) = read_table(dir.path(), "runs");
+    // One step per node output, plus the failed step of each failed run.
+    let failed = runs
+        .iter()
+        .filter(|r| r["status"] == text("failed"))
+        .count();
+    let nodes: i64 = runs
+        .iter()
+        .map(|r| match r["node_count"] {
+            Cell::Int(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(steps.len() as i64, nodes + failed as i64);
+    let failed_run = runs
+        .iter()
+        .find(|r| r["status"] == text("failed"))
+        .expect("the sim fails ~7% of runs");
+    let id = failed_run["run_id"].text().unwrap();
+    let of_run: Vec<_> = steps.iter().filter(|s| s["run_id"] == text(id)).collect();
+    let failed_step = of_run
+        .iter()
+        .find(|s| s["status"] == text("failed"))
+        .unwrap();
+    assert_eq!(failed_step["error"], failed_run["error"]);
+    assert_eq!(
+        failed_step["date"], failed_run["date"],
+        "steps live in their run's partition"
+    );
+    assert_eq!(
+        sim.paths().iter().filter(|p| p.ends_with("/steps")).count(),
+        runs.len(),
+        "one steps request per run"
+    );
+
+    assert_ok(&run(&["report", "--data", dir.path().to_str().unwrap()]));
+    let reports = dir.path().join("reports");
+    let slowest = read(&reports.join("slowest_nodes.parquet"));
+    assert!(slowest.num_rows() >= 6, "{} node rows", slowest.num_rows());
+    let failing = read(&reports.join("failing_nodes.parquet"));
+    let failures: i64 = i64s(&failing, "failures").into_iter().flatten().sum();
+    assert_eq!(failures, failed as i64);
+    assert!(
+        std::fs::read_to_string(reports.join("report.html"))
+            .unwrap()
+            .contains("Failing nodes")
+    );
+
+    // A later export without --with-steps leaves the steps alone.
+    let before = steps.len();
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows", "--full"]));
+    assert_eq!(read_table(dir.path(), "steps").1.len(), before);
+}
