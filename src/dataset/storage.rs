@@ -23,8 +23,6 @@ pub trait Storage: Send + Sync {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError>;
     /// Names of the committed files directly inside folder `dir` (empty when it does not exist).
     fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
-    /// Names of the folders directly inside folder `dir` (empty when it does not exist).
-    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
     /// The whole content of a committed file.
     fn read(&self, path: &str) -> Result<Bytes, DatasetError>;
     /// Moves a committed file to `to`, atomically replacing any file there, durably.
@@ -139,24 +137,6 @@ impl Storage for LocalStorage {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file()) {
                 names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
-        let full = self.full(dir);
-        let entries = match fs::read_dir(&full) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(DatasetError::io("list", &full, source)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| DatasetError::io("list", &full, source))?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
         names.sort();
