@@ -60,6 +60,21 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             s.committed.rows_updated(table)
         );
     }
+    let steps = s
+        .committed
+        .partitions
+        .iter()
+        .filter(|p| p.table == Table::Steps)
+        .count();
+    if steps > 0 {
+        let _ = writeln!(
+            text,
+            "  {:<13} {:>9} new, {:>7} updated rows in {steps} partitions",
+            Table::Steps.name(),
+            s.committed.rows_new(Table::Steps),
+            s.committed.rows_updated(Table::Steps)
+        );
+    }
     if let Some(rows) = s.workflows_table_rows {
         let _ = writeln!(text, "  {:<13} {rows:>9} rows", Table::Workflows.name());
     }

@@ -134,6 +134,9 @@ pub enum ExtractError {
         "{pages} pages in a row up to offset {offset} held only runs already seen; the API seems to ignore `offset`"
     )]
     NoProgress { pages: u32, offset: u64 },
+    /// A fetch task ended without an answer (a bug).
+    #[error("a fetch task failed")]
+    TaskFailed,
     /// The writer stopped (its own error is reported separately).
     #[error("the dataset writer stopped")]
     WriterStopped,
@@ -156,6 +159,7 @@ pub struct Extractor {
     sink: mpsc::Sender<SinkItem>,
     reporter: Arc<dyn Reporter>,
     stopper: Stopper,
+    fetcher: Fetcher,
 }
 
 /// Why an export was stopped before every workflow finished.
@@ -205,12 +209,18 @@ impl Extractor {
         reporter: Arc<dyn Reporter>,
         stopper: Stopper,
     ) -> Self {
+        let fetcher = Fetcher {
+            client: client.clone(),
+            with_steps: options.with_steps,
+            steps_at_once: options.max_window,
+        };
         Self {
             client,
             options,
             sink,
             reporter,
             stopper,
+            fetcher,
         }
     }
 
@@ -301,9 +311,9 @@ impl Extractor {
                 continue;
             }
             let url = self.client.run_url(workflow_id, &run.run_id);
-            let (_, bytes, page) = self.fetch(workflow.clone(), url, 0).await;
-            let mut page = match page {
-                Ok(page) if page.runs.iter().any(|r| r.id == run.run_id) => page,
+            let (_, bytes, fetched) = self.fetcher.clone().fetch(workflow.clone(), url, 0).await;
+            let Fetched { mut page, steps } = match fetched {
+                Ok(f) if f.page.runs.iter().any(|r| r.id == run.run_id) => f,
                 Err(ExtractError::Api {
                     source: ApiError::Status { status: 404, .. },
                     ..
@@ -335,7 +345,7 @@ impl Extractor {
             tally.keep_new_runs(&mut page);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
-            self.send(&workflow, page).await?;
+            self.send(page, steps).await?;
         }
         Ok(())
     }
@@ -359,13 +369,18 @@ impl Extractor {
         loop {
             while in_flight.len() < window {
                 let url = self.client.runs_url(&workflow, limit, next_offset);
-                in_flight.push_back(self.fetch(workflow.clone(), url, next_offset));
+                let fetch = self
+                    .fetcher
+                    .clone()
+                    .fetch(workflow.clone(), url, next_offset);
+                in_flight.push_back(Spawned(tokio::spawn(fetch)));
                 next_offset += stride;
             }
-            let Some((offset, bytes, page)) = in_flight.next().await else {
+            let Some(joined) = in_flight.next().await else {
                 return Ok(());
             };
-            let mut page = page?;
+            let (offset, bytes, fetched) = joined.map_err(|_| ExtractError::TaskFailed)?;
+            let Fetched { mut page, steps } = fetched?;
             tally.stats.pages += 1;
             let received = page.record_count as u64;
             let oldest = page.runs.iter().filter_map(|r| r.start_time).min();
@@ -374,7 +389,7 @@ impl Extractor {
             let news = page.runs.len() + page.rejected.len();
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
-            self.send(&workflow, page).await?;
+            self.send(page, steps).await?;
             if received == 0 {
                 return Ok(());
             }
@@ -424,13 +439,8 @@ impl Extractor {
         }
     }
 
-    /// Sends a page's rows to the writer, with its runs' steps when asked for.
-    async fn send(&self, workflow: &Arc<str>, page: FlatPage) -> Result<(), ExtractError> {
-        let steps = if self.options.with_steps {
-            self.steps(workflow, &page.runs).await?
-        } else {
-            Vec::new()
-        };
+    /// Sends a page's rows, and the steps of the runs kept from it, to the writer.
+    async fn send(&self, page: FlatPage, steps: Vec<RunSteps>) -> Result<(), ExtractError> {
         let sink = |item| async {
             self.sink
                 .send(item)
@@ -440,53 +450,73 @@ impl Extractor {
         if !page.rejected.is_empty() {
             sink(SinkItem::Rejected(page.rejected)).await?;
         }
+        let kept: HashSet<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        let steps: Vec<RunSteps> = steps
+            .into_iter()
+            .filter(|s| kept.contains(s.run_id.as_str()))
+            .collect();
         for part in page.partitions {
             sink(SinkItem::Rows(part)).await?;
         }
-        for (date, batch) in steps {
-            sink(SinkItem::Steps(date, batch)).await?;
+        for step in steps {
+            sink(SinkItem::Steps(step.date, step.batch)).await?;
         }
         Ok(())
     }
+}
 
-    /// Fetches the steps of `runs`, as many at once as the shared concurrency allows. A run the
-    /// API does not know steps for (404) has none; any other failure fails the workflow.
-    async fn steps(
-        &self,
-        workflow: &Arc<str>,
-        runs: &[RunInfo],
-    ) -> Result<Vec<(PartitionDate, RecordBatch)>, ExtractError> {
-        stream::iter(runs.iter().map(|run| async move {
-            let url = self.client.steps_url(workflow, &run.id);
-            let body = match self.client.get(&url).await {
-                Ok(body) => body,
-                Err(ApiError::Status { status: 404, .. }) => return Ok(None),
-                Err(source) => return Err(ExtractError::Api { offset: 0, source }),
-            };
-            let batch = flatten::flatten_steps(&body, workflow, &run.id).map_err(|source| {
-                ExtractError::Page {
-                    offset: 0,
-                    url: crate::api::redact_url(&url),
-                    source,
-                }
-            })?;
-            Ok(Some((run.date(), batch)))
-        }))
-        .buffered(self.options.max_window.max(1))
-        .filter_map(|r| async move { r.transpose() })
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
+/// The steps of one run.
+struct RunSteps {
+    run_id: String,
+    date: PartitionDate,
+    batch: RecordBatch,
+}
+
+/// A page and, when asked for, the steps of its runs.
+struct Fetched {
+    page: FlatPage,
+    steps: Vec<RunSteps>,
+}
+
+/// A fetch running as its own task, so it makes progress (and frees its slot of the shared
+/// concurrency budget) even while the workflow that asked for it is waiting on something else.
+/// Dropping it aborts the task (pages requested ahead that turned out not to be needed).
+struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
 
-    /// Fetches and flattens one page (`offset` is for messages and rows): (offset, bytes, page).
+impl<T> std::future::Future for Spawned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Fetches and flattens pages (and steps); cheap to clone into tasks.
+#[derive(Clone)]
+struct Fetcher {
+    client: ApiClient,
+    with_steps: bool,
+    steps_at_once: usize,
+}
+
+impl Fetcher {
+    /// Fetches and flattens one page (`offset` is for messages and rows), then its runs'
+    /// steps when asked for: (offset, body bytes, result).
     async fn fetch(
-        &self,
+        self,
         workflow: Arc<str>,
         url: url::Url,
         offset: u64,
-    ) -> (u64, u64, Result<FlatPage, ExtractError>) {
+    ) -> (u64, u64, Result<Fetched, ExtractError>) {
         let body = match self.client.get(&url).await {
             Ok(body) => body,
             Err(source) => return (offset, 0, Err(ExtractError::Api { offset, source })),
@@ -494,24 +524,86 @@ impl Extractor {
         let bytes = body.len() as u64;
         let extracted_at_us = chrono::Utc::now().timestamp_micros();
         let (tx, rx) = oneshot::channel();
+        let owned = workflow.clone();
         rayon::spawn(move || {
             let ctx = PageContext {
-                workflow_id: &workflow,
+                workflow_id: &owned,
                 offset,
                 extracted_at_us,
             };
             let _ = tx.send(flatten::flatten_page(&body, ctx));
         });
         let page = match rx.await {
-            Ok(Ok(page)) => Ok(page),
-            Ok(Err(source)) => Err(ExtractError::Page {
-                offset,
-                url: crate::api::redact_url(&url),
-                source,
-            }),
-            Err(_) => Err(ExtractError::WriterStopped),
+            Ok(Ok(page)) => page,
+            Ok(Err(source)) => {
+                let url = crate::api::redact_url(&url);
+                return (
+                    offset,
+                    bytes,
+                    Err(ExtractError::Page {
+                        offset,
+                        url,
+                        source,
+                    }),
+                );
+            }
+            Err(_) => return (offset, bytes, Err(ExtractError::WriterStopped)),
         };
-        (offset, bytes, page)
+        let steps = if self.with_steps {
+            match self.steps(&workflow, page.runs.clone()).await {
+                Ok(steps) => steps,
+                Err(e) => return (offset, bytes, Err(e)),
+            }
+        } else {
+            Vec::new()
+        };
+        (offset, bytes, Ok(Fetched { page, steps }))
+    }
+
+    /// Fetches the steps of `runs`, several at once within the shared concurrency budget. A run
+    /// the API knows no steps for (404) has none; any other failure fails the workflow.
+    async fn steps(
+        &self,
+        workflow: &Arc<str>,
+        runs: Vec<RunInfo>,
+    ) -> Result<Vec<RunSteps>, ExtractError> {
+        stream::iter(runs.into_iter().map(|run| {
+            let (client, workflow) = (self.client.clone(), workflow.clone());
+            Self::run_steps(client, workflow, run)
+        }))
+        .buffered(self.steps_at_once.max(1))
+        .filter_map(|r| async move { r.transpose() })
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    async fn run_steps(
+        client: ApiClient,
+        workflow: Arc<str>,
+        run: RunInfo,
+    ) -> Result<Option<RunSteps>, ExtractError> {
+        {
+            let url = client.steps_url(&workflow, &run.id);
+            let body = match client.get(&url).await {
+                Ok(body) => body,
+                Err(ApiError::Status { status: 404, .. }) => return Ok(None),
+                Err(source) => return Err(ExtractError::Api { offset: 0, source }),
+            };
+            let batch = flatten::flatten_steps(&body, &workflow, &run.id).map_err(|source| {
+                ExtractError::Page {
+                    offset: 0,
+                    url: crate::api::redact_url(&url),
+                    source,
+                }
+            })?;
+            Ok(Some(RunSteps {
+                date: run.date(),
+                run_id: run.id,
+                batch,
+            }))
+        }
     }
 }
 

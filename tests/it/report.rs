@@ -284,3 +284,56 @@ fn steps_are_exported_consistently_and_reported_per_node() {
     assert_ok(&export(&sim, dir.path(), &["--all-workflows", "--full"]));
     assert_eq!(read_table(dir.path(), "steps").1.len(), before);
 }
+
+#[test]
+fn steps_with_a_small_concurrency_budget_complete_without_stalling() {
+    // Pages requested ahead must not hold the shared request slots the steps requests need.
+    let sim = Sim::start(SimConfig {
+        workflows: 4,
+        runs_per_workflow: 400,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args([
+            "export",
+            "--base-url",
+            &url,
+            "--all-workflows",
+            "--with-steps",
+            "--concurrency",
+            "2",
+            "--page-size",
+            "50",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("ORCHESTRA_API_KEY", KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!(
+                "the export stalled: {} requests answered",
+                sim.server.requests().len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(
+        sim.paths().iter().filter(|p| p.ends_with("/steps")).count(),
+        1600
+    );
+    let steps = read_table(dir.path(), "steps").1;
+    let runs: std::collections::BTreeSet<_> = steps.iter().map(|s| s["run_id"].clone()).collect();
+    assert_eq!(runs.len(), 1600);
+}
