@@ -203,23 +203,7 @@ fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let url = sim.url();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
-        .args([
-            "export",
-            "--base-url",
-            &url,
-            "--all-workflows",
-            "--concurrency",
-            "2",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ])
-        .env("ORCHESTRA_API_KEY", KEY)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_export(&sim, dir.path(), &["--all-workflows", "--concurrency", "2"]);
     // Wait (bounded) until a few pages were served, then ask it to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while sim.server.requests().len() < 6 && std::time::Instant::now() < deadline {

@@ -294,26 +294,18 @@ fn steps_with_a_small_concurrency_budget_complete_without_stalling() {
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let url = sim.url();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
-        .args([
-            "export",
-            "--base-url",
-            &url,
+    let mut child = spawn_export(
+        &sim,
+        dir.path(),
+        &[
             "--all-workflows",
             "--with-steps",
             "--concurrency",
             "2",
             "--page-size",
             "50",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ])
-        .env("ORCHESTRA_API_KEY", KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orchestra_export::simulate::SimConfig;
@@ -429,23 +429,7 @@ fn a_second_export_into_the_same_folder_is_refused_while_the_first_runs() {
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let url = sim.url();
-    let first = Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
-        .args([
-            "export",
-            "--base-url",
-            &url,
-            "--all-workflows",
-            "--concurrency",
-            "1",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ])
-        .env("ORCHESTRA_API_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let first = spawn_export(&sim, dir.path(), &["--all-workflows", "--concurrency", "1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sim.server.requests().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -479,26 +463,12 @@ fn killing_exports_at_any_moment_loses_and_duplicates_nothing() {
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let url = sim.url();
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
-            .args([
-                "export",
-                "--base-url",
-                &url,
-                "--all-workflows",
-                "--page-size",
-                "50",
-                "--concurrency",
-                "4",
-                "--out",
-                dir.path().to_str().unwrap(),
-            ])
-            .env("ORCHESTRA_API_KEY", KEY)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        spawn_export(
+            &sim,
+            dir.path(),
+            &["--all-workflows", "--page-size", "50", "--concurrency", "4"],
+        )
     };
     // Time one export into a scratch folder to place the kills across its whole life,
     // fetching and committing alike.

@@ -91,6 +91,29 @@ pub fn export(sim: &Sim, out: &Path, extra: &[&str]) -> Output {
     run(&args)
 }
 
+/// Starts `export` against `sim` into `out` as a child process, stdout and stderr piped.
+pub fn spawn_export(sim: &Sim, out: &Path, extra: &[&str]) -> std::process::Child {
+    let url = sim.url();
+    let mut args = vec![
+        "export",
+        "--base-url",
+        url.as_str(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args(&args)
+        .env_remove("ORCHESTRA_BASE_URL")
+        .env_remove("RUST_LOG")
+        .env("ORCHESTRA_API_KEY", KEY)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
