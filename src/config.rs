@@ -294,6 +294,7 @@ fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigErro
             path: path.to_path_buf(),
             source,
         })?;
+        warn_if_others_can_read(path);
         return ApiKey::parse(&text).map_err(|reason| ConfigError::BadKey {
             from: format!("`{}`", path.display()),
             reason,
@@ -305,6 +306,25 @@ fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigErro
             reason,
         }),
         None => Err(ConfigError::NoApiKey),
+    }
+}
+
+/// Warns when a key file can be read by other users of the machine.
+fn warn_if_others_can_read(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    target: "config",
+                    "API key file `{}` can be read by other users (mode {mode:o}); run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
     }
 }
 

@@ -238,3 +238,49 @@ fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
         .collect();
     assert_eq!(ids.len(), runs.len(), "no duplicates");
 }
+
+#[test]
+fn a_key_file_other_users_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let url = sim.url();
+    let out_dir = dir.path().join("out");
+    let args = |key: &str| {
+        vec![
+            "export".to_owned(),
+            "--base-url".into(),
+            url.clone(),
+            "--api-key-file".into(),
+            key.to_owned(),
+            "--out".into(),
+            out_dir.to_str().unwrap().to_owned(),
+            "--all-workflows".into(),
+        ]
+    };
+    let key = key_file.to_str().unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = args(key);
+    let out = run_with_env(&loose.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("can be read by other users (mode 644); run `chmod 600"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(KEY));
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_with_env(&loose.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_ok(&out);
+    assert!(
+        !stderr(&out).contains("can be read by other users"),
+        "{}",
+        stderr(&out)
+    );
+}
