@@ -221,10 +221,6 @@ pub fn render(report: &Report, options: &ReportOptions) -> String {
             |v| format!("{v:.0}"),
         ),
     ];
-    let flagged = report
-        .table("regressions")
-        .and_then(|df| df.column("regressed").ok())
-        .and_then(|c| c.bool().ok().cloned());
     let mut html = String::from(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>Orchestra workflow report</title><style>
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;margin:0;background:#f8fafc}
@@ -273,17 +269,8 @@ th{background:#f1f5f9;font-weight:600}
     html.push_str(&table(
         "Regressions (last 7 days vs the 7 before)",
         report.table("regressions"),
-        &[
-            "workflow_id",
-            "runs_prev",
-            "runs_last",
-            "error_rate_prev",
-            "error_rate_last",
-            "p95_s_prev",
-            "p95_s_last",
-            "p95_ratio",
-        ],
-        |i| flagged.as_ref().and_then(|f| f.get(i)).unwrap_or(false),
+        &super::REGRESSION_COLUMNS,
+        |i| report.regressed(i),
     ));
     html.push_str(&table(
         "Error groups",

@@ -97,10 +97,6 @@ pub fn render(report: &Report, options: &ReportOptions) -> String {
         |_| true,
     );
     let regressions = get("regressions");
-    let flagged = regressions
-        .column("regressed")
-        .ok()
-        .and_then(|c| c.bool().ok().cloned());
     let _ = writeln!(
         out,
         "## Regressions (last 7 days vs the 7 before)\n\nFlagged when both weeks have ≥ {} runs and the \
@@ -109,21 +105,9 @@ pub fn render(report: &Report, options: &ReportOptions) -> String {
         super::ERROR_RATE_REGRESSION * 100.0,
         (super::P95_REGRESSION_FACTOR - 1.0) * 100.0
     );
-    table(
-        &mut out,
-        regressions,
-        &[
-            "workflow_id",
-            "runs_prev",
-            "runs_last",
-            "error_rate_prev",
-            "error_rate_last",
-            "p95_s_prev",
-            "p95_s_last",
-            "p95_ratio",
-        ],
-        |i| flagged.as_ref().and_then(|f| f.get(i)).unwrap_or(false),
-    );
+    table(&mut out, regressions, &super::REGRESSION_COLUMNS, |i| {
+        report.regressed(i)
+    });
     let _ = writeln!(out, "## Top error groups\n");
     table(
         &mut out,

@@ -148,6 +148,29 @@ fn error_rate() -> Expr {
         .alias("error_rate")
 }
 
+/// Columns shown for `regressions` in the Markdown and HTML renderings.
+const REGRESSION_COLUMNS: [&str; 8] = [
+    "workflow_id",
+    "runs_prev",
+    "runs_last",
+    "error_rate_prev",
+    "error_rate_last",
+    "p95_s_prev",
+    "p95_s_last",
+    "p95_ratio",
+];
+
+impl Report {
+    /// Whether row `i` of `regressions` is flagged as a regression.
+    fn regressed(&self, i: usize) -> bool {
+        self.table("regressions")
+            .and_then(|df| df.column("regressed").ok())
+            .and_then(|c| c.bool().ok())
+            .and_then(|f| f.get(i))
+            .unwrap_or(false)
+    }
+}
+
 /// Computes every table (without writing anything).
 pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
