@@ -42,6 +42,16 @@ pub struct Fixture {
     pub records: Vec<Value>,
 }
 
+/// A workflow whose first page is served as these exact bytes (malformed JSON, invalid UTF-8,
+/// lone surrogate escapes, duplicate keys…); every later offset is an empty page.
+#[derive(Debug, Clone)]
+pub struct RawFixture {
+    /// Workflow id, any string.
+    pub id: String,
+    /// Body of the page at offset 0, byte for byte.
+    pub body: Vec<u8>,
+}
+
 /// Answer `times` requests whose path contains `path_contains` (all when `None`) with `status`.
 #[derive(Debug, Clone)]
 pub struct Fault {
@@ -76,6 +86,8 @@ pub struct SimConfig {
     pub anchor_us: i64,
     /// Workflows with literal records.
     pub fixtures: Vec<Fixture>,
+    /// Workflows whose first page is given as raw bytes.
+    pub raw_fixtures: Vec<RawFixture>,
     /// Injected failures.
     pub faults: Vec<Fault>,
     /// Delay before answering each request.
@@ -95,6 +107,7 @@ impl Default for SimConfig {
             api_key: DEFAULT_SIM_KEY.to_owned(),
             anchor_us: DEFAULT_ANCHOR_US,
             fixtures: Vec::new(),
+            raw_fixtures: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
             ignore_offset: false,
@@ -117,6 +130,7 @@ pub struct LoggedRequest {
 enum Source {
     Generated(usize),
     Fixture(usize),
+    Raw(usize),
 }
 
 struct SimState {
@@ -161,6 +175,9 @@ impl SimState {
         }
         for (i, fx) in config.fixtures.iter().enumerate() {
             by_id.insert(fx.id.clone(), Source::Fixture(i));
+        }
+        for (i, fx) in config.raw_fixtures.iter().enumerate() {
+            by_id.insert(fx.id.clone(), Source::Raw(i));
         }
         let faults = config.faults.iter().map(|f| (f.clone(), f.times)).collect();
         let live = (0..generated.len())
@@ -210,6 +227,8 @@ impl SimState {
                     .cloned()
                     .collect()
             }
+            // Raw pages cannot be served as values; `list_runs` answers them itself.
+            Source::Raw(_) => Vec::new(),
         }
     }
 }
@@ -418,8 +437,9 @@ struct PageQuery {
 
 async fn list_workflows(State(state): State<Arc<SimState>>) -> Response {
     let mut list: Vec<Value> = state.generated.iter().map(SimWorkflow::summary).collect();
-    for fx in &state.config.fixtures {
-        list.push(serde_json::json!({ "workflow_id": fx.id, "name": fx.id, "status": "active" }));
+    let fixture_ids = state.config.fixtures.iter().map(|f| &f.id);
+    for id in fixture_ids.chain(state.config.raw_fixtures.iter().map(|f| &f.id)) {
+        list.push(serde_json::json!({ "workflow_id": id, "name": id, "status": "active" }));
     }
     axum::Json(list).into_response()
 }
@@ -452,6 +472,14 @@ async fn list_runs(
     } else {
         offset
     };
+    if let Source::Raw(i) = source {
+        let body = if offset == 0 {
+            state.config.raw_fixtures[*i].body.clone()
+        } else {
+            b"[]".to_vec()
+        };
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     axum::Json(state.page(source, offset, limit)).into_response()
 }
 
@@ -468,6 +496,7 @@ fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<S
                 .flatten();
             Some((run, failing))
         }
+        Source::Raw(_) => None,
         Source::Fixture(i) => {
             let records = state.fixture_records.lock().expect("fixture lock");
             let run = records[*i]
