@@ -6,16 +6,17 @@
 //! exporter's internals: it only speaks HTTP.
 
 mod data;
+mod faults;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use data::{DEFAULT_ANCHOR_US, SimWorkflow};
+pub use faults::{Drift, Fault, FaultKind, RateLimit, RetryAfter, Schedule};
 
 /// Path prefix of the API, as on the real service.
 pub const API_PREFIX: &str = "/api/v1/workflow";
@@ -50,21 +52,6 @@ pub struct RawFixture {
     pub id: String,
     /// Body of the page at offset 0, byte for byte.
     pub body: Vec<u8>,
-}
-
-/// Answer `times` requests whose path contains `path_contains` (all when `None`) with `status`.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Substring of the raw request path (percent-encoded as received) to match.
-    pub path_contains: Option<String>,
-    /// Status to answer with.
-    pub status: u16,
-    /// How many matching requests get it; then requests pass.
-    pub times: usize,
-    /// `Retry-After` header value to send, if any.
-    pub retry_after: Option<String>,
-    /// With a 3xx status: redirect to this origin (`http://host:port`) plus the same path.
-    pub redirect_to: Option<String>,
 }
 
 /// What the simulator serves.
@@ -94,6 +81,10 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Serve every page from offset 0, as a broken API that ignores `offset` would.
     pub ignore_offset: bool,
+    /// A server-side rate limit (429 with `Retry-After` beyond it).
+    pub rate_limit: Option<RateLimit>,
+    /// Runs arriving and being purged while pages are requested.
+    pub drift: Option<Drift>,
 }
 
 impl Default for SimConfig {
@@ -111,6 +102,8 @@ impl Default for SimConfig {
             faults: Vec::new(),
             latency: Duration::ZERO,
             ignore_offset: false,
+            rate_limit: None,
+            drift: None,
         }
     }
 }
@@ -123,6 +116,13 @@ pub struct LoggedRequest {
     pub path_and_query: String,
     /// Whether an `Authorization` header was present.
     pub had_authorization: bool,
+    /// Names of the request headers, lower case, in the order received (values are not kept:
+    /// one of them is the key).
+    pub headers: Vec<String>,
+    /// When it arrived, since the simulator started.
+    pub received_at: Duration,
+    /// How long it took to produce the answer's headers (a streamed body may take longer).
+    pub took: Duration,
     /// Status answered.
     pub status: u16,
 }
@@ -137,7 +137,11 @@ struct SimState {
     config: SimConfig,
     generated: Vec<SimWorkflow>,
     by_id: HashMap<String, Source>,
-    faults: Mutex<Vec<(Fault, usize)>>,
+    faults: faults::FaultPlan,
+    bucket: Option<faults::Bucket>,
+    started: Instant,
+    /// Page requests of generated workflows answered, for drift's seeded jitter.
+    page_requests: AtomicU64,
     log: Mutex<Vec<LoggedRequest>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -154,6 +158,8 @@ struct LiveHistory {
     added: AtomicU64,
     /// Every run numbered below this is finished.
     finished_below: AtomicU64,
+    /// Every run numbered below this was purged.
+    purged: AtomicU64,
 }
 
 impl SimState {
@@ -179,7 +185,8 @@ impl SimState {
         for (i, fx) in config.raw_fixtures.iter().enumerate() {
             by_id.insert(fx.id.clone(), Source::Raw(i));
         }
-        let faults = config.faults.iter().map(|f| (f.clone(), f.times)).collect();
+        let faults = faults::FaultPlan::new(config.seed, &config.faults);
+        let bucket = config.rate_limit.map(faults::Bucket::new);
         let live = (0..generated.len())
             .map(|_| LiveHistory::default())
             .collect();
@@ -189,7 +196,10 @@ impl SimState {
             config,
             generated,
             by_id,
-            faults: Mutex::new(faults),
+            faults,
+            bucket,
+            started: Instant::now(),
+            page_requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -198,7 +208,8 @@ impl SimState {
         }
     }
 
-    /// Runs in generated workflow `i` now, and the sequence number below which all are finished.
+    /// Runs in generated workflow `i` now (purged ones included), and the sequence number
+    /// below which all are finished.
     fn history(&self, i: usize) -> (u64, u64) {
         let live = &self.live[i];
         (
@@ -207,12 +218,19 @@ impl SimState {
         )
     }
 
+    /// Sequence numbers below this are purged from generated workflow `i`.
+    fn purged(&self, i: usize) -> u64 {
+        self.live[i].purged.load(Ordering::SeqCst)
+    }
+
     fn page(&self, source: &Source, offset: usize, limit: usize) -> Vec<Value> {
         match source {
             Source::Generated(i) => {
                 let wf = &self.generated[*i];
                 let (total, finished_below) = self.history(*i);
-                let end = (offset as u64).saturating_add(limit as u64).min(total);
+                let end = (offset as u64)
+                    .saturating_add(limit as u64)
+                    .min(total.saturating_sub(self.purged(*i)));
                 // Position 0 is the newest run, the one with the highest sequence number.
                 (offset as u64..end)
                     .map(|p| wf.run(total - 1 - p, total, finished_below))
@@ -298,6 +316,15 @@ impl SimServer {
             .fetch_add(count, Ordering::SeqCst);
     }
 
+    /// Purges the `count` oldest runs of generated workflow `index`.
+    pub fn purge_runs(&self, index: usize, count: u64) {
+        let (total, _) = self.state.history(index);
+        let purged = &self.state.live[index].purged;
+        let _ = purged.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+            Some(p.saturating_add(count).min(total))
+        });
+    }
+
     /// Replaces the records fixture `id` serves (as when runs finish or arrive upstream).
     pub fn set_fixture_records(&self, id: &str, records: Vec<Value>) {
         if let Some(Source::Fixture(i)) = self.state.by_id.get(id) {
@@ -348,38 +375,50 @@ fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-/// Logs the request, checks the key and injects configured faults.
+/// Logs the request, checks the key, applies the rate limit and injects configured faults.
 async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: Next) -> Response {
+    let arrived = Instant::now();
     let path_and_query = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
+    let headers: Vec<String> = request
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .collect();
     let auth = request.headers().get(header::AUTHORIZATION).cloned();
     let _in_flight = InFlight::enter(&state);
     if !state.config.latency.is_zero() {
         tokio::time::sleep(state.config.latency).await;
     }
     let expected = format!("Bearer {}", state.config.api_key);
+    let refused = state.bucket.as_ref().and_then(faults::Bucket::refuse);
     let response = if auth.as_ref().and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         error_response(StatusCode::UNAUTHORIZED, "Invalid or missing API key", None)
-    } else if let Some(fault) = take_fault(&state, &path_and_query) {
-        let status =
-            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = error_response(status, "injected fault", fault.retry_after.as_deref());
-        let location = fault
-            .redirect_to
-            .map(|origin| format!("{origin}{path_and_query}"));
-        if let Some(value) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-            response.headers_mut().insert(header::LOCATION, value);
-        }
-        response
+    } else if let Some(too_many) = refused {
+        too_many
     } else {
-        next.run(request).await
+        match state.faults.pick(&path_and_query) {
+            None => next.run(request).await,
+            Some(kind) => match faults::replace(kind, &path_and_query) {
+                Some(replaced) => replaced,
+                None => {
+                    if let FaultKind::Hang(wait) = kind {
+                        tokio::time::sleep(*wait).await;
+                    }
+                    faults::damage(kind, next.run(request).await).await
+                }
+            },
+        }
     };
     state.log.lock().expect("log lock").push(LoggedRequest {
         path_and_query,
         had_authorization: auth.is_some(),
+        headers,
+        received_at: arrived.duration_since(state.started),
+        took: arrived.elapsed(),
         status: response.status().as_u16(),
     });
     response
@@ -402,32 +441,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn take_fault(state: &SimState, path: &str) -> Option<Fault> {
-    let mut faults = state.faults.lock().expect("fault lock");
-    faults.iter_mut().find_map(|(fault, remaining)| {
-        let matches = fault
-            .path_contains
-            .as_deref()
-            .is_none_or(|p| path.contains(p));
-        (matches && *remaining > 0).then(|| {
-            *remaining -= 1;
-            fault.clone()
-        })
-    })
-}
-
-fn error_response(status: StatusCode, detail: &str, retry_after: Option<&str>) -> Response {
-    let mut headers = HeaderMap::new();
-    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
-        headers.insert(header::RETRY_AFTER, value);
-    }
-    (
-        status,
-        headers,
-        axum::Json(serde_json::json!({ "detail": detail })),
-    )
-        .into_response()
-}
+use faults::error_response;
 
 #[derive(Deserialize)]
 struct PageQuery {
@@ -467,6 +481,9 @@ async fn list_runs(
         );
     };
     let limit = state.config.page_cap.map_or(limit, |cap| limit.min(cap));
+    if let (Some(drift), Source::Generated(i)) = (state.config.drift, source) {
+        return drifting_page(&state, *i, &drift, offset, limit).await;
+    }
     let offset = if state.config.ignore_offset {
         0
     } else {
@@ -483,13 +500,40 @@ async fn list_runs(
     axum::Json(state.page(source, offset, limit)).into_response()
 }
 
+/// A page of a generated workflow under drift: answered after a seeded delay, after which runs
+/// arrive at the head and leave from the tail.
+async fn drifting_page(
+    state: &SimState,
+    i: usize,
+    drift: &Drift,
+    offset: usize,
+    limit: usize,
+) -> Response {
+    let n = state.page_requests.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(faults::jitter(state.config.seed, n, drift)).await;
+    let page = state.page(&Source::Generated(i), offset, limit);
+    let live = &state.live[i];
+    live.added
+        .fetch_add(drift.insert_per_page, Ordering::SeqCst);
+    let (total, _) = state.history(i);
+    let _ = live
+        .purged
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+            Some(p.saturating_add(drift.purge_per_page).min(total))
+        });
+    axum::Json(page).into_response()
+}
+
 /// A run by id, and the node that failed it when it failed (generated workflows know it).
 fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<String>)> {
     match state.by_id.get(id)? {
         Source::Generated(i) => {
             let wf = &state.generated[*i];
             let (total, finished_below) = state.history(*i);
-            let run = wf.run(wf.run_seq(run_id, total)?, total, finished_below);
+            let seq = wf
+                .run_seq(run_id, total)
+                .filter(|seq| *seq >= state.purged(*i))?;
+            let run = wf.run(seq, total, finished_below);
             let done = run["all_outputs"].as_object().map_or(0, |m| m.len());
             let failing = (run["status"] == "failed")
                 .then(|| wf.nodes.get(done).map(|n| (*n).to_owned()))

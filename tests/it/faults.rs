@@ -3,17 +3,15 @@
 use std::time::Duration;
 
 use orchestra_export::api::{self, ApiClient, ApiError, ApiKey, ClientOptions, RetryPolicy};
-use orchestra_export::simulate::{Fault, SimConfig};
+use orchestra_export::simulate::{Fault, FaultKind, RetryAfter, SimConfig};
 
 use crate::support::*;
 
-fn fault(path: &str, status: u16, times: usize, retry_after: Option<&str>) -> Fault {
-    Fault {
-        path_contains: Some(path.to_owned()),
-        status,
-        times,
-        retry_after: retry_after.map(str::to_owned),
-        redirect_to: None,
+fn fault(path: &str, status: u16, times: usize, retry_after: Option<u64>) -> Fault {
+    let fault = Fault::status(path, status, times);
+    match retry_after {
+        Some(secs) => fault.with_retry_after(RetryAfter::Seconds(secs)),
+        None => fault,
     }
 }
 
@@ -94,7 +92,7 @@ fn export_retries_429_and_5xx_honouring_retry_after_and_completes() {
                 &format!("{}/runs?limit=100&offset=100", ids[1]),
                 429,
                 1,
-                Some("1"),
+                Some(1),
             ),
             fault(
                 &format!("{}/runs?limit=100&offset=100", ids[0]),
@@ -302,10 +300,7 @@ fn a_redirect_to_another_host_never_carries_the_key() {
     let sim = Sim::start(SimConfig {
         workflows: 0,
         fixtures: vec![fixture("wf", vec![])],
-        faults: vec![Fault {
-            redirect_to: Some(origin),
-            ..fault("/wf/", 307, 1, None)
-        }],
+        faults: vec![Fault::new("/wf/", FaultKind::Redirect { origin }, 1)],
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();

@@ -334,13 +334,7 @@ fn a_failed_workflow_keeps_its_state_while_the_others_advance() {
     let broken = Sim::start(SimConfig {
         workflows: 2,
         runs_per_workflow: 300,
-        faults: vec![orchestra_export::simulate::Fault {
-            path_contains: Some(b.clone()),
-            status: 500,
-            times: 1000,
-            retry_after: None,
-            redirect_to: None,
-        }],
+        faults: vec![orchestra_export::simulate::Fault::status(&b, 500, 1000)],
         ..SimConfig::default()
     });
     broken.server.add_runs(0, 20);
@@ -653,13 +647,9 @@ fn an_unfinished_run_that_cannot_be_fetched_again_is_kept_for_the_next_export() 
     let sim = Sim::start(SimConfig {
         workflows: 0,
         fixtures: vec![fixture("fx", records.clone())],
-        faults: vec![orchestra_export::simulate::Fault {
-            path_contains: Some("/runs/r1".into()),
-            status: 500,
-            times: 1,
-            retry_after: None,
-            redirect_to: None,
-        }],
+        faults: vec![orchestra_export::simulate::Fault::status(
+            "/runs/r1", 500, 1,
+        )],
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
