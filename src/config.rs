@@ -247,6 +247,7 @@ impl ExportInputs {
                     ..RetryPolicy::default()
                 },
                 max_response_bytes: api::DEFAULT_MAX_RESPONSE_BYTES,
+                max_rps: None,
             },
             workflow_ids: ids,
             all_workflows: self.all_workflows,

@@ -2,8 +2,12 @@
 //!
 //! It owns everything about one HTTP exchange and nothing about paging or rows: callers get the
 //! body bytes of a successful response or an [`ApiError`] that names the URL (never the key),
-//! the attempts made and the cause. All requests share one concurrency budget.
+//! the attempts made and the cause. All requests share one concurrency budget, one adaptive
+//! rate limiter ([`limiter`]) and one retry budget: retries beyond [`RETRY_BUDGET_RESERVE`] plus
+//! [`RETRY_BUDGET_RATIO`] of the requests made fail at once, so a failing API cannot turn an
+//! export into a retry storm.
 
+pub mod limiter;
 pub mod retry;
 
 use std::fmt;
@@ -16,6 +20,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use tokio::sync::Semaphore;
 use url::Url;
 
+pub use limiter::RateLimiter;
 pub use retry::{RetryPolicy, is_transient_status};
 
 /// Documented base URL of the Orchestra workflow API.
@@ -26,6 +31,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response body accepted; a page is normally well under a few MB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+/// Retries any export may make, whatever its size.
+pub const RETRY_BUDGET_RESERVE: u64 = 100;
+/// Further retries allowed per first attempt (429s do not count: the rate limiter owns them).
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
 /// How much of an error response body is quoted in messages.
 const ERROR_BODY_SNIPPET: usize = 200;
 
@@ -94,6 +103,16 @@ pub enum ApiError {
         kind: TransportKind,
         #[source]
         source: reqwest::Error,
+    },
+    /// The export's retry budget is spent: too many requests failed.
+    #[error(
+        "{cause} from `{url}` after {attempts} attempt(s); not retried: the export already made {retries} retries (its retry budget)"
+    )]
+    RetryBudgetSpent {
+        url: String,
+        attempts: u32,
+        cause: String,
+        retries: u64,
     },
     /// The body was larger than the configured limit.
     #[error("response from `{url}` is larger than {limit} bytes")]
@@ -167,6 +186,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Largest body accepted.
     pub max_response_bytes: u64,
+    /// Requests started per second at most, across the whole export.
+    pub max_rps: Option<f64>,
 }
 
 /// Counters shared by all requests.
@@ -178,6 +199,8 @@ pub struct ClientStats {
     pub retries: AtomicU64,
     /// Response body bytes received.
     pub bytes: AtomicU64,
+    /// Answers that were 429 Too Many Requests.
+    pub throttled: AtomicU64,
 }
 
 /// Called before each retry wait, for progress reporting.
@@ -190,6 +213,7 @@ pub struct ApiClient {
     options: Arc<ClientOptions>,
     auth: HeaderValue,
     permits: Arc<Semaphore>,
+    limiter: Arc<RateLimiter>,
     stats: Arc<ClientStats>,
     on_retry: Option<RetryHook>,
 }
@@ -210,6 +234,7 @@ impl ApiClient {
             http,
             auth: options.key.header()?,
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            limiter: Arc::new(RateLimiter::new(options.max_rps)),
             options: Arc::new(options),
             stats: Arc::default(),
             on_retry: None,
@@ -225,6 +250,11 @@ impl ApiClient {
     /// Shared counters.
     pub fn stats(&self) -> &ClientStats {
         &self.stats
+    }
+
+    /// The shared rate limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// `{base}/workflows/{id}/runs?limit=…&offset=…`, the id percent-encoded as one segment.
@@ -268,30 +298,72 @@ impl ApiClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let outcome = self.attempt(url, &shown).await;
-            let (error, retry_after) = match outcome {
+            let (error, retry_after) = match self.attempt(url, &shown).await {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Final(error)) => return Err(error),
                 Err(Attempt::Transient { error, retry_after }) => (error, retry_after),
             };
-            let retry = attempt - 1;
-            if retry >= self.options.retry.max_retries {
-                return Err(error.into_api_error(shown, attempt, started.elapsed()));
+            let throttled = matches!(error, TransientError::Status { status: 429, .. });
+            let cause = error.describe();
+            match self.may_retry(attempt, throttled) {
+                Ok(()) => {}
+                Err(None) => return Err(error.into_api_error(shown, attempt, started.elapsed())),
+                Err(Some(retries)) => {
+                    return Err(ApiError::RetryBudgetSpent {
+                        url: shown,
+                        attempts: attempt,
+                        cause,
+                        retries,
+                    });
+                }
             }
-            let delay = self
-                .options
-                .retry
-                .delay(retry, retry_after, &mut rand::rng());
-            if let Some(hook) = &self.on_retry {
-                hook(&shown, attempt, delay, &error.describe());
-            }
-            tracing::debug!(target: "api", url = %shown, attempt, ?delay, cause = %error.describe(), "retrying");
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            self.wait_to_retry(&shown, attempt, retry_after, &cause)
+                .await;
         }
     }
 
+    /// Whether attempt number `attempt` (1-based) may be followed by another: `Err(None)` when
+    /// the per-request limit is reached, `Err(Some(retries))` when the export's retry budget is
+    /// spent. A granted retry is counted.
+    pub fn may_retry(&self, attempt: u32, throttled: bool) -> Result<(), Option<u64>> {
+        if attempt > self.options.retry.max_retries {
+            return Err(None);
+        }
+        let requests = self.stats.requests.load(Ordering::Relaxed);
+        let budget = |retries: u64| {
+            let firsts = requests.saturating_sub(retries);
+            RETRY_BUDGET_RESERVE + (firsts as f64 * RETRY_BUDGET_RATIO) as u64
+        };
+        let granted =
+            self.stats
+                .retries
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |retries| {
+                    (throttled || retries < budget(retries)).then_some(retries + 1)
+                });
+        granted.map(|_| ()).map_err(Some)
+    }
+
+    /// Reports and sleeps the backoff before retry number `attempt`.
+    pub async fn wait_to_retry(
+        &self,
+        shown: &str,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        cause: &str,
+    ) {
+        let delay = self
+            .options
+            .retry
+            .delay(attempt - 1, retry_after, &mut rand::rng());
+        if let Some(hook) = &self.on_retry {
+            hook(shown, attempt, delay, cause);
+        }
+        tracing::debug!(target: "api", url = %shown, attempt, ?delay, cause, "retrying");
+        tokio::time::sleep(delay).await;
+    }
+
     async fn attempt(&self, url: &Url, shown: &str) -> Result<Vec<u8>, Attempt> {
+        let sent_at = self.limiter.acquire().await;
         let _permit = self
             .permits
             .acquire()
@@ -321,6 +393,10 @@ impl ApiClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.limiter.throttled(sent_at, retry_after);
+            }
             let body = read_limited(response, ERROR_BODY_SNIPPET as u64 * 4)
                 .await
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
@@ -463,6 +539,7 @@ mod tests {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retry: RetryPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_rps: None,
         })
         .unwrap()
     }

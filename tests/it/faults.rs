@@ -42,6 +42,7 @@ fn transient_statuses_are_retried_and_others_are_not_for_every_code() {
             base_delay: Duration::from_millis(1),
         },
         max_response_bytes: api::DEFAULT_MAX_RESPONSE_BYTES,
+        max_rps: None,
     })
     .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
