@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
 
-use crate::api::{self, ApiError};
+use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
@@ -387,31 +388,87 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
             exit_code(&summary)
         }
         Err(e) => {
-            let (code, hint) = match &e {
-                ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
-                    exit::LOCKED,
-                    Some("wait for it to finish: the lock is released when that process exits"),
-                ),
-                ExportError::Dataset(_) | ExportError::State(_) => (
-                    exit::OUTPUT,
-                    Some("check that `--out` is a writable folder with free space"),
-                ),
-                ExportError::WriterPanicked => (exit::INTERNAL, None),
-                _ => match e.api_error() {
-                    Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT)),
-                    Some(api) if api.is_connect() => (exit::UNREACHABLE, Some(UNREACHABLE_HINT)),
-                    _ => (exit::PARTIAL_FAILURE, None),
-                },
-            };
-            report_error(&e, hint);
+            let (code, hint) = failure_code(&e);
+            if [exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
+                // One line naming the URL, like the per-workflow failures.
+                eprintln!("error: {}", crate::error_chain(&e));
+                eprintln!("hint: {}", hint.unwrap_or_default());
+            } else {
+                report_error(&e, hint.as_deref());
+            }
             code
         }
     }
 }
 
+/// The exit code and hint of an export that failed as a whole.
+fn failure_code(e: &ExportError) -> (i32, Option<String>) {
+    match e {
+        ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
+            exit::LOCKED,
+            Some("wait for it to finish: the lock is released when that process exits".into()),
+        ),
+        ExportError::Dataset(_) | ExportError::State(_) => (
+            exit::OUTPUT,
+            Some("check that `--out` is a writable folder with free space".into()),
+        ),
+        ExportError::WriterPanicked => (exit::INTERNAL, None),
+        _ => match e.api_error() {
+            Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT.into())),
+            Some(api) => unreachable(&[api])
+                .map_or((exit::PARTIAL_FAILURE, None), |(code, hint)| {
+                    (code, Some(hint))
+                }),
+            None => (exit::PARTIAL_FAILURE, None),
+        },
+    }
+}
+
 const AUTH_HINT: &str =
     "check `ORCHESTRA_API_KEY` or `--api-key-file`, and that the key may read these workflows";
-const UNREACHABLE_HINT: &str = "check `--base-url` and the network";
+
+/// When every error says the API could not be reached: the exit code of that failure class
+/// (refused, DNS or TLS; mixed classes are [`exit::UNREACHABLE`]) and a hint naming the host.
+fn unreachable(errors: &[&ApiError]) -> Option<(i32, String)> {
+    let mut found: Option<(TransportKind, &str)> = None;
+    for error in errors {
+        let ApiError::Transport { kind, url, .. } = error else {
+            return None;
+        };
+        if !kind.is_unreachable() {
+            return None;
+        }
+        found = match found {
+            Some((seen, _)) if seen != *kind => Some((TransportKind::Connect, url)),
+            _ => Some((*kind, url)),
+        };
+    }
+    let (kind, url) = found?;
+    let url = url::Url::parse(url).ok();
+    let host = url.as_ref().and_then(Url::host_str).unwrap_or("?");
+    let port = url.as_ref().and_then(Url::port_or_known_default);
+    let authority = port.map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"));
+    Some(match kind {
+        TransportKind::Dns => (
+            exit::DNS,
+            format!(
+                "the host `{host}` does not resolve: check the host name in `--base-url`, and DNS or proxy settings"
+            ),
+        ),
+        TransportKind::Tls => (
+            exit::TLS,
+            format!(
+                "no TLS session with `{authority}`: check the `--base-url` scheme (`https` to a plain-HTTP server fails), proxies, and the server's certificate"
+            ),
+        ),
+        _ => (
+            exit::UNREACHABLE,
+            format!(
+                "check `--base-url` and the network: nothing accepted a connection at `{authority}`"
+            ),
+        ),
+    })
+}
 
 fn exit_code(summary: &ExportSummary) -> i32 {
     let errors: Vec<_> = summary.failed().filter_map(|w| w.error.as_ref()).collect();
@@ -439,10 +496,10 @@ fn exit_code(summary: &ExportSummary) -> i32 {
     }
     if summary.runs() == 0
         && api_errors.len() == errors.len()
-        && api_errors.iter().all(|e| e.is_connect())
+        && let Some((code, hint)) = unreachable(&api_errors)
     {
-        eprintln!("hint: {UNREACHABLE_HINT}");
-        return exit::UNREACHABLE;
+        eprintln!("hint: {hint}");
+        return code;
     }
     exit::PARTIAL_FAILURE
 }

@@ -64,11 +64,124 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
         5,
         "error: workflow `w` failed: request for offset 0 failed: request to `http://127.0.0.1:9/api/v1/workflow/workflows/w/runs?limit=100&offset=0` failed after 2 attempt(s)",
     );
-    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("hint: check `--base-url`"),
+        stderr(&out).contains(": cannot connect: "),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(
+            "\nhint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `export --all-workflows` against `base_url` with no retries: the listing fails first.
+fn export_unreachable(base_url: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    run_with_env(
+        &[
+            "export",
+            "--base-url",
+            base_url,
+            "--all-workflows",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+        &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
+    )
+}
+
+/// Asserts the exit code and that stderr is one `error:` line starting with `error` and
+/// naming the failure class `kind`, then exactly `hint`.
+fn assert_unreachable(out: &std::process::Output, code: i32, error: &str, kind: &str, hint: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one error line and one hint:\n{err}");
+    assert!(lines[0].starts_with(error), "{err}");
+    assert!(lines[0].contains(kind), "{err}");
+    assert_eq!(lines[1], hint, "{err}");
+}
+
+#[test]
+fn a_host_that_does_not_resolve_is_exit_7_and_names_the_host() {
+    // `.invalid` never resolves (RFC 2606); failing takes milliseconds here.
+    let out = export_unreachable("https://orchestra.invalid/api/v1/workflow");
+    assert_unreachable(
+        &out,
+        7,
+        "error: cannot list workflows: request to `https://orchestra.invalid/api/v1/workflow/workflows` failed after 1 attempt(s) in ",
+        "s: cannot resolve the host name: ",
+        "hint: the host `orchestra.invalid` does not resolve: check the host name in `--base-url`, and DNS or proxy settings",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let per_workflow = run_with_env(
+        &[
+            "export",
+            "--base-url",
+            "http://orchestra.invalid/api",
+            "--workflow",
+            "w",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+        &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
+    );
+    assert_clean_error(
+        &per_workflow,
+        7,
+        "error: workflow `w` failed: request for offset 0 failed: request to `http://orchestra.invalid/api/workflows/w/runs?limit=100&offset=0` failed after 1 attempt(s)",
+    );
+    assert!(
+        stderr(&per_workflow).contains("\nhint: the host `orchestra.invalid` does not resolve"),
+        "{}",
+        stderr(&per_workflow)
+    );
+}
+
+#[test]
+fn https_to_a_plain_http_server_is_exit_8_and_names_the_host() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    let url = sim.url().replacen("http://", "https://", 1);
+    let authority = url.split('/').nth(2).unwrap().to_owned();
+    let out = export_unreachable(&url);
+    assert_unreachable(
+        &out,
+        8,
+        &format!(
+            "error: cannot list workflows: request to `{url}/workflows` failed after 1 attempt(s) in "
+        ),
+        "s: TLS handshake failed: ",
+        &format!(
+            "hint: no TLS session with `{authority}`: check the `--base-url` scheme (`https` to a plain-HTTP server fails), proxies, and the server's certificate"
+        ),
+    );
+    assert!(
+        sim.server.requests().is_empty(),
+        "no HTTP request was answered"
+    );
+}
+
+#[test]
+fn a_refused_connection_is_exit_5_when_listing_workflows() {
+    let out = export_unreachable("http://127.0.0.1:9/api/v1/workflow");
+    assert_unreachable(
+        &out,
+        5,
+        "error: cannot list workflows: request to `http://127.0.0.1:9/api/v1/workflow/workflows` failed after 1 attempt(s) in ",
+        "s: cannot connect: ",
+        "hint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`",
     );
 }
 
