@@ -269,7 +269,7 @@ impl ExportInputs {
 /// Parses and checks a base URL: http(s), no query or fragment.
 pub fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
     let bad = |reason: String| ConfigError::BaseUrl {
-        url: text.to_owned(),
+        url: redact_userinfo(text),
         reason,
     };
     let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
@@ -286,6 +286,20 @@ pub fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
         return Err(bad("must not have a query or fragment".to_owned()));
     }
     Ok(url)
+}
+
+/// `text` with any `user:password@` masked, whether or not it parses as a URL.
+fn redact_userinfo(text: &str) -> String {
+    if let Ok(url) = Url::parse(text) {
+        return api::redact_url(&url);
+    }
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    match text[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
 }
 
 fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigError> {
@@ -373,7 +387,7 @@ mod tests {
     #[test]
     fn invalid_inputs_name_what_is_wrong() {
         type Case = (&'static str, fn(&mut ExportInputs), &'static str);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             ("no key", |i| i.api_key_env = None, "no API key"),
             (
                 "blank key",
@@ -404,6 +418,16 @@ mod tests {
                 "not a url",
                 |i| i.base_url = "orchestra".into(),
                 "invalid `--base-url` `orchestra`",
+            ),
+            (
+                "password in a bad url",
+                |i| i.base_url = "ftp://user:hunter2@h/x".into(),
+                "invalid `--base-url` `ftp://user:***@h/x`",
+            ),
+            (
+                "password in an unparsable url",
+                |i| i.base_url = "http://user:hunter2@".into(),
+                "invalid `--base-url` `http://***@`",
             ),
             (
                 "missing key file",

@@ -87,7 +87,13 @@ struct ExportArgs {
     config: Option<PathBuf>,
     /// Base URL of the workflow API; endpoint paths are appended to it.
     /// [default: https://orchestra.arcee.ai/api/v1/workflow]
-    #[arg(long, env = "ORCHESTRA_BASE_URL", value_name = "URL")]
+    // The environment value is hidden from `--help`: it may hold a password.
+    #[arg(
+        long,
+        env = "ORCHESTRA_BASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     base_url: Option<String>,
     /// Read the API key from this file (default: the `ORCHESTRA_API_KEY` environment variable).
     #[arg(long, value_name = "PATH")]

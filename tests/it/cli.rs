@@ -1,6 +1,6 @@
 //! Bad command-line input: one clear error, the documented exit code, no panic, nothing written.
 
-use orchestra_export::simulate::SimConfig;
+use orchestra_export::simulate::{Fault, SimConfig};
 
 use crate::support::*;
 
@@ -208,6 +208,41 @@ fn out_that_is_a_file_is_exit_4_and_the_file_is_untouched() {
     );
 }
 
+/// Every file below `dir`, recursively.
+fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Asserts `secret` is in neither stdout nor stderr of `out`, nor in any file below `dir`.
+fn assert_no_secret(secret: &str, what: &str, out: &std::process::Output, dir: &std::path::Path) {
+    assert!(
+        !stdout(out).contains(secret) && !stderr(out).contains(secret),
+        "{what}: the key leaked to the output:\n{}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    let files = all_files(dir);
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{what}: key in {path:?}"
+        );
+    }
+}
+
 #[test]
 fn the_key_is_never_printed_logged_or_written() {
     let sim = Sim::start(SimConfig {
@@ -218,37 +253,163 @@ fn the_key_is_never_printed_logged_or_written() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    let out_dir = dir.path().join("out");
     let url = sim.url();
-    let out = run_with_env(
-        &[
-            "-vv",
+    // (what, global flags, key from the file or the environment)
+    let cases = [
+        ("-vv, key file", vec!["-vv"], true),
+        ("trace, text", vec![], false),
+        ("trace, json", vec!["--log-format", "json"], false),
+    ];
+    for (what, global, from_file) in cases {
+        let out_dir = dir.path().join(what.replace([',', ' '], "_"));
+        let mut args = global.clone();
+        args.extend([
             "export",
             "--base-url",
             &url,
-            "--api-key-file",
-            key_file.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
             "--all-workflows",
-        ],
-        &[],
-    );
-    assert_ok(&out);
-    assert!(sim.server.requests().iter().all(|r| r.had_authorization));
-    assert!(
-        !stdout(&out).contains(KEY) && !stderr(&out).contains(KEY),
-        "key leaked to output"
-    );
-    for path in parquet_files(&out_dir) {
-        let bytes = std::fs::read(&path).unwrap();
+            "--with-steps",
+        ]);
+        args.extend(["--out", out_dir.to_str().unwrap()]);
+        let out = if from_file {
+            args.extend(["--api-key-file", key_file.to_str().unwrap()]);
+            run_with_env(&args, &[])
+        } else {
+            run_with_env(&args, &[("ORCHESTRA_API_KEY", KEY), ("RUST_LOG", "trace")])
+        };
+        assert_ok(&out);
         assert!(
-            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-            "key in {path:?}"
+            stderr(&out).contains("hyper_util::client"),
+            "{what}: HTTP internals are logged"
+        );
+        assert_no_secret(KEY, what, &out, &out_dir);
+        let files = all_files(&out_dir);
+        for kind in [
+            "_state",
+            "_manifest",
+            "runs",
+            "steps",
+            "workflows",
+            "_SUCCESS",
+        ] {
+            assert!(
+                files.iter().any(|f| f.to_str().unwrap().contains(kind)),
+                "{what}: {kind} written and checked"
+            );
+        }
+    }
+    assert!(sim.server.requests().iter().all(|r| r.had_authorization));
+}
+
+#[test]
+fn the_key_is_not_in_the_errors_of_failing_exports() {
+    let other = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("wf", vec![])],
+        ..SimConfig::default()
+    });
+    let fault = |path: &str, status, redirect_to| Fault {
+        path_contains: Some(path.to_owned()),
+        status,
+        times: 10,
+        retry_after: None,
+        redirect_to,
+    };
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("down", vec![]), fixture("moved", vec![])],
+        faults: vec![
+            fault("/down/", 500, None),
+            fault(
+                "/moved/",
+                307,
+                Some(format!("http://{}", other.server.addr())),
+            ),
+        ],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let wrong_key = "wrong-key-Vb71Qa";
+    let export_with = |key: &str, workflow: &str| {
+        let out = run_with_env(
+            &[
+                "export",
+                "--base-url",
+                &url,
+                "--workflow",
+                workflow,
+                "--out",
+                dir.path().to_str().unwrap(),
+                "--max-retries",
+                "1",
+            ],
+            &[("ORCHESTRA_API_KEY", key), ("RUST_LOG", "trace")],
+        );
+        assert_no_secret(key, workflow, &out, dir.path());
+        out
+    };
+    let rejected = export_with(wrong_key, "down");
+    assert_eq!(rejected.status.code(), Some(3), "{}", stderr(&rejected));
+    let failing = export_with(KEY, "down");
+    assert_eq!(failing.status.code(), Some(1), "{}", stderr(&failing));
+    assert!(
+        stderr(&failing).contains("HTTP 500 from"),
+        "{}",
+        stderr(&failing)
+    );
+    let redirected = export_with(KEY, "moved");
+    assert_eq!(redirected.status.code(), Some(3), "{}", stderr(&redirected));
+}
+
+#[test]
+fn help_never_shows_the_key_or_a_password_from_the_environment() {
+    let env = [
+        ("ORCHESTRA_API_KEY", KEY),
+        (
+            "ORCHESTRA_BASE_URL",
+            "https://user:hunter2-pw@h.example/api",
+        ),
+    ];
+    for args in [
+        &["--help"][..],
+        &["export", "--help"],
+        &["demo", "--help"],
+        &["simulate", "--help"],
+        &["report", "--help"],
+        &["help", "export"],
+    ] {
+        let out = run_with_env(args, &env);
+        assert_ok(&out);
+        let text = stdout(&out) + &stderr(&out);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+        assert!(
+            !text.contains(KEY) && !text.contains("hunter2-pw"),
+            "{args:?} leaked:\n{text}"
         );
     }
-    let help = run(&["export", "--help"]);
-    assert!(!stdout(&help).contains(KEY));
+    let out = run_with_env(&["export", "--help"], &env);
+    assert!(
+        stdout(&out).contains("[env: ORCHESTRA_BASE_URL]"),
+        "{}",
+        stdout(&out)
+    );
+    let bad = run_with_env(
+        &[
+            "export",
+            "--workflow",
+            "w",
+            "--base-url",
+            "ftp://user:hunter2-pw@h/x",
+        ],
+        &env,
+    );
+    assert_clean_error(
+        &bad,
+        2,
+        "error: invalid `--base-url` `ftp://user:***@h/x`: scheme `ftp` is not http or https",
+    );
+    assert!(!stderr(&bad).contains("hunter2-pw"));
 }
 
 #[test]
