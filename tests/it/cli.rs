@@ -14,22 +14,140 @@ fn assert_clean_error(out: &std::process::Output, code: i32, needle: &str) {
 #[test]
 fn missing_workflows_file_is_a_usage_error() {
     let out = run(&["export", "--workflows-file", "/nonexistent/wf.txt"]);
-    assert_clean_error(
+    assert_usage_error(
         &out,
-        2,
-        "error: cannot read workflows file `/nonexistent/wf.txt`",
+        "error: cannot read workflows file `/nonexistent/wf.txt`: No such file or directory (os error 2)",
+        "missing workflows file",
     );
+}
+
+/// Asserts exit 2 and that stderr is exactly the line `want`, then an optional `hint:` line;
+/// clap's own indented detail and its "For more information" trailer are allowed.
+fn assert_usage_error(out: &std::process::Output, want: &str, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{what}:\n{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(' '))
+        .filter(|l| *l != "For more information, try '--help'.")
+        .collect();
+    assert_eq!(lines.first().copied(), Some(want), "{what}:\n{err}");
     assert!(
-        stderr(&out).contains("caused by: No such file or directory"),
-        "{}",
-        stderr(&out)
+        lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+        "{what}: one error line and at most a hint:\n{err}"
     );
 }
 
 #[test]
-fn page_size_zero_is_a_usage_error() {
-    let out = run(&["export", "--workflow", "w", "--page-size", "0"]);
-    assert_clean_error(&out, 2, "--page-size");
+fn every_flag_rejects_bad_values_with_one_line_naming_it() {
+    let bad_value =
+        |v: &str, flag: &str, why: &str| format!("error: invalid value '{v}' for '{flag}': {why}");
+    let secs = |v: &str| {
+        bad_value(
+            v,
+            "--request-timeout <SECS>",
+            &format!("`{v}` is not a number of seconds between 0 and 86400"),
+        )
+    };
+    let duration = |v: &str, flag: &str| {
+        bad_value(
+            v,
+            flag,
+            &format!("`{v}` is not a duration like `30m`, `1h` or `7d` (at most 3650d)"),
+        )
+    };
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        // export
+        (vec!["export", "--workflow", "w", "--page-size", "0"], bad_value("0", "--page-size <N>", "0 is not in 1..=100000")),
+        (vec!["export", "--workflow", "w", "--page-size", "100001"], bad_value("100001", "--page-size <N>", "100001 is not in 1..=100000")),
+        (vec!["export", "--workflow", "w", "--concurrency", "-1"], bad_value("-1", "--concurrency <N>", "-1 is not in 1..=256")),
+        (vec!["export", "--workflow", "w", "--concurrency", "257"], bad_value("257", "--concurrency <N>", "257 is not in 1..=256")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "0"], secs("0")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "NaN"], secs("NaN")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "1e9"], secs("1e9")),
+        (vec!["export", "--workflow", "w", "--max-retries", "51"], bad_value("51", "--max-retries <N>", "51 is not in 0..=50")),
+        (vec!["export", "--workflow", "w", "--lookback", "soon"], duration("soon", "--lookback <DURATION>")),
+        (vec!["export", "--workflow", "w", "--lookback", "3651d"], duration("3651d", "--lookback <DURATION>")),
+        (vec!["export", "--workflow", "w", "--unfinished-horizon", "1w"], duration("1w", "--unfinished-horizon <DURATION>")),
+        (vec!["export", "--workflow", "w", "--unfinished-horizon", ""], duration("", "--unfinished-horizon <DURATION>")),
+        (vec!["export", "--workflow", "w", "--base-url", ""], "error: invalid `--base-url` ``: relative URL without a base".into()),
+        (vec!["export", "--workflow", "w", "--base-url", "ftp://h/x"], "error: invalid `--base-url` `ftp://h/x`: scheme `ftp` is not http or https".into()),
+        (vec!["export", "--workflow", "w", "--base-url", "http://h/x?limit=5"], "error: invalid `--base-url` `http://h/x?limit=5`: must not have a query or fragment".into()),
+        (vec!["export", "--workflow", ""], "error: a value is required for '--workflow <ID>' but none was supplied".into()),
+        (vec!["export", "--workflow", " "], "error: invalid workflow id ` ` in `--workflow`: it is empty".into()),
+        (vec!["export", "--workflow", ".."], "error: invalid workflow id `..` in `--workflow`: `.` and `..` cannot be used as a URL path segment".into()),
+        (vec!["export", "--workflows-file", "/nonexistent/wf.txt"], "error: cannot read workflows file `/nonexistent/wf.txt`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--api-key-file", "/nonexistent/key"], "error: cannot read API key file `/nonexistent/key`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--api-key-file", "/"], "error: cannot read API key file `/`: Is a directory (os error 21)".into()),
+        (vec!["export", "--workflow", "w", "--config", "/nonexistent/export.toml"], "error: cannot read config file `/nonexistent/export.toml`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
+        (vec!["--log-format", "xml", "export"], "error: invalid value 'xml' for '--log-format <LOG_FORMAT>'".into()),
+        // demo
+        (vec!["demo", "--workflows", "0"], bad_value("0", "--workflows <N>", "0 is not in 1..=10000")),
+        (vec!["demo", "--runs", "0"], bad_value("0", "--runs <N>", "0 is not in 1..=1000000")),
+        (vec!["demo", "--runs", "18446744073709551616"], bad_value("18446744073709551616", "--runs <N>", "number too large to fit in target type")),
+        (vec!["demo", "--seed", "-5"], bad_value("-5", "--seed <SEED>", "invalid digit found in string")),
+        (vec!["demo", "--page-size", "0"], bad_value("0", "--page-size <N>", "0 is not in 1..=100000")),
+        (vec!["demo", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
+        // simulate
+        (vec!["simulate", "--listen", "localhost"], bad_value("localhost", "--listen <ADDR>", "invalid socket address syntax")),
+        (vec!["simulate", "--listen", "127.0.0.1:99999"], bad_value("127.0.0.1:99999", "--listen <ADDR>", "invalid socket address syntax")),
+        (vec!["simulate", "--listen", "192.0.2.1:8900"], "error: cannot listen on `192.0.2.1:8900`: Cannot assign requested address (os error 99)".into()),
+        (vec!["simulate", "--workflows", "0"], bad_value("0", "--workflows <N>", "0 is not in 1..=10000")),
+        (vec!["simulate", "--runs", "1000001"], bad_value("1000001", "--runs <N>", "1000001 is not in 1..=1000000")),
+        (vec!["simulate", "--page-cap", "0"], bad_value("0", "--page-cap <N>", "0 is not in 1..=100000")),
+        (vec!["simulate", "--latency-ms", "600001"], bad_value("600001", "--latency-ms <MS>", "600001 is not in 0..=600000")),
+        // report
+        (vec!["report", "--top", "0"], bad_value("0", "--top <N>", "0 is not in 1..=100000")),
+        (vec!["report", "--since", "2026-13-01"], bad_value("2026-13-01", "--since <DATE>", "input is out of range")),
+        (vec!["report", "--until", "yesterday"], bad_value("yesterday", "--until <DATE>", "input contains invalid characters")),
+        (vec!["report", "--since", "2026-02-01", "--until", "2026-01-01"], "error: `--since` 2026-02-01 is after `--until` 2026-01-01".into()),
+        (vec!["report", "--workflow", ""], "error: a value is required for '--workflow <ID>' but none was supplied".into()),
+        (vec!["report", "--data", "/nonexistent/export"], "error: no `runs` table in `/nonexistent/export`: is it an orchestra-export dataset?".into()),
+    ];
+    for (args, want) in &cases {
+        let out = run(args);
+        assert_usage_error(&out, want, &args.join(" "));
+    }
+}
+
+#[test]
+fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.toml");
+    let file = path.display().to_string();
+    let cases = [
+        ("concurency = 3", "unknown field `concurency`, expected one of `base_url`, `api_key_file`, `api_key`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `lookback`, `unfinished_horizon`, `with_steps`".to_owned()),
+        ("base_url = 5", "`base_url`: invalid type: integer `5`, expected a string".into()),
+        ("base_url = \"ftp://user:pw@h/x\"", "`base_url` `ftp://user:***@h/x`: scheme `ftp` is not http or https".into()),
+        ("api_key = \"sk-123\"", "`api_key` is not allowed: keep the key out of config files; set `ORCHESTRA_API_KEY` or `api_key_file`".into()),
+        ("api_key_file = \"missing-key\"", format!("`api_key_file` `{}`: No such file or directory (os error 2)", dir.path().join("missing-key").display())),
+        ("workflows = \"wf-1\"", "`workflows`: invalid type: string \"wf-1\", expected a sequence".into()),
+        ("workflows = [\n  \"wf-1\",\n  7,\n]", "`workflows`: invalid type: integer `7`, expected a string".into()),
+        ("workflows = [\"..\"]", "`workflows`: invalid workflow id `..`: `.` and `..` cannot be used as a URL path segment".into()),
+        ("workflows_file = \"/\"", "`workflows_file` `/`: is not a file".into()),
+        ("all_workflows = \"yes\"", "`all_workflows`: invalid type: string \"yes\", expected a boolean".into()),
+        ("out = \"\"", "`out` must not be empty".into()),
+        ("out =", "`out`: string values must be quoted, expected literal string".into()),
+        ("page_size = 0", "`page_size` must be between 1 and 100000".into()),
+        ("page_size = \"ten\"", "`page_size`: invalid type: string \"ten\", expected u32".into()),
+        ("concurrency = 257", "`concurrency` must be between 1 and 256".into()),
+        ("concurrency = -1", "`concurrency`: invalid value: integer `-1`, expected usize".into()),
+        ("request_timeout = \"0s\"", "`request_timeout` must be more than 0s and at most 1d".into()),
+        ("request_timeout = \"2d\"", "`request_timeout` must be more than 0s and at most 1d".into()),
+        ("max_retries = 51", "`max_retries` must be at most 50".into()),
+        ("lookback = \"soon\"", "`lookback`: `soon` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),
+        ("lookback = 3600", "`lookback`: invalid type: integer `3600`, expected a string".into()),
+        ("unfinished_horizon = \"3651d\"", "`unfinished_horizon`: `3651d` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),
+        ("with_steps = 1", "`with_steps`: invalid type: integer `1`, expected a boolean".into()),
+    ];
+    for (text, want) in &cases {
+        std::fs::write(&path, text).unwrap();
+        let out = run(&["export", "--config", &file]);
+        let want = format!("error: invalid config file `{file}`: {want}");
+        assert_usage_error(&out, &want, text);
+        assert!(!stderr(&out).contains("sk-123"), "the key leaked");
+    }
 }
 
 #[test]
