@@ -406,8 +406,8 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         }
         Err(e) => {
             let (code, hint) = failure_code(&e);
-            if [exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
-                // One line naming the URL, like the per-workflow failures.
+            if [exit::OUTPUT, exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
+                // One line naming the path or URL, like the per-workflow failures.
                 eprintln!("error: {}", crate::error_chain(&e));
                 eprintln!("hint: {}", hint.unwrap_or_default());
             } else {

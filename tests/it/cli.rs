@@ -361,6 +361,103 @@ fn assert_no_secret(secret: &str, what: &str, out: &std::process::Output, dir: &
     }
 }
 
+/// Unmounts a mount point when dropped, also when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    /// A read-only tmpfs at `dir`: even root cannot write there.
+    fn read_only_tmpfs(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a read-only tmpfs needs root");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unwritable_out_is_exit_4_with_one_line_naming_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // Everyone may traverse it, for the run as `nobody` below.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let read_only = dir.path().join("read-only");
+    let _mounted = Mounted::read_only_tmpfs(&read_only);
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let hint = "hint: check that `--out` is a writable folder with free space";
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let cases = [
+        (
+            file.join("sub"),
+            format!(
+                "error: cannot create `{}`: Not a directory (os error 20)",
+                path(file.join("sub"))
+            ),
+        ),
+        (
+            read_only.clone(),
+            format!(
+                "error: cannot open `{}`: Read-only file system (os error 30)",
+                path(read_only.join("_lock"))
+            ),
+        ),
+        (
+            read_only.join("sub"),
+            format!(
+                "error: cannot create `{}`: Read-only file system (os error 30)",
+                path(read_only.join("sub"))
+            ),
+        ),
+    ];
+    for (out_dir, want) in &cases {
+        let out = export(&sim, out_dir, &["--all-workflows"]);
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert_eq!(stderr(&out), format!("{want}\n{hint}\n"));
+    }
+    // Root ignores permissions: run as `nobody` to get "permission denied".
+    let url = sim.url();
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args(["export", "--base-url", &url, "--all-workflows", "--out"])
+        .arg(&locked)
+        .env("ORCHESTRA_API_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(as_nobody.status.code(), Some(4), "{}", stderr(&as_nobody));
+    assert_eq!(
+        stderr(&as_nobody),
+        format!(
+            "error: cannot open `{}`: Permission denied (os error 13)\n{hint}\n",
+            path(locked.join("_lock"))
+        )
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert!(
+        sim.server.requests().is_empty(),
+        "nothing fetched before the output was checked"
+    );
+}
+
 #[test]
 fn the_key_is_never_printed_logged_or_written() {
     let sim = Sim::start(SimConfig {
