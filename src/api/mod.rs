@@ -428,9 +428,9 @@ impl TransientError {
 
 /// Classifies a transport failure by walking its causes. reqwest 0.13 with rustls yields, under
 /// a hyper-util connect error: `ConnectError("dns error", …)` when the name does not resolve,
-/// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and an
-/// `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`) or a "tls handshake
-/// eof" when the TLS handshake fails.
+/// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and for a failed
+/// TLS handshake an `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`), a
+/// "tls handshake eof", or a reset after the TCP connection was made.
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
     if !e.is_connect() {
         return if e.is_timeout() {
@@ -439,26 +439,32 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
             TransportKind::Broken
         };
     }
-    let mut kind = TransportKind::Connect;
+    let mut tls = false;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(error) = cause {
         let text = error.to_string();
         if text.starts_with("dns error") || text.contains("failed to lookup address") {
             return TransportKind::Dns;
         }
-        let io = error.downcast_ref::<std::io::Error>();
-        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-            || text.contains("tls handshake")
-        {
-            kind = TransportKind::Tls;
+        if text.starts_with("tcp ") {
+            // hyper-util's TCP stage: "tcp connect error", "tcp open error", …
+            return TransportKind::Connect;
         }
+        let io = error.downcast_ref::<std::io::Error>();
+        tls |= io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+            || text.contains("tls handshake");
         // `io::Error::source` skips the error it wraps; `get_ref` does not.
         cause = match io.and_then(std::io::Error::get_ref) {
             Some(inner) => Some(inner),
             None => error.source(),
         };
     }
-    kind
+    // Past DNS and TCP: what failed is the TLS handshake.
+    if tls || e.url().is_some_and(|u| u.scheme() == "https") {
+        TransportKind::Tls
+    } else {
+        TransportKind::Connect
+    }
 }
 
 #[cfg(test)]
