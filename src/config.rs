@@ -1,7 +1,8 @@
 //! Config: the validated settings of an export, built once from flags and environment.
 //!
 //! Nothing below this module reads flags or environment variables. Every check that can fail
-//! before a request is sent happens here, with an error that names the flag or file involved.
+//! before a request is sent happens here, with an error that names the flag, config key or file
+//! involved, and never the key or a password.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,8 +66,12 @@ pub enum ConfigError {
     )]
     NoWorkflows,
     /// A workflow id that cannot be a URL path segment.
-    #[error("invalid workflow id `{id}`: {reason}")]
-    WorkflowId { id: String, reason: &'static str },
+    #[error("invalid workflow id `{id}` in {from}: {reason}")]
+    WorkflowId {
+        id: String,
+        from: String,
+        reason: &'static str,
+    },
     /// The base URL is not usable.
     #[error("invalid `--base-url` `{url}`: {reason}")]
     BaseUrl { url: String, reason: String },
@@ -132,7 +137,7 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 }
 
 impl ConfigFile {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file: every error names the key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ConfigFile {
             path: path.to_path_buf(),
@@ -143,24 +148,7 @@ impl ConfigFile {
             message,
         };
         let mut file: ConfigFile =
-            toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
-        if file.api_key.is_some() {
-            return Err(bad(format!(
-                "`api_key` is not allowed: keep the key out of config files; set `{API_KEY_ENV}` or `api_key_file`"
-            )));
-        }
-        if file.page_size.is_some_and(|n| !(1..=100_000).contains(&n)) {
-            return Err(bad("`page_size` must be between 1 and 100000".to_owned()));
-        }
-        if file.concurrency.is_some_and(|n| !(1..=256).contains(&n)) {
-            return Err(bad("`concurrency` must be between 1 and 256".to_owned()));
-        }
-        if file.max_retries.is_some_and(|n| n > 50) {
-            return Err(bad("`max_retries` must be at most 50".to_owned()));
-        }
-        if file.request_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(bad("`request_timeout` must be more than 0s".to_owned()));
-        }
+            toml::from_str(&text).map_err(|e| bad(toml_message(&text, &e)))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for p in [
             &mut file.api_key_file,
@@ -170,11 +158,97 @@ impl ConfigFile {
         .into_iter()
         .flatten()
         {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = dir.join(&*p);
             }
         }
+        file.check().map_err(bad)?;
         Ok(file)
+    }
+
+    /// Checks values the types alone do not.
+    fn check(&self) -> Result<(), String> {
+        if self.api_key.is_some() {
+            return Err(format!(
+                "`api_key` is not allowed: keep the key out of config files; set `{API_KEY_ENV}` or `api_key_file`"
+            ));
+        }
+        if self.page_size.is_some_and(|n| !(1..=100_000).contains(&n)) {
+            return Err("`page_size` must be between 1 and 100000".to_owned());
+        }
+        if self.concurrency.is_some_and(|n| !(1..=256).contains(&n)) {
+            return Err("`concurrency` must be between 1 and 256".to_owned());
+        }
+        if self.max_retries.is_some_and(|n| n > 50) {
+            return Err("`max_retries` must be at most 50".to_owned());
+        }
+        if self
+            .request_timeout
+            .is_some_and(|t| t.is_zero() || t > MAX_REQUEST_TIMEOUT)
+        {
+            return Err("`request_timeout` must be more than 0s and at most 1d".to_owned());
+        }
+        if let Some(url) = &self.base_url {
+            parse_base_url(url).map_err(|e| match e {
+                ConfigError::BaseUrl { url, reason } => format!("`base_url` `{url}`: {reason}"),
+                other => other.to_string(),
+            })?;
+        }
+        for id in self.workflows.iter().flatten() {
+            api::check_workflow_id(id).map_err(|reason| {
+                format!(
+                    "`workflows`: invalid workflow id `{}`: {reason}",
+                    id.escape_debug()
+                )
+            })?;
+        }
+        for (key, path) in [
+            ("api_key_file", &self.api_key_file),
+            ("workflows_file", &self.workflows_file),
+        ] {
+            if let Some(path) = path {
+                check_readable_file(path)
+                    .map_err(|e| format!("`{key}` `{}`: {e}", path.display()))?;
+            }
+        }
+        if self.out.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err("`out` must not be empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Longest `request_timeout`, the same bound as `--request-timeout`.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A TOML error on one line, prefixed with the key of the line it points at unless the message
+/// names it already. Never quotes the file's text beyond that key.
+fn toml_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span().and_then(|span| key_above(text, span.start)) {
+        Some(key) if !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
+        _ => message,
+    }
+}
+
+/// The key of the nearest `key = …` line at or above byte `at` (an array may span lines).
+fn key_above(text: &str, at: usize) -> Option<String> {
+    let end = text.get(at..)?.find('\n').map_or(text.len(), |i| at + i);
+    text[..end].lines().rev().find_map(|line| {
+        let key = line.split_once('=')?.0.trim().trim_matches(['"', '\'']);
+        let plain = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        plain.then(|| key.to_owned())
+    })
+}
+
+fn check_readable_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err("is not a file".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -223,14 +297,18 @@ impl ExportInputs {
         let base_url = parse_base_url(&self.base_url)?;
         let key = load_key(self.api_key_file.as_deref(), self.api_key_env.as_deref())?;
         let mut ids = self.workflows;
+        for id in &ids {
+            check_workflow_id(id, "`--workflow`")?;
+        }
         if let Some(path) = &self.workflows_file {
-            ids.extend(read_workflows_file(path)?);
+            let from_file = read_workflows_file(path)?;
+            for id in &from_file {
+                check_workflow_id(id, &format!("`{}`", path.display()))?;
+            }
+            ids.extend(from_file);
         }
         let mut seen = std::collections::HashSet::new();
         ids.retain(|id| seen.insert(id.clone()));
-        for id in &ids {
-            check_workflow_id(id)?;
-        }
         if ids.is_empty() && !self.all_workflows {
             return Err(ConfigError::NoWorkflows);
         }
@@ -270,7 +348,7 @@ impl ExportInputs {
 /// Parses and checks a base URL: http(s), no query or fragment.
 pub fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
     let bad = |reason: String| ConfigError::BaseUrl {
-        url: text.to_owned(),
+        url: redact_userinfo(text),
         reason,
     };
     let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
@@ -287,6 +365,20 @@ pub fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
         return Err(bad("must not have a query or fragment".to_owned()));
     }
     Ok(url)
+}
+
+/// `text` with any `user:password@` masked, whether or not it parses as a URL.
+fn redact_userinfo(text: &str) -> String {
+    if let Ok(url) = Url::parse(text) {
+        return api::redact_url(&url);
+    }
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    match text[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
 }
 
 fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigError> {
@@ -347,9 +439,10 @@ fn parse_workflow_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn check_workflow_id(id: &str) -> Result<(), ConfigError> {
+fn check_workflow_id(id: &str, from: &str) -> Result<(), ConfigError> {
     api::check_workflow_id(id).map_err(|reason| ConfigError::WorkflowId {
         id: id.escape_debug().to_string(),
+        from: from.to_owned(),
         reason,
     })
 }
@@ -374,7 +467,7 @@ mod tests {
     #[test]
     fn invalid_inputs_name_what_is_wrong() {
         type Case = (&'static str, fn(&mut ExportInputs), &'static str);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             ("no key", |i| i.api_key_env = None, "no API key"),
             (
                 "blank key",
@@ -405,6 +498,16 @@ mod tests {
                 "not a url",
                 |i| i.base_url = "orchestra".into(),
                 "invalid `--base-url` `orchestra`",
+            ),
+            (
+                "password in a bad url",
+                |i| i.base_url = "ftp://user:hunter2@h/x".into(),
+                "invalid `--base-url` `ftp://user:***@h/x`",
+            ),
+            (
+                "password in an unparsable url",
+                |i| i.base_url = "http://user:hunter2@".into(),
+                "invalid `--base-url` `http://***@`",
             ),
             (
                 "missing key file",

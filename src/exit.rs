@@ -10,10 +10,15 @@ pub const USAGE: i32 = 2;
 pub const AUTH: i32 = 3;
 /// The dataset could not be written (permissions, disk full, `--out` is a file).
 pub const OUTPUT: i32 = 4;
-/// The API could not be reached at all (connection refused, DNS, TLS).
+/// The API could not be reached at all: connection refused, no route, connect timeout.
 pub const UNREACHABLE: i32 = 5;
 /// Another export is writing to the same `--out`.
 pub const LOCKED: i32 = 6;
+/// The API's host name does not resolve (DNS).
+pub const DNS: i32 = 7;
+/// The TLS handshake with the API failed: certificate, protocol, or `https` to a plain-HTTP
+/// server.
+pub const TLS: i32 = 8;
 /// Stopped by SIGINT/SIGTERM; what was fetched before is committed.
 pub const INTERRUPTED: i32 = 130;
 /// A bug: an invariant broke. Please report it.

@@ -138,18 +138,34 @@ fn snippet(body: &str) -> String {
 /// Transport failure classes, for messages and exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
-    /// Could not connect (refused, DNS, TLS handshake).
+    /// The host name does not resolve.
+    Dns,
+    /// No connection: refused, no route, or no answer within the connect timeout.
     Connect,
+    /// Connected, but the TLS handshake failed (certificate, protocol, a plain-HTTP server).
+    Tls,
     /// No complete response within the timeout.
     Timeout,
     /// The connection broke while sending or receiving.
     Broken,
 }
 
+impl TransportKind {
+    /// Whether the API could not be reached at all (as opposed to failing mid-exchange).
+    pub fn is_unreachable(self) -> bool {
+        matches!(
+            self,
+            TransportKind::Dns | TransportKind::Connect | TransportKind::Tls
+        )
+    }
+}
+
 impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            TransportKind::Dns => "cannot resolve the host name",
             TransportKind::Connect => "cannot connect",
+            TransportKind::Tls => "TLS handshake failed",
             TransportKind::Timeout => "timed out",
             TransportKind::Broken => "connection broken",
         })
@@ -157,15 +173,9 @@ impl fmt::Display for TransportKind {
 }
 
 impl ApiError {
-    /// Whether this error means the API could not be reached at all.
+    /// Whether this error means the API could not be reached at all (DNS, connect or TLS).
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            ApiError::Transport {
-                kind: TransportKind::Connect,
-                ..
-            }
-        )
+        matches!(self, ApiError::Transport { kind, .. } if kind.is_unreachable())
     }
 }
 
@@ -492,13 +502,121 @@ impl TransientError {
     }
 }
 
+/// Classifies a transport failure by walking its causes. reqwest 0.13 with rustls yields, under
+/// a hyper-util connect error: `ConnectError("dns error", …)` when the name does not resolve,
+/// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and for a failed
+/// TLS handshake an `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`), a
+/// "tls handshake eof", or a reset after the TCP connection was made.
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
-    if e.is_timeout() {
-        TransportKind::Timeout
-    } else if e.is_connect() {
-        TransportKind::Connect
+    if !e.is_connect() {
+        return if e.is_timeout() {
+            TransportKind::Timeout
+        } else {
+            TransportKind::Broken
+        };
+    }
+    let mut tls = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if text.starts_with("dns error") || text.contains("failed to lookup address") {
+            return TransportKind::Dns;
+        }
+        if text.starts_with("tcp ") {
+            // hyper-util's TCP stage: "tcp connect error", "tcp open error", …
+            return TransportKind::Connect;
+        }
+        let io = error.downcast_ref::<std::io::Error>();
+        tls |= io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+            || text.contains("tls handshake");
+        // `io::Error::source` skips the error it wraps; `get_ref` does not.
+        cause = match io.and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => error.source(),
+        };
+    }
+    // Past DNS and TCP: what failed is the TLS handshake.
+    if tls || e.url().is_some_and(|u| u.scheme() == "https") {
+        TransportKind::Tls
     } else {
-        TransportKind::Broken
+        TransportKind::Connect
+    }
+}
+
+#[cfg(test)]
+mod transport_kind_tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use super::{TransportKind, transport_kind};
+
+    /// A loopback listener that treats each connection with `serve`; returns its port.
+    fn listener(serve: fn(std::net::TcpStream)) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        port
+    }
+
+    fn kind_of(url: &str) -> TransportKind {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .build()
+                .unwrap();
+            client.get(url).send().await.unwrap_err()
+        });
+        transport_kind(&error)
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_their_causes() {
+        let refused = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused_port = refused.local_addr().unwrap().port();
+        drop(refused);
+        let plain_http = listener(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        });
+        let closes = listener(drop);
+        let silent = listener(|s| {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(s);
+        });
+        let hangs_up = listener(|mut s| {
+            let _ = s.read(&mut [0; 1024]);
+        });
+        let cases = [
+            ("http://nosuch.invalid/".to_owned(), TransportKind::Dns),
+            (
+                format!("http://127.0.0.1:{refused_port}/"),
+                TransportKind::Connect,
+            ),
+            (
+                format!("https://127.0.0.1:{plain_http}/"),
+                TransportKind::Tls,
+            ),
+            (format!("https://127.0.0.1:{closes}/"), TransportKind::Tls),
+            (
+                format!("http://127.0.0.1:{silent}/"),
+                TransportKind::Timeout,
+            ),
+            (
+                format!("http://127.0.0.1:{hangs_up}/"),
+                TransportKind::Broken,
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(kind_of(&url), want, "{url}");
+        }
     }
 }
 

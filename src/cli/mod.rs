@@ -1,5 +1,7 @@
 //! CLI: flags (clap), turned once into validated config; runs a command and maps the outcome to
 //! an exit code and messages (`error: …`, `caused by: …`, `hint: …` on stderr; results on stdout).
+//! Bad input (exit 2) and an unreachable API (exits 5, 7, 8) are one `error:` line naming the
+//! flag, key, file or URL. Flag bounds live here; clap's own errors name the flag.
 
 mod bars;
 mod summary;
@@ -10,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
 
-use crate::api::{self, ApiError};
+use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
@@ -72,10 +75,11 @@ struct ReportArgs {
     #[arg(long, value_name = "DATE")]
     until: Option<chrono::NaiveDate>,
     /// Only this workflow; repeat for several.
-    #[arg(long = "workflow", value_name = "ID")]
+    #[arg(long = "workflow", value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
     workflows: Vec<String>,
-    /// Rows in `slowest_runs`.
-    #[arg(long, default_value_t = report::DEFAULT_TOP_N, value_name = "N")]
+    /// Rows in `slowest_runs` (1–100000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = report::DEFAULT_TOP_N, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     top: usize,
 }
 
@@ -86,13 +90,19 @@ struct ExportArgs {
     config: Option<PathBuf>,
     /// Base URL of the workflow API; endpoint paths are appended to it.
     /// [default: https://orchestra.arcee.ai/api/v1/workflow]
-    #[arg(long, env = "ORCHESTRA_BASE_URL", value_name = "URL")]
+    // The environment value is hidden from `--help`: it may hold a password.
+    #[arg(
+        long,
+        env = "ORCHESTRA_BASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     base_url: Option<String>,
     /// Read the API key from this file (default: the `ORCHESTRA_API_KEY` environment variable).
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
     /// A workflow to export; repeat for several.
-    #[arg(long = "workflow", value_name = "ID")]
+    #[arg(long = "workflow", value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
     workflows: Vec<String>,
     /// A file with one workflow id per line (blank lines and `#` comments ignored).
     #[arg(long, value_name = "PATH")]
@@ -124,18 +134,18 @@ struct ExportArgs {
 #[derive(Debug, Args)]
 struct Tuning {
     /// Runs per page (`limit`). [default: 100]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     page_size: Option<u32>,
     /// Requests in flight at once, across all workflows. [default: 8]
-    #[arg(long, value_name = "N",
+    #[arg(long, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
     concurrency: Option<usize>,
     /// Seconds one request may take, body included. [default: 60]
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = parse_seconds)]
     request_timeout: Option<f64>,
     /// Retries of a transient failure (timeouts, resets, 408, 429, 5xx) before giving up.
     /// [default: 6]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
     max_retries: Option<u32>,
 }
 
@@ -153,14 +163,14 @@ struct DemoArgs {
     /// Dataset folder.
     #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
     out: PathBuf,
-    /// Workflows to simulate.
-    #[arg(long, default_value_t = 24, value_name = "N")]
+    /// Workflows to simulate (1–10000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 24, value_name = "N", value_parser = workflow_count())]
     workflows: usize,
-    /// Average runs per workflow.
-    #[arg(long, default_value_t = 1500, value_name = "N")]
+    /// Average runs per workflow (1–1000000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1500, value_name = "N", value_parser = run_count())]
     runs: u64,
     /// Seed of the simulated data.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     seed: u64,
     #[command(flatten)]
     tuning: Tuning,
@@ -171,24 +181,38 @@ struct SimulateArgs {
     /// Address to listen on (loopback only by default).
     #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Workflows to simulate.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    /// Workflows to simulate (1–10000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4, value_name = "N", value_parser = workflow_count())]
     workflows: usize,
-    /// Runs per workflow.
-    #[arg(long, default_value_t = 250, value_name = "N")]
+    /// Runs per workflow (1–1000000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 250, value_name = "N", value_parser = run_count())]
     runs: u64,
     /// Vary history sizes between a quarter and 1.75× `--runs`.
     #[arg(long)]
     vary_runs: bool,
     /// Seed of the simulated data.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     seed: u64,
-    /// Serve at most this many runs per page whatever `limit` asks.
-    #[arg(long, value_name = "N")]
+    /// Serve at most this many runs per page whatever `limit` asks (1–100000).
+    #[arg(long, allow_negative_numbers = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     page_cap: Option<usize>,
-    /// Delay before each answer, in milliseconds.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
+    /// Delay before each answer, in milliseconds (at most 600000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
     latency_ms: u64,
+}
+
+/// Simulated workflows: at least one, at most what fits in memory comfortably.
+fn workflow_count() -> impl TypedValueParser<Value = usize> {
+    clap::value_parser!(u32)
+        .range(1..=10_000)
+        .map(|n| n as usize)
+}
+
+/// Simulated runs per workflow: the benchmarks use 41,700; a million is the ceiling.
+fn run_count() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=1_000_000)
 }
 
 /// Parses the command line, runs it, and returns the exit code.
@@ -289,10 +313,7 @@ fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> Ex
 async fn run_export(args: ExportArgs, bars: bool) -> i32 {
     let file = match args.config.as_deref().map(ConfigFile::load).transpose() {
         Ok(file) => file.unwrap_or_default(),
-        Err(e) => {
-            report_error(&e, None);
-            return exit::USAGE;
-        }
+        Err(e) => return usage_error(&e),
     };
     // A selection on the command line replaces the file's.
     let cli_selects =
@@ -325,10 +346,7 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
     };
     let config = match inputs.validate() {
         Ok(config) => config,
-        Err(e) => {
-            report_error(&e, None);
-            return exit::USAGE;
-        }
+        Err(e) => return usage_error(&e),
     };
     let out = config.out.clone();
     finish_export(export_until_signalled(config, bars).await, &out)
@@ -387,31 +405,87 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
             exit_code(&summary)
         }
         Err(e) => {
-            let (code, hint) = match &e {
-                ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
-                    exit::LOCKED,
-                    Some("wait for it to finish: the lock is released when that process exits"),
-                ),
-                ExportError::Dataset(_) | ExportError::State(_) => (
-                    exit::OUTPUT,
-                    Some("check that `--out` is a writable folder with free space"),
-                ),
-                ExportError::WriterPanicked => (exit::INTERNAL, None),
-                _ => match e.api_error() {
-                    Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT)),
-                    Some(api) if api.is_connect() => (exit::UNREACHABLE, Some(UNREACHABLE_HINT)),
-                    _ => (exit::PARTIAL_FAILURE, None),
-                },
-            };
-            report_error(&e, hint);
+            let (code, hint) = failure_code(&e);
+            if [exit::OUTPUT, exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
+                // One line naming the path or URL, like the per-workflow failures.
+                eprintln!("error: {}", crate::error_chain(&e));
+                eprintln!("hint: {}", hint.unwrap_or_default());
+            } else {
+                report_error(&e, hint.as_deref());
+            }
             code
         }
     }
 }
 
+/// The exit code and hint of an export that failed as a whole.
+fn failure_code(e: &ExportError) -> (i32, Option<String>) {
+    match e {
+        ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
+            exit::LOCKED,
+            Some("wait for it to finish: the lock is released when that process exits".into()),
+        ),
+        ExportError::Dataset(_) | ExportError::State(_) => (
+            exit::OUTPUT,
+            Some("check that `--out` is a writable folder with free space".into()),
+        ),
+        ExportError::WriterPanicked => (exit::INTERNAL, None),
+        _ => match e.api_error() {
+            Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT.into())),
+            Some(api) => unreachable(&[api])
+                .map_or((exit::PARTIAL_FAILURE, None), |(code, hint)| {
+                    (code, Some(hint))
+                }),
+            None => (exit::PARTIAL_FAILURE, None),
+        },
+    }
+}
+
 const AUTH_HINT: &str =
     "check `ORCHESTRA_API_KEY` or `--api-key-file`, and that the key may read these workflows";
-const UNREACHABLE_HINT: &str = "check `--base-url` and the network";
+
+/// When every error says the API could not be reached: the exit code of that failure class
+/// (refused, DNS or TLS; mixed classes are [`exit::UNREACHABLE`]) and a hint naming the host.
+fn unreachable(errors: &[&ApiError]) -> Option<(i32, String)> {
+    let mut found: Option<(TransportKind, &str)> = None;
+    for error in errors {
+        let ApiError::Transport { kind, url, .. } = error else {
+            return None;
+        };
+        if !kind.is_unreachable() {
+            return None;
+        }
+        found = match found {
+            Some((seen, _)) if seen != *kind => Some((TransportKind::Connect, url)),
+            _ => Some((*kind, url)),
+        };
+    }
+    let (kind, url) = found?;
+    let url = url::Url::parse(url).ok();
+    let host = url.as_ref().and_then(Url::host_str).unwrap_or("?");
+    let port = url.as_ref().and_then(Url::port_or_known_default);
+    let authority = port.map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"));
+    Some(match kind {
+        TransportKind::Dns => (
+            exit::DNS,
+            format!(
+                "the host `{host}` does not resolve: check the host name in `--base-url`, and DNS or proxy settings"
+            ),
+        ),
+        TransportKind::Tls => (
+            exit::TLS,
+            format!(
+                "no TLS session with `{authority}`: check the `--base-url` scheme (`https` to a plain-HTTP server fails), proxies, and the server's certificate"
+            ),
+        ),
+        _ => (
+            exit::UNREACHABLE,
+            format!(
+                "check `--base-url` and the network: nothing accepted a connection at `{authority}`"
+            ),
+        ),
+    })
+}
 
 fn exit_code(summary: &ExportSummary) -> i32 {
     let errors: Vec<_> = summary.failed().filter_map(|w| w.error.as_ref()).collect();
@@ -439,12 +513,19 @@ fn exit_code(summary: &ExportSummary) -> i32 {
     }
     if summary.runs() == 0
         && api_errors.len() == errors.len()
-        && api_errors.iter().all(|e| e.is_connect())
+        && let Some((code, hint)) = unreachable(&api_errors)
     {
-        eprintln!("hint: {UNREACHABLE_HINT}");
-        return exit::UNREACHABLE;
+        eprintln!("hint: {hint}");
+        return code;
     }
     exit::PARTIAL_FAILURE
+}
+
+/// Prints a bad command line, config or input file as one `error: …` line (causes joined by
+/// `: `) naming the flag, key or file, and returns [`exit::USAGE`].
+fn usage_error(error: &dyn std::error::Error) -> i32 {
+    eprintln!("error: {}", crate::error_chain(error));
+    exit::USAGE
 }
 
 /// Prints `error: …`, a `caused by: …` line per cause, and an optional `hint: …`.
@@ -555,12 +636,15 @@ fn write_report(options: &ReportOptions) -> i32 {
             exit::SUCCESS
         }
         Err(e) => {
-            let code = match e {
-                ReportError::NoData { .. } => exit::USAGE,
-                ReportError::Io { .. } => exit::OUTPUT,
-                ReportError::Polars { .. } => exit::PARTIAL_FAILURE,
+            let (code, hint) = match e {
+                ReportError::NoData { .. } => (
+                    exit::USAGE,
+                    Some("pass `--data DIR`, the `--out` folder of an export"),
+                ),
+                ReportError::Io { .. } => (exit::OUTPUT, None),
+                ReportError::Polars { .. } => (exit::PARTIAL_FAILURE, None),
             };
-            report_error(&e, None);
+            report_error(&e, hint);
             code
         }
     }

@@ -1,6 +1,6 @@
 //! Bad command-line input: one clear error, the documented exit code, no panic, nothing written.
 
-use orchestra_export::simulate::SimConfig;
+use orchestra_export::simulate::{Fault, SimConfig};
 
 use crate::support::*;
 
@@ -14,22 +14,140 @@ fn assert_clean_error(out: &std::process::Output, code: i32, needle: &str) {
 #[test]
 fn missing_workflows_file_is_a_usage_error() {
     let out = run(&["export", "--workflows-file", "/nonexistent/wf.txt"]);
-    assert_clean_error(
+    assert_usage_error(
         &out,
-        2,
-        "error: cannot read workflows file `/nonexistent/wf.txt`",
+        "error: cannot read workflows file `/nonexistent/wf.txt`: No such file or directory (os error 2)",
+        "missing workflows file",
     );
+}
+
+/// Asserts exit 2 and that stderr is exactly the line `want`, then an optional `hint:` line;
+/// clap's own indented detail and its "For more information" trailer are allowed.
+fn assert_usage_error(out: &std::process::Output, want: &str, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{what}:\n{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(' '))
+        .filter(|l| *l != "For more information, try '--help'.")
+        .collect();
+    assert_eq!(lines.first().copied(), Some(want), "{what}:\n{err}");
     assert!(
-        stderr(&out).contains("caused by: No such file or directory"),
-        "{}",
-        stderr(&out)
+        lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+        "{what}: one error line and at most a hint:\n{err}"
     );
 }
 
 #[test]
-fn page_size_zero_is_a_usage_error() {
-    let out = run(&["export", "--workflow", "w", "--page-size", "0"]);
-    assert_clean_error(&out, 2, "--page-size");
+fn every_flag_rejects_bad_values_with_one_line_naming_it() {
+    let bad_value =
+        |v: &str, flag: &str, why: &str| format!("error: invalid value '{v}' for '{flag}': {why}");
+    let secs = |v: &str| {
+        bad_value(
+            v,
+            "--request-timeout <SECS>",
+            &format!("`{v}` is not a number of seconds between 0 and 86400"),
+        )
+    };
+    let duration = |v: &str, flag: &str| {
+        bad_value(
+            v,
+            flag,
+            &format!("`{v}` is not a duration like `30m`, `1h` or `7d` (at most 3650d)"),
+        )
+    };
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        // export
+        (vec!["export", "--workflow", "w", "--page-size", "0"], bad_value("0", "--page-size <N>", "0 is not in 1..=100000")),
+        (vec!["export", "--workflow", "w", "--page-size", "100001"], bad_value("100001", "--page-size <N>", "100001 is not in 1..=100000")),
+        (vec!["export", "--workflow", "w", "--concurrency", "-1"], bad_value("-1", "--concurrency <N>", "-1 is not in 1..=256")),
+        (vec!["export", "--workflow", "w", "--concurrency", "257"], bad_value("257", "--concurrency <N>", "257 is not in 1..=256")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "0"], secs("0")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "NaN"], secs("NaN")),
+        (vec!["export", "--workflow", "w", "--request-timeout", "1e9"], secs("1e9")),
+        (vec!["export", "--workflow", "w", "--max-retries", "51"], bad_value("51", "--max-retries <N>", "51 is not in 0..=50")),
+        (vec!["export", "--workflow", "w", "--lookback", "soon"], duration("soon", "--lookback <DURATION>")),
+        (vec!["export", "--workflow", "w", "--lookback", "3651d"], duration("3651d", "--lookback <DURATION>")),
+        (vec!["export", "--workflow", "w", "--unfinished-horizon", "1w"], duration("1w", "--unfinished-horizon <DURATION>")),
+        (vec!["export", "--workflow", "w", "--unfinished-horizon", ""], duration("", "--unfinished-horizon <DURATION>")),
+        (vec!["export", "--workflow", "w", "--base-url", ""], "error: invalid `--base-url` ``: relative URL without a base".into()),
+        (vec!["export", "--workflow", "w", "--base-url", "ftp://h/x"], "error: invalid `--base-url` `ftp://h/x`: scheme `ftp` is not http or https".into()),
+        (vec!["export", "--workflow", "w", "--base-url", "http://h/x?limit=5"], "error: invalid `--base-url` `http://h/x?limit=5`: must not have a query or fragment".into()),
+        (vec!["export", "--workflow", ""], "error: a value is required for '--workflow <ID>' but none was supplied".into()),
+        (vec!["export", "--workflow", " "], "error: invalid workflow id ` ` in `--workflow`: it is empty".into()),
+        (vec!["export", "--workflow", ".."], "error: invalid workflow id `..` in `--workflow`: `.` and `..` cannot be used as a URL path segment".into()),
+        (vec!["export", "--workflows-file", "/nonexistent/wf.txt"], "error: cannot read workflows file `/nonexistent/wf.txt`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--api-key-file", "/nonexistent/key"], "error: cannot read API key file `/nonexistent/key`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--api-key-file", "/"], "error: cannot read API key file `/`: Is a directory (os error 21)".into()),
+        (vec!["export", "--workflow", "w", "--config", "/nonexistent/export.toml"], "error: cannot read config file `/nonexistent/export.toml`: No such file or directory (os error 2)".into()),
+        (vec!["export", "--workflow", "w", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
+        (vec!["--log-format", "xml", "export"], "error: invalid value 'xml' for '--log-format <LOG_FORMAT>'".into()),
+        // demo
+        (vec!["demo", "--workflows", "0"], bad_value("0", "--workflows <N>", "0 is not in 1..=10000")),
+        (vec!["demo", "--runs", "0"], bad_value("0", "--runs <N>", "0 is not in 1..=1000000")),
+        (vec!["demo", "--runs", "18446744073709551616"], bad_value("18446744073709551616", "--runs <N>", "number too large to fit in target type")),
+        (vec!["demo", "--seed", "-5"], bad_value("-5", "--seed <SEED>", "invalid digit found in string")),
+        (vec!["demo", "--page-size", "0"], bad_value("0", "--page-size <N>", "0 is not in 1..=100000")),
+        (vec!["demo", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
+        // simulate
+        (vec!["simulate", "--listen", "localhost"], bad_value("localhost", "--listen <ADDR>", "invalid socket address syntax")),
+        (vec!["simulate", "--listen", "127.0.0.1:99999"], bad_value("127.0.0.1:99999", "--listen <ADDR>", "invalid socket address syntax")),
+        (vec!["simulate", "--listen", "192.0.2.1:8900"], "error: cannot listen on `192.0.2.1:8900`: Cannot assign requested address (os error 99)".into()),
+        (vec!["simulate", "--workflows", "0"], bad_value("0", "--workflows <N>", "0 is not in 1..=10000")),
+        (vec!["simulate", "--runs", "1000001"], bad_value("1000001", "--runs <N>", "1000001 is not in 1..=1000000")),
+        (vec!["simulate", "--page-cap", "0"], bad_value("0", "--page-cap <N>", "0 is not in 1..=100000")),
+        (vec!["simulate", "--latency-ms", "600001"], bad_value("600001", "--latency-ms <MS>", "600001 is not in 0..=600000")),
+        // report
+        (vec!["report", "--top", "0"], bad_value("0", "--top <N>", "0 is not in 1..=100000")),
+        (vec!["report", "--since", "2026-13-01"], bad_value("2026-13-01", "--since <DATE>", "input is out of range")),
+        (vec!["report", "--until", "yesterday"], bad_value("yesterday", "--until <DATE>", "input contains invalid characters")),
+        (vec!["report", "--since", "2026-02-01", "--until", "2026-01-01"], "error: `--since` 2026-02-01 is after `--until` 2026-01-01".into()),
+        (vec!["report", "--workflow", ""], "error: a value is required for '--workflow <ID>' but none was supplied".into()),
+        (vec!["report", "--data", "/nonexistent/export"], "error: no `runs` table in `/nonexistent/export`: is it an orchestra-export dataset?".into()),
+    ];
+    for (args, want) in &cases {
+        let out = run(args);
+        assert_usage_error(&out, want, &args.join(" "));
+    }
+}
+
+#[test]
+fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.toml");
+    let file = path.display().to_string();
+    let cases = [
+        ("concurency = 3", "unknown field `concurency`, expected one of `base_url`, `api_key_file`, `api_key`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `lookback`, `unfinished_horizon`, `with_steps`".to_owned()),
+        ("base_url = 5", "`base_url`: invalid type: integer `5`, expected a string".into()),
+        ("base_url = \"ftp://user:pw@h/x\"", "`base_url` `ftp://user:***@h/x`: scheme `ftp` is not http or https".into()),
+        ("api_key = \"sk-123\"", "`api_key` is not allowed: keep the key out of config files; set `ORCHESTRA_API_KEY` or `api_key_file`".into()),
+        ("api_key_file = \"missing-key\"", format!("`api_key_file` `{}`: No such file or directory (os error 2)", dir.path().join("missing-key").display())),
+        ("workflows = \"wf-1\"", "`workflows`: invalid type: string \"wf-1\", expected a sequence".into()),
+        ("workflows = [\n  \"wf-1\",\n  7,\n]", "`workflows`: invalid type: integer `7`, expected a string".into()),
+        ("workflows = [\"..\"]", "`workflows`: invalid workflow id `..`: `.` and `..` cannot be used as a URL path segment".into()),
+        ("workflows_file = \"/\"", "`workflows_file` `/`: is not a file".into()),
+        ("all_workflows = \"yes\"", "`all_workflows`: invalid type: string \"yes\", expected a boolean".into()),
+        ("out = \"\"", "`out` must not be empty".into()),
+        ("out =", "`out`: string values must be quoted, expected literal string".into()),
+        ("page_size = 0", "`page_size` must be between 1 and 100000".into()),
+        ("page_size = \"ten\"", "`page_size`: invalid type: string \"ten\", expected u32".into()),
+        ("concurrency = 257", "`concurrency` must be between 1 and 256".into()),
+        ("concurrency = -1", "`concurrency`: invalid value: integer `-1`, expected usize".into()),
+        ("request_timeout = \"0s\"", "`request_timeout` must be more than 0s and at most 1d".into()),
+        ("request_timeout = \"2d\"", "`request_timeout` must be more than 0s and at most 1d".into()),
+        ("max_retries = 51", "`max_retries` must be at most 50".into()),
+        ("lookback = \"soon\"", "`lookback`: `soon` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),
+        ("lookback = 3600", "`lookback`: invalid type: integer `3600`, expected a string".into()),
+        ("unfinished_horizon = \"3651d\"", "`unfinished_horizon`: `3651d` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),
+        ("with_steps = 1", "`with_steps`: invalid type: integer `1`, expected a boolean".into()),
+    ];
+    for (text, want) in &cases {
+        std::fs::write(&path, text).unwrap();
+        let out = run(&["export", "--config", &file]);
+        let want = format!("error: invalid config file `{file}`: {want}");
+        assert_usage_error(&out, &want, text);
+        assert!(!stderr(&out).contains("sk-123"), "the key leaked");
+    }
 }
 
 #[test]
@@ -64,11 +182,124 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
         5,
         "error: workflow `w` failed: request for offset 0 failed: request to `http://127.0.0.1:9/api/v1/workflow/workflows/w/runs?limit=100&offset=0` failed after 2 attempt(s)",
     );
-    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("hint: check `--base-url`"),
+        stderr(&out).contains(": cannot connect: "),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(
+            "\nhint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `export --all-workflows` against `base_url` with no retries: the listing fails first.
+fn export_unreachable(base_url: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    run_with_env(
+        &[
+            "export",
+            "--base-url",
+            base_url,
+            "--all-workflows",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+        &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
+    )
+}
+
+/// Asserts the exit code and that stderr is one `error:` line starting with `error` and
+/// naming the failure class `kind`, then exactly `hint`.
+fn assert_unreachable(out: &std::process::Output, code: i32, error: &str, kind: &str, hint: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one error line and one hint:\n{err}");
+    assert!(lines[0].starts_with(error), "{err}");
+    assert!(lines[0].contains(kind), "{err}");
+    assert_eq!(lines[1], hint, "{err}");
+}
+
+#[test]
+fn a_host_that_does_not_resolve_is_exit_7_and_names_the_host() {
+    // `.invalid` never resolves (RFC 2606); failing takes milliseconds here.
+    let out = export_unreachable("https://orchestra.invalid/api/v1/workflow");
+    assert_unreachable(
+        &out,
+        7,
+        "error: cannot list workflows: request to `https://orchestra.invalid/api/v1/workflow/workflows` failed after 1 attempt(s) in ",
+        "s: cannot resolve the host name: ",
+        "hint: the host `orchestra.invalid` does not resolve: check the host name in `--base-url`, and DNS or proxy settings",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let per_workflow = run_with_env(
+        &[
+            "export",
+            "--base-url",
+            "http://orchestra.invalid/api",
+            "--workflow",
+            "w",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+        &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
+    );
+    assert_clean_error(
+        &per_workflow,
+        7,
+        "error: workflow `w` failed: request for offset 0 failed: request to `http://orchestra.invalid/api/workflows/w/runs?limit=100&offset=0` failed after 1 attempt(s)",
+    );
+    assert!(
+        stderr(&per_workflow).contains("\nhint: the host `orchestra.invalid` does not resolve"),
+        "{}",
+        stderr(&per_workflow)
+    );
+}
+
+#[test]
+fn https_to_a_plain_http_server_is_exit_8_and_names_the_host() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    let url = sim.url().replacen("http://", "https://", 1);
+    let authority = url.split('/').nth(2).unwrap().to_owned();
+    let out = export_unreachable(&url);
+    assert_unreachable(
+        &out,
+        8,
+        &format!(
+            "error: cannot list workflows: request to `{url}/workflows` failed after 1 attempt(s) in "
+        ),
+        "s: TLS handshake failed: ",
+        &format!(
+            "hint: no TLS session with `{authority}`: check the `--base-url` scheme (`https` to a plain-HTTP server fails), proxies, and the server's certificate"
+        ),
+    );
+    assert!(
+        sim.server.requests().is_empty(),
+        "no HTTP request was answered"
+    );
+}
+
+#[test]
+fn a_refused_connection_is_exit_5_when_listing_workflows() {
+    let out = export_unreachable("http://127.0.0.1:9/api/v1/workflow");
+    assert_unreachable(
+        &out,
+        5,
+        "error: cannot list workflows: request to `http://127.0.0.1:9/api/v1/workflow/workflows` failed after 1 attempt(s) in ",
+        "s: cannot connect: ",
+        "hint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`",
     );
 }
 
@@ -95,6 +326,138 @@ fn out_that_is_a_file_is_exit_4_and_the_file_is_untouched() {
     );
 }
 
+/// Every file below `dir`, recursively.
+fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Asserts `secret` is in neither stdout nor stderr of `out`, nor in any file below `dir`.
+fn assert_no_secret(secret: &str, what: &str, out: &std::process::Output, dir: &std::path::Path) {
+    assert!(
+        !stdout(out).contains(secret) && !stderr(out).contains(secret),
+        "{what}: the key leaked to the output:\n{}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    let files = all_files(dir);
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{what}: key in {path:?}"
+        );
+    }
+}
+
+/// Unmounts a mount point when dropped, also when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    /// A read-only tmpfs at `dir`: even root cannot write there.
+    fn read_only_tmpfs(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a read-only tmpfs needs root");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unwritable_out_is_exit_4_with_one_line_naming_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // Everyone may traverse it, for the run as `nobody` below.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let read_only = dir.path().join("read-only");
+    let _mounted = Mounted::read_only_tmpfs(&read_only);
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let hint = "hint: check that `--out` is a writable folder with free space";
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let cases = [
+        (
+            file.join("sub"),
+            format!(
+                "error: cannot create `{}`: Not a directory (os error 20)",
+                path(file.join("sub"))
+            ),
+        ),
+        (
+            read_only.clone(),
+            format!(
+                "error: cannot open `{}`: Read-only file system (os error 30)",
+                path(read_only.join("_lock"))
+            ),
+        ),
+        (
+            read_only.join("sub"),
+            format!(
+                "error: cannot create `{}`: Read-only file system (os error 30)",
+                path(read_only.join("sub"))
+            ),
+        ),
+    ];
+    for (out_dir, want) in &cases {
+        let out = export(&sim, out_dir, &["--all-workflows"]);
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert_eq!(stderr(&out), format!("{want}\n{hint}\n"));
+    }
+    // Root ignores permissions: run as `nobody` to get "permission denied".
+    let url = sim.url();
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_orchestra-export"))
+        .args(["export", "--base-url", &url, "--all-workflows", "--out"])
+        .arg(&locked)
+        .env("ORCHESTRA_API_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(as_nobody.status.code(), Some(4), "{}", stderr(&as_nobody));
+    assert_eq!(
+        stderr(&as_nobody),
+        format!(
+            "error: cannot open `{}`: Permission denied (os error 13)\n{hint}\n",
+            path(locked.join("_lock"))
+        )
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert!(
+        sim.server.requests().is_empty(),
+        "nothing fetched before the output was checked"
+    );
+}
+
 #[test]
 fn the_key_is_never_printed_logged_or_written() {
     let sim = Sim::start(SimConfig {
@@ -105,37 +468,163 @@ fn the_key_is_never_printed_logged_or_written() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    let out_dir = dir.path().join("out");
     let url = sim.url();
-    let out = run_with_env(
-        &[
-            "-vv",
+    // (what, global flags, key from the file or the environment)
+    let cases = [
+        ("-vv, key file", vec!["-vv"], true),
+        ("trace, text", vec![], false),
+        ("trace, json", vec!["--log-format", "json"], false),
+    ];
+    for (what, global, from_file) in cases {
+        let out_dir = dir.path().join(what.replace([',', ' '], "_"));
+        let mut args = global.clone();
+        args.extend([
             "export",
             "--base-url",
             &url,
-            "--api-key-file",
-            key_file.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
             "--all-workflows",
-        ],
-        &[],
-    );
-    assert_ok(&out);
-    assert!(sim.server.requests().iter().all(|r| r.had_authorization));
-    assert!(
-        !stdout(&out).contains(KEY) && !stderr(&out).contains(KEY),
-        "key leaked to output"
-    );
-    for path in parquet_files(&out_dir) {
-        let bytes = std::fs::read(&path).unwrap();
+            "--with-steps",
+        ]);
+        args.extend(["--out", out_dir.to_str().unwrap()]);
+        let out = if from_file {
+            args.extend(["--api-key-file", key_file.to_str().unwrap()]);
+            run_with_env(&args, &[])
+        } else {
+            run_with_env(&args, &[("ORCHESTRA_API_KEY", KEY), ("RUST_LOG", "trace")])
+        };
+        assert_ok(&out);
         assert!(
-            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-            "key in {path:?}"
+            stderr(&out).contains("hyper_util::client"),
+            "{what}: HTTP internals are logged"
+        );
+        assert_no_secret(KEY, what, &out, &out_dir);
+        let files = all_files(&out_dir);
+        for kind in [
+            "_state",
+            "_manifest",
+            "runs",
+            "steps",
+            "workflows",
+            "_SUCCESS",
+        ] {
+            assert!(
+                files.iter().any(|f| f.to_str().unwrap().contains(kind)),
+                "{what}: {kind} written and checked"
+            );
+        }
+    }
+    assert!(sim.server.requests().iter().all(|r| r.had_authorization));
+}
+
+#[test]
+fn the_key_is_not_in_the_errors_of_failing_exports() {
+    let other = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("wf", vec![])],
+        ..SimConfig::default()
+    });
+    let fault = |path: &str, status, redirect_to| Fault {
+        path_contains: Some(path.to_owned()),
+        status,
+        times: 10,
+        retry_after: None,
+        redirect_to,
+    };
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("down", vec![]), fixture("moved", vec![])],
+        faults: vec![
+            fault("/down/", 500, None),
+            fault(
+                "/moved/",
+                307,
+                Some(format!("http://{}", other.server.addr())),
+            ),
+        ],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.url();
+    let wrong_key = "wrong-key-Vb71Qa";
+    let export_with = |key: &str, workflow: &str| {
+        let out = run_with_env(
+            &[
+                "export",
+                "--base-url",
+                &url,
+                "--workflow",
+                workflow,
+                "--out",
+                dir.path().to_str().unwrap(),
+                "--max-retries",
+                "1",
+            ],
+            &[("ORCHESTRA_API_KEY", key), ("RUST_LOG", "trace")],
+        );
+        assert_no_secret(key, workflow, &out, dir.path());
+        out
+    };
+    let rejected = export_with(wrong_key, "down");
+    assert_eq!(rejected.status.code(), Some(3), "{}", stderr(&rejected));
+    let failing = export_with(KEY, "down");
+    assert_eq!(failing.status.code(), Some(1), "{}", stderr(&failing));
+    assert!(
+        stderr(&failing).contains("HTTP 500 from"),
+        "{}",
+        stderr(&failing)
+    );
+    let redirected = export_with(KEY, "moved");
+    assert_eq!(redirected.status.code(), Some(3), "{}", stderr(&redirected));
+}
+
+#[test]
+fn help_never_shows_the_key_or_a_password_from_the_environment() {
+    let env = [
+        ("ORCHESTRA_API_KEY", KEY),
+        (
+            "ORCHESTRA_BASE_URL",
+            "https://user:hunter2-pw@h.example/api",
+        ),
+    ];
+    for args in [
+        &["--help"][..],
+        &["export", "--help"],
+        &["demo", "--help"],
+        &["simulate", "--help"],
+        &["report", "--help"],
+        &["help", "export"],
+    ] {
+        let out = run_with_env(args, &env);
+        assert_ok(&out);
+        let text = stdout(&out) + &stderr(&out);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+        assert!(
+            !text.contains(KEY) && !text.contains("hunter2-pw"),
+            "{args:?} leaked:\n{text}"
         );
     }
-    let help = run(&["export", "--help"]);
-    assert!(!stdout(&help).contains(KEY));
+    let out = run_with_env(&["export", "--help"], &env);
+    assert!(
+        stdout(&out).contains("[env: ORCHESTRA_BASE_URL]"),
+        "{}",
+        stdout(&out)
+    );
+    let bad = run_with_env(
+        &[
+            "export",
+            "--workflow",
+            "w",
+            "--base-url",
+            "ftp://user:hunter2-pw@h/x",
+        ],
+        &env,
+    );
+    assert_clean_error(
+        &bad,
+        2,
+        "error: invalid `--base-url` `ftp://user:***@h/x`: scheme `ftp` is not http or https",
+    );
+    assert!(!stderr(&bad).contains("hunter2-pw"));
 }
 
 #[test]
