@@ -547,4 +547,6 @@ impl RowsBuilder {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
