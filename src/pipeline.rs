@@ -373,6 +373,7 @@ fn spawn_writer(
                         "offset": r.offset,
                         "index": r.index,
                         "reason": r.reason,
+                        "kept": r.kept,
                         "record": r.record,
                     })
                     .to_string()

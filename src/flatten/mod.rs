@@ -4,13 +4,35 @@
 //! `runs`, `node_outputs` and `run_inputs` is produced here, in `RowsBuilder` — and the rules for
 //! records that cannot be runs (they become [`Rejected`] entries with a reason). It is pure and
 //! synchronous: no I/O, no async, no knowledge of files or partitions' storage. Callers run it on
-//! rayon threads, off the async runtime.
+//! rayon threads, off the async runtime. It never panics on any input.
 //!
 //! Value encoding, shared by every JSON-valued column: a JSON string is stored verbatim (unescaped),
 //! JSON `null` is SQL NULL, and any other value is stored as compact JSON text with its object key
 //! order kept. A `value_type` column names the JSON type (`string`, `object`, `array`, `number`,
 //! `boolean`, `null`).
+//!
+//! Bad input, record by record (a page is an error only when it is not a JSON array at all — see
+//! [`PageError`] — since then its records are unknown; the caller retries or fails the workflow):
+//! - **Quarantined** to `_rejected/` (`kept: false`), the record's text kept as a JSON string: an
+//!   element that is not valid JSON on its own (`"\ud800"`, a lone surrogate), one holding bytes
+//!   that are not UTF-8 (U+FFFD in their place), one repeating a key at any depth (a `Value` would
+//!   keep only the last: the reason names the key's path, e.g. `all_outputs.node_a`). Parsed but
+//!   not a run, the record is kept as parsed: not an object, or an `id` missing, null, empty or
+//!   neither a string nor a number.
+//! - **Kept with a trace** (`kept: true` in `_rejected/`, the run also in the tables): a
+//!   `start_time`/`end_time` that is not a timestamp in a form [`parse_timestamp`] reads, or not a
+//!   string; an `elapsed_time` that is not a number or numeric string of seconds (`"abc"`, `true`,
+//!   `1e400`) — these are stored as NULL and counted in [`FlatPage::unreadable_values`] and per
+//!   field — and an `all_outputs` that is present but neither an object nor null (no
+//!   `node_outputs` rows; there is no column to hold it). The reason lists each field and its
+//!   original value.
+//! - **Kept as sent**: unknown `status` values (any JSON: strings verbatim, others compact JSON);
+//!   `elapsed_time` 12.7 or `"12"` (whole seconds, truncated toward zero); missing or null fields
+//!   (NULL; `node_count` 0); `inputs` that is not an object (kept in `runs.inputs` as compact JSON,
+//!   no `run_inputs` rows); `outputs` of any type; strings of any size, byte for byte.
 
+mod dupkeys;
+mod page;
 mod steps;
 mod time;
 mod workflows;
@@ -26,6 +48,7 @@ use arrow::compute::filter_record_batch;
 use serde_json::Value;
 
 use crate::dataset::schema::{self, PartitionDate};
+use page::Element;
 pub use steps::flatten_steps;
 pub use time::{format_timestamp, parse_timestamp};
 pub use workflows::{WorkflowList, flatten_workflows};
@@ -67,8 +90,11 @@ pub struct Rejected {
     pub index: usize,
     /// Human-readable reason, e.g. "`id` is missing".
     pub reason: String,
-    /// The record exactly as parsed.
+    /// The record as parsed, or its text as a JSON string when it could not be parsed whole.
     pub record: Value,
+    /// Whether the run is in the tables all the same (with the values the reason lists stored as
+    /// NULL or not flattened); `false` for records quarantined instead of written.
+    pub kept: bool,
 }
 
 /// The rows of one partition (one UTC start date) of one page, one batch per table.
@@ -117,8 +143,11 @@ pub struct FlatPage {
     pub partitions: Vec<PartitionRows>,
     /// Records that could not be runs.
     pub rejected: Vec<Rejected>,
-    /// Timestamps or numbers present but unreadable (stored as NULL).
+    /// Values present but unreadable as their column's type (timestamps and numbers stored as
+    /// NULL, `all_outputs` not flattened), in runs kept.
     pub unreadable_values: usize,
+    /// [`Self::unreadable_values`] per field name.
+    pub unreadable_fields: BTreeMap<&'static str, usize>,
     /// Records repeating a run id seen earlier in the same page (the first one is kept).
     pub duplicates: usize,
 }
@@ -152,42 +181,43 @@ fn filter_by_run_id(batch: &RecordBatch, drop: &impl Fn(&str) -> bool) -> Record
 
 /// Flattens one page body (the bytes of a `GET /workflows/{id}/runs` response).
 pub fn flatten_page(body: &[u8], ctx: PageContext<'_>) -> Result<FlatPage, PageError> {
-    let page: Value = serde_json::from_slice(body).map_err(|e| PageError::Malformed {
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })?;
-    let records = match page {
-        Value::Array(records) => records,
-        other => {
-            return Err(PageError::NotAnArray {
-                found: json_type(&other),
-            });
-        }
-    };
-    Ok(flatten_records(records, ctx))
+    Ok(flatten_elements(page::split_page(body)?, ctx))
 }
 
 /// Flattens already-parsed records (one page's worth).
 pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
+    flatten_elements(records.into_iter().map(Element::Record).collect(), ctx)
+}
+
+fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
     let mut out = FlatPage {
-        record_count: records.len(),
+        record_count: elements.len(),
         ..FlatPage::default()
     };
     // BTreeMap keeps partitions in date order, so output is deterministic.
     let mut by_date: BTreeMap<PartitionDate, RowsBuilder> = BTreeMap::new();
     let mut ids_in_page: HashSet<String> = HashSet::new();
-    for (index, record) in records.into_iter().enumerate() {
+    for (index, element) in elements.into_iter().enumerate() {
+        let reject = |reason: String, record: Value, kept: bool| Rejected {
+            workflow_id: ctx.workflow_id.to_owned(),
+            offset: ctx.offset,
+            index,
+            reason,
+            record,
+            kept,
+        };
+        let record = match element {
+            Element::Record(record) => record,
+            Element::Quarantined { reason, text } => {
+                out.rejected
+                    .push(reject(reason, Value::String(text), false));
+                continue;
+            }
+        };
         let run = match RunFields::from_record(&record) {
             Ok(run) => run,
             Err(reason) => {
-                out.rejected.push(Rejected {
-                    workflow_id: ctx.workflow_id.to_owned(),
-                    offset: ctx.offset,
-                    index,
-                    reason,
-                    record,
-                });
+                out.rejected.push(reject(reason, record, false));
                 continue;
             }
         };
@@ -195,7 +225,10 @@ pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
             out.duplicates += 1;
             continue;
         }
-        out.unreadable_values += run.unreadable;
+        out.count_unreadable(&run.unreadable);
+        if let Some(reason) = run.unreadable_reason() {
+            out.rejected.push(reject(reason, record.clone(), true));
+        }
         let status = record.get("status").and_then(Value::as_str);
         out.runs.push(RunInfo {
             id: run.id.clone(),
@@ -215,13 +248,49 @@ pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
     out
 }
 
+impl FlatPage {
+    fn count_unreadable(&mut self, unreadable: &[Unreadable]) {
+        self.unreadable_values += unreadable.len();
+        for u in unreadable {
+            *self.unreadable_fields.entry(u.field).or_default() += 1;
+        }
+    }
+}
+
+/// A value present in a kept run but not readable as its column's type.
+struct Unreadable {
+    field: &'static str,
+    /// What was expected, e.g. "is not a timestamp (stored as NULL)".
+    problem: String,
+    /// The value as sent, compact JSON, shortened.
+    original: String,
+}
+
+impl Unreadable {
+    /// Longest original value quoted in a reason; the record in `_rejected/` has it whole.
+    const MAX_QUOTED_CHARS: usize = 120;
+
+    fn new(field: &'static str, problem: impl Into<String>, value: &Value) -> Self {
+        let mut original = value.to_string();
+        if let Some((cut, _)) = original.char_indices().nth(Self::MAX_QUOTED_CHARS) {
+            original.truncate(cut);
+            original.push('…');
+        }
+        Self {
+            field,
+            problem: problem.into(),
+            original,
+        }
+    }
+}
+
 /// The scalar fields of one run, decoded from a record.
 struct RunFields {
     id: String,
     start_time: Option<i64>,
     end_time: Option<i64>,
     elapsed_time: Option<i64>,
-    unreadable: usize,
+    unreadable: Vec<Unreadable>,
 }
 
 impl RunFields {
@@ -240,29 +309,46 @@ impl RunFields {
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => return Err(format!("`id` is a JSON {}", json_type(other))),
         };
-        let mut unreadable = 0;
-        let mut timestamp = |field: &str| match map.get(field) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
-                let parsed = parse_timestamp(s);
-                unreadable += usize::from(parsed.is_none());
-                parsed
+        let mut unreadable = Vec::new();
+        let mut timestamp = |field: &'static str| {
+            let value = map.get(field).filter(|v| !v.is_null())?;
+            let parsed = value.as_str().and_then(parse_timestamp);
+            if parsed.is_none() {
+                unreadable.push(Unreadable::new(
+                    field,
+                    "is not a timestamp (stored as NULL)",
+                    value,
+                ));
             }
-            Some(_) => {
-                unreadable += 1;
-                None
-            }
+            parsed
         };
         let start_time = timestamp("start_time");
         let end_time = timestamp("end_time");
-        let elapsed_time = match map.get("elapsed_time") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                let parsed = integer_seconds(v);
-                unreadable += usize::from(parsed.is_none());
+        let elapsed_time = map
+            .get("elapsed_time")
+            .filter(|v| !v.is_null())
+            .and_then(|value| {
+                let parsed = integer_seconds(value);
+                if parsed.is_none() {
+                    unreadable.push(Unreadable::new(
+                        "elapsed_time",
+                        "is not a number of seconds (stored as NULL)",
+                        value,
+                    ));
+                }
                 parsed
-            }
-        };
+            });
+        match map.get("all_outputs") {
+            None | Some(Value::Null | Value::Object(_)) => {}
+            Some(other) => unreadable.push(Unreadable::new(
+                "all_outputs",
+                format!(
+                    "is a JSON {}, not an object (no node_outputs rows)",
+                    json_type(other)
+                ),
+                other,
+            )),
+        }
         Ok(Self {
             id,
             start_time,
@@ -270,6 +356,19 @@ impl RunFields {
             elapsed_time,
             unreadable,
         })
+    }
+
+    /// Why the run is also listed in `_rejected/`, when some of its values were not readable.
+    fn unreadable_reason(&self) -> Option<String> {
+        if self.unreadable.is_empty() {
+            return None;
+        }
+        let notes: Vec<String> = self
+            .unreadable
+            .iter()
+            .map(|u| format!("`{}` {}: {}", u.field, u.problem, u.original))
+            .collect();
+        Some(format!("kept with unreadable values: {}", notes.join("; ")))
     }
 
     /// End minus start in whole milliseconds (truncated), when both are known.
@@ -447,5 +546,7 @@ impl RowsBuilder {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

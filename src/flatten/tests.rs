@@ -4,6 +4,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 
 use super::*;
+use std::collections::BTreeMap;
 
 const DOCS_EXAMPLE: &str = include_str!("../../data/samples/docs-example.json");
 const VARIED: &str = include_str!("../../data/samples/varied-shapes.json");
@@ -289,9 +290,110 @@ fn odd_numbers_and_timestamps_become_nulls_and_are_counted() {
                     {"id": "y", "start_time": "2025-01-01T00:00:00Z", "elapsed_time": "n/a"}]"#;
     let page = flatten_page(body, ctx()).unwrap();
     assert_eq!(page.unreadable_values, 3);
+    assert_eq!(
+        page.unreadable_fields,
+        BTreeMap::from([("start_time", 1), ("end_time", 1), ("elapsed_time", 1)])
+    );
     let p = partition(&page, HIVE_DEFAULT);
     assert_eq!(int64(&p.runs, "elapsed_time"), [Some(12)]);
     assert_eq!(p.runs.column_by_name("start_time").unwrap().null_count(), 1);
+    let traces: Vec<(usize, bool, &str)> = page
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.kept, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            (
+                0,
+                true,
+                "kept with unreadable values: `start_time` is not a timestamp (stored as NULL): \"soon\"; \
+                 `end_time` is not a timestamp (stored as NULL): 5"
+            ),
+            (
+                1,
+                true,
+                "kept with unreadable values: `elapsed_time` is not a number of seconds (stored as NULL): \"n/a\""
+            ),
+        ]
+    );
+    assert_eq!(page.rejected[1].record["elapsed_time"], "n/a");
+}
+
+#[test]
+fn all_outputs_that_is_not_an_object_is_kept_with_a_trace() {
+    let body = br#"[{"id": "a", "all_outputs": [1, 2], "inputs": "just text"},
+                    {"id": "b", "all_outputs": "x", "inputs": [1]},
+                    {"id": "c", "all_outputs": null, "inputs": 5}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    assert_eq!(ids(&page), ["a", "b", "c"]);
+    let p = partition(&page, HIVE_DEFAULT);
+    assert_eq!(int32(&p.runs, "node_count"), [Some(0), Some(0), Some(0)]);
+    assert_eq!(
+        text(&p.runs, "inputs"),
+        [s(r#""just text""#), s("[1]"), s("5")]
+    );
+    assert_eq!(p.node_outputs.num_rows(), 0);
+    assert_eq!(p.run_inputs.num_rows(), 0);
+    let reasons: Vec<&str> = page.rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "kept with unreadable values: `all_outputs` is a JSON array, not an object (no node_outputs rows): [1,2]",
+            "kept with unreadable values: `all_outputs` is a JSON string, not an object (no node_outputs rows): \"x\"",
+        ]
+    );
+    assert_eq!(page.unreadable_fields, BTreeMap::from([("all_outputs", 2)]));
+}
+
+#[test]
+fn long_original_values_are_shortened_in_the_reason_only() {
+    let long = "é".repeat(500);
+    let body = format!(r#"[{{"id": "a", "start_time": "{long}"}}]"#);
+    let page = flatten_page(body.as_bytes(), ctx()).unwrap();
+    let reason = &page.rejected[0].reason;
+    assert!(
+        reason.ends_with(&format!("\"{}…", "é".repeat(119))),
+        "{reason}"
+    );
+    assert_eq!(page.rejected[0].record["start_time"], long.as_str());
+}
+
+#[test]
+fn broken_records_are_quarantined_as_text_and_the_rest_of_the_page_kept() {
+    let body = b"[{\"id\": \"a\", \"outputs\": \"\\ud800 x\"},\n {\"id\": \"b\", \"error\": \"\xff\xfe\"},\n {\"id\": \"c\", \"status\": \"ok\", \"status\": \"failed\"},\n {\"id\": \"d\"}]";
+    let page = flatten_page(body, ctx()).unwrap();
+    assert_eq!(page.record_count, 4);
+    assert_eq!(ids(&page), ["d"]);
+    let got: Vec<(usize, bool, &str, &Value)> = page
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.kept, r.reason.as_str(), &r.record))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                0,
+                false,
+                "record is not valid JSON: unexpected end of hex escape at line 1 column 31",
+                &Value::from(r#"{"id": "a", "outputs": "\ud800 x"}"#)
+            ),
+            (
+                1,
+                false,
+                "record contains bytes that are not UTF-8",
+                &Value::from("{\"id\": \"b\", \"error\": \"\u{FFFD}\u{FFFD}\"}")
+            ),
+            (
+                2,
+                false,
+                "duplicate key `status`",
+                &Value::from(r#"{"id": "c", "status": "ok", "status": "failed"}"#)
+            ),
+        ]
+    );
 }
 
 #[test]

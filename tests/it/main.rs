@@ -1,6 +1,7 @@
 //! Integration tests: the real `orchestra-export` binary against the built-in simulator over
 //! loopback, with the dataset read back by the `parquet` crate's Arrow reader.
 
+mod badinput;
 mod cli;
 mod export;
 mod faults;
