@@ -1,6 +1,6 @@
 //! Bad command-line input: one clear error, the documented exit code, no panic, nothing written.
 
-use orchestra_export::simulate::{Fault, SimConfig};
+use orchestra_export::simulate::{Fault, FaultKind, SimConfig};
 
 use crate::support::*;
 
@@ -523,22 +523,17 @@ fn the_key_is_not_in_the_errors_of_failing_exports() {
         fixtures: vec![fixture("wf", vec![])],
         ..SimConfig::default()
     });
-    let fault = |path: &str, status, redirect_to| Fault {
-        path_contains: Some(path.to_owned()),
-        status,
-        times: 10,
-        retry_after: None,
-        redirect_to,
-    };
     let sim = Sim::start(SimConfig {
         workflows: 0,
         fixtures: vec![fixture("down", vec![]), fixture("moved", vec![])],
         faults: vec![
-            fault("/down/", 500, None),
-            fault(
+            Fault::status("/down/", 500, 10),
+            Fault::new(
                 "/moved/",
-                307,
-                Some(format!("http://{}", other.server.addr())),
+                FaultKind::Redirect {
+                    origin: format!("http://{}", other.server.addr()),
+                },
+                10,
             ),
         ],
         ..SimConfig::default()
