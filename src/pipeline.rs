@@ -82,6 +82,8 @@ pub struct ExportSummary {
     pub requests: u64,
     /// Of which retries.
     pub retries: u64,
+    /// Answers that were 429 Too Many Requests.
+    pub throttled: u64,
     /// Response bytes received.
     pub bytes_received: u64,
     /// Wall time of the export.
@@ -241,6 +243,7 @@ pub async fn export(
         rejected,
         requests: load(&stats.requests),
         retries: load(&stats.retries),
+        throttled: load(&stats.throttled),
         bytes_received: load(&stats.bytes),
         elapsed: started.elapsed(),
     };
@@ -316,6 +319,10 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
                 "pages": w.stats.pages,
                 "runs_fetched": w.stats.runs,
                 "duplicates": w.stats.duplicates,
+                "page_retries": w.stats.page_retries,
+                "drift_shifts": w.stats.drift_shifts,
+                "drift_rereads": w.stats.drift_rereads,
+                "drift_unresolved": w.stats.drift_unresolved,
                 "rejected": w.stats.rejected,
                 "unfinished_refreshed": w.stats.refreshed,
                 "unfinished_abandoned": w.stats.abandoned,
@@ -332,6 +339,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
         "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "requests": s.requests,
         "retries": s.retries,
+        "throttled": s.throttled,
         "rejected": s.rejected,
         "files_replaced": s.committed.files_rewritten(),
         "workflows": workflows,

@@ -386,9 +386,17 @@ impl ApiClient {
             .header(AUTHORIZATION, self.auth.clone())
             .send()
             .await
-            .map_err(|e| Attempt::Transient {
-                error: TransientError::Transport(e),
-                retry_after: None,
+            .map_err(|e| {
+                if is_unknown_host(&e) {
+                    // A name that does not exist will not appear within a retry's backoff.
+                    let error = TransientError::Transport(e);
+                    Attempt::Final(error.into_api_error(shown.to_owned(), 1, sent_at.elapsed()))
+                } else {
+                    Attempt::Transient {
+                        error: TransientError::Transport(e),
+                        retry_after: None,
+                    }
+                }
             })?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -507,6 +515,21 @@ impl TransientError {
 /// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and for a failed
 /// TLS handshake an `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`), a
 /// "tls handshake eof", or a reset after the TCP connection was made.
+/// A DNS failure that is an answer ("no such host"), not a resolver that is temporarily down.
+fn is_unknown_host(e: &reqwest::Error) -> bool {
+    if transport_kind(e) != TransportKind::Dns {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if error.to_string().contains("Temporary failure") {
+            return false;
+        }
+        cause = error.source();
+    }
+    true
+}
+
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
     if !e.is_connect() {
         return if e.is_timeout() {

@@ -39,6 +39,25 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         sum(|w| w.vanished),
         sum(|w| w.refresh_failed),
     );
+    let (page_retries, shifts, rereads, unresolved) = (
+        sum(|w| w.page_retries),
+        sum(|w| w.drift_shifts),
+        sum(|w| w.drift_rereads),
+        sum(|w| w.drift_unresolved),
+    );
+    if s.throttled + page_retries > 0 {
+        let _ = writeln!(
+            text,
+            "  faults: {} answers were 429 (the client slowed down), {page_retries} unreadable pages fetched again",
+            s.throttled
+        );
+    }
+    if shifts + rereads + unresolved > 0 {
+        let _ = writeln!(
+            text,
+            "  drift: {shifts} pages shifted by runs arriving, {rereads} page boundaries re-read, {unresolved} boundary runs gone upstream"
+        );
+    }
     if refreshed + abandoned + vanished + failed > 0 {
         let _ = writeln!(
             text,

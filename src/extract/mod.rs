@@ -4,16 +4,21 @@
 //! and across the pages of one long workflow, and de-duplication of runs by id. It does not
 //! build HTTP requests (`api`) or rows (`flatten`), and never touches files (`dataset`).
 //!
-//! Paging: a workflow ends on an empty page, and the next offset is always the previous one plus
-//! the records actually received, so a server that caps `limit` loses nothing. Once pages come
-//! back full, requests for the following offsets are issued ahead of the answers, the window
-//! doubling up to the concurrency budget (like TCP slow start); any page of an unexpected size
-//! cancels the speculation and re-aligns on what was really received.
+//! Paging is drift-safe. Each page is requested one record short of the previous page's end, so
+//! consecutive pages overlap by one record, the *anchor*: the last record of the part of the
+//! history known to be complete. A page that holds the anchor joins up (records before it were
+//! pushed down by runs arriving at the head: a *shift*, harmless, their repeats are skipped). A
+//! page that does not hold it but brings unseen runs may have left a gap — runs that slid past
+//! between two answers — so the boundary is *re-read* from the anchor's offset before going on.
+//! The next offset is always derived from the records actually received, so a server that caps
+//! `limit` loses nothing; history ends on a short page that brings nothing past the anchor, or
+//! an empty one. Once pages come back full, the following pages are requested ahead of the
+//! answers, the window doubling up to the concurrency budget (like TCP slow start); a page of an
+//! unexpected size or a re-read cancels the speculation.
 
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,6 +41,9 @@ pub const DEFAULT_MAX_WINDOW: usize = 16;
 /// Consecutive non-empty pages holding only runs already seen before a workflow is failed. New
 /// runs arriving during paging cause at most one such page per page size of arrivals.
 const MAX_PAGES_WITHOUT_NEWS: u32 = 5;
+
+/// Times one boundary is re-read before concluding that its anchor was deleted upstream.
+const MAX_REREADS: u32 = 3;
 
 /// What the extract stage sends to the writer.
 #[derive(Debug)]
@@ -90,6 +98,14 @@ pub struct WorkflowStats {
     pub refresh_failed: u64,
     /// Paging stopped at the cursor (an incremental export) rather than at the end.
     pub stopped_at_cursor: bool,
+    /// Pages whose start had shifted because runs arrived at the head during paging.
+    pub drift_shifts: u64,
+    /// Page boundaries re-read because runs could have slid past between two answers.
+    pub drift_rereads: u64,
+    /// Boundaries whose anchor never came back (deleted upstream); paging went on after it.
+    pub drift_unresolved: u64,
+    /// Pages fetched again because their body was unreadable (truncated, not JSON).
+    pub page_retries: u64,
 }
 
 /// How one workflow's export ended.
@@ -116,10 +132,11 @@ pub enum ExtractError {
         source: ApiError,
     },
     /// A page could not be read.
-    #[error("page at offset {offset} from `{url}` is unreadable")]
+    #[error("page at offset {offset} from `{url}` is unreadable after {attempts} attempt(s)")]
     Page {
         offset: u64,
         url: String,
+        attempts: u32,
         #[source]
         source: PageError,
     },
@@ -303,7 +320,7 @@ impl Extractor {
         let now = chrono::Utc::now().timestamp_micros();
         let workflow: Arc<str> = Arc::from(workflow_id);
         for run in &previous.unfinished {
-            if tally.seen.contains(&id_hash(&run.run_id)) {
+            if tally.seen.contains(&flatten::id_key(&run.run_id)) {
                 continue;
             }
             if now.saturating_sub(run.since_us()) > horizon {
@@ -312,7 +329,9 @@ impl Extractor {
             }
             let url = self.client.run_url(workflow_id, &run.run_id);
             let (_, bytes, fetched) = self.fetcher.clone().fetch(workflow.clone(), url, 0).await;
-            let Fetched { mut page, steps } = match fetched {
+            let Fetched {
+                mut page, steps, ..
+            } = match fetched {
                 Ok(f) if f.page.runs.iter().any(|r| r.id == run.run_id) => f,
                 Err(ExtractError::Api {
                     source: ApiError::Status { status: 404, .. },
@@ -356,43 +375,106 @@ impl Extractor {
         stop_before: Option<i64>,
         tally: &mut Tally,
     ) -> Result<(), ExtractError> {
-        let limit = self.options.page_size;
+        let limit = u64::from(self.options.page_size);
         let max_window = self.options.max_window.max(1);
         let workflow: Arc<str> = Arc::from(workflow_id);
-        let mut stride = u64::from(limit);
+        // Records a full page holds: `limit`, or less when the server caps pages.
+        let mut stride = limit;
         let mut next_offset = 0u64;
         let mut window = 1usize;
-        let mut first_page = true;
+        let mut anchor: Option<Anchor> = None;
+        let mut largest_page = 0u64;
         let mut pages_without_news = 0u32;
         let mut previous_oldest: Option<i64> = None;
         let mut in_flight = FuturesOrdered::new();
         loop {
             while in_flight.len() < window {
-                let url = self.client.runs_url(&workflow, limit, next_offset);
+                let url = self
+                    .client
+                    .runs_url(&workflow, self.options.page_size, next_offset);
                 let fetch = self
                     .fetcher
                     .clone()
                     .fetch(workflow.clone(), url, next_offset);
                 in_flight.push_back(Spawned(tokio::spawn(fetch)));
-                next_offset += stride;
+                next_offset += stride.saturating_sub(1).max(1);
             }
             let Some(joined) = in_flight.next().await else {
                 return Ok(());
             };
             let (offset, bytes, fetched) = joined.map_err(|_| ExtractError::TaskFailed)?;
-            let Fetched { mut page, steps } = fetched?;
+            let Fetched {
+                mut page,
+                mut steps,
+                retries,
+            } = fetched?;
             tally.stats.pages += 1;
+            tally.stats.page_retries += retries;
             let received = page.record_count as u64;
+            if received == 0 {
+                return Ok(());
+            }
+            // Pages of one record cannot overlap: nothing to check them by.
+            let mut join = if stride > 1 {
+                Join::of(anchor.as_ref(), &page.keys, &tally.seen)
+            } else {
+                Join::First
+            };
+            if let (Join::Gap, Some(a)) = (join, anchor.as_mut()) {
+                if a.rereads < MAX_REREADS {
+                    // Runs may have slid past between this answer and the anchor's: read on
+                    // from the anchor again, one page at a time, and drop this page (its runs
+                    // come again).
+                    a.rereads += 1;
+                    tally.stats.drift_rereads += 1;
+                    tracing::debug!(target: "extract", workflow_id, offset, anchor = a.offset, "page does not join the previous one: re-reading the boundary");
+                    in_flight = FuturesOrdered::new();
+                    next_offset = a.offset;
+                    window = 1;
+                    continue;
+                }
+                tracing::warn!(target: "extract", workflow_id, offset = a.offset, "the run that ended the previous page is gone upstream; paging on after it");
+                tally.stats.drift_unresolved += 1;
+                join = Join::At(usize::MAX);
+            }
             let oldest = page.runs.iter().filter_map(|r| r.start_time).min();
             let page_newest = page.runs.iter().filter_map(|r| r.start_time).max();
-            tally.keep_new_runs(&mut page);
+            let last_key = page.keys.last().copied();
+            let repeated = tally.keep_new_runs(&mut page);
+            if self.options.with_steps {
+                self.fetch_missing_steps(&workflow, &page, &mut steps)
+                    .await?;
+            }
+            match join {
+                Join::At(i) => {
+                    // The anchor itself is the expected overlap, not a duplicate.
+                    tally.stats.duplicates += repeated.saturating_sub(1);
+                    tally.stats.drift_shifts += u64::from(i > 0 && i != usize::MAX);
+                }
+                Join::Before => {
+                    tally.stats.duplicates += repeated;
+                    tally.stats.drift_shifts += 1;
+                }
+                Join::First | Join::Gap => tally.stats.duplicates += repeated,
+            }
             let news = page.runs.len() + page.rejected.len();
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
-            if received == 0 {
+            let nothing_past_anchor = matches!(join, Join::At(i) if i as u64 + 1 == received);
+            if join != Join::Before {
+                anchor = last_key.map(|key| Anchor {
+                    key,
+                    offset: offset + received - 1,
+                    rereads: 0,
+                });
+            }
+            if nothing_past_anchor
+                && (received == 1 || (received < limit && received < largest_page))
+            {
                 return Ok(());
             }
+            largest_page = largest_page.max(received);
             // Stop once a whole page is older than the cursor minus the look-back (its newest
             // run, not its oldest: one run with an odd old start must not end paging early).
             if stop_before
@@ -423,20 +505,39 @@ impl Extractor {
                 }
             } else {
                 // Not the size the requests ahead assumed: drop them and continue from exactly
-                // what was received. A short first page reveals a server-side cap; a short
-                // later page is usually the last one.
+                // what was received. A short first page reveals a server-side cap.
                 in_flight = FuturesOrdered::new();
-                next_offset = offset + received;
-                stride = if first_page {
-                    received
+                next_offset = offset + received - 1;
+                if join == Join::First {
+                    stride = received;
                 } else {
-                    stride.max(received.min(u64::from(limit)))
-                };
+                    stride = stride.max(received.min(limit));
+                }
                 window = 1;
             }
-            first_page = false;
             previous_oldest = oldest.or(previous_oldest);
         }
+    }
+
+    /// Fetches the steps of the runs kept from a page that its fetch skipped (the first run of
+    /// an overlapping page, usually the anchor already exported, turned out to be new).
+    async fn fetch_missing_steps(
+        &self,
+        workflow: &Arc<str>,
+        page: &FlatPage,
+        steps: &mut Vec<RunSteps>,
+    ) -> Result<(), ExtractError> {
+        let have: HashSet<&str> = steps.iter().map(|s| s.run_id.as_str()).collect();
+        let missing: Vec<RunInfo> = page
+            .runs
+            .iter()
+            .filter(|r| !have.contains(r.id.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            steps.extend(self.fetcher.steps(workflow, missing).await?);
+        }
+        Ok(())
     }
 
     /// Sends a page's rows, and the steps of the runs kept from it, to the writer.
@@ -465,6 +566,45 @@ impl Extractor {
     }
 }
 
+/// The last record of the part of a workflow's history known to be complete.
+#[derive(Debug)]
+struct Anchor {
+    /// Its fingerprint (`FlatPage::keys`).
+    key: u128,
+    /// The offset it was received at.
+    offset: u64,
+    /// Times the boundary after it was re-read.
+    rereads: u32,
+}
+
+/// How a page relates to the anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// The first page: nothing to join.
+    First,
+    /// The anchor is record `i` of the page: what follows it continues the history.
+    At(usize),
+    /// Every record was seen already: the page lies before the anchor (many runs arrived).
+    Before,
+    /// The anchor is missing and unseen runs are present: runs may have slid past unseen.
+    Gap,
+}
+
+impl Join {
+    fn of(anchor: Option<&Anchor>, keys: &[u128], seen: &HashSet<u128>) -> Self {
+        let Some(anchor) = anchor else {
+            return Join::First;
+        };
+        if let Some(i) = keys.iter().position(|k| *k == anchor.key) {
+            Join::At(i)
+        } else if keys.iter().all(|k| seen.contains(k)) {
+            Join::Before
+        } else {
+            Join::Gap
+        }
+    }
+}
+
 /// The steps of one run.
 struct RunSteps {
     run_id: String,
@@ -476,6 +616,8 @@ struct RunSteps {
 struct Fetched {
     page: FlatPage,
     steps: Vec<RunSteps>,
+    /// Times the page was fetched again because its body was unreadable.
+    retries: u64,
 }
 
 /// A fetch running as its own task, so it makes progress (and frees its slot of the shared
@@ -500,6 +642,25 @@ impl<T> std::future::Future for Spawned<T> {
     }
 }
 
+/// Flattens a page body on the rayon pool; `None` if the pool dropped the job.
+async fn flatten_on_rayon(
+    body: Vec<u8>,
+    workflow: Arc<str>,
+    offset: u64,
+) -> Option<Result<FlatPage, flatten::PageError>> {
+    let extracted_at_us = chrono::Utc::now().timestamp_micros();
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let ctx = PageContext {
+            workflow_id: &workflow,
+            offset,
+            extracted_at_us,
+        };
+        let _ = tx.send(flatten::flatten_page(&body, ctx));
+    });
+    rx.await.ok()
+}
+
 /// Fetches and flattens pages (and steps); cheap to clone into tasks.
 #[derive(Clone)]
 struct Fetcher {
@@ -510,54 +671,67 @@ struct Fetcher {
 
 impl Fetcher {
     /// Fetches and flattens one page (`offset` is for messages and rows), then its runs'
-    /// steps when asked for: (offset, body bytes, result).
+    /// steps when asked for: (offset, body bytes, result). A body that is not a JSON array (cut
+    /// short, an HTML error page from a proxy) is fetched again, within the retry limits.
     async fn fetch(
         self,
         workflow: Arc<str>,
         url: url::Url,
         offset: u64,
     ) -> (u64, u64, Result<Fetched, ExtractError>) {
-        let body = match self.client.get(&url).await {
-            Ok(body) => body,
-            Err(source) => return (offset, 0, Err(ExtractError::Api { offset, source })),
-        };
-        let bytes = body.len() as u64;
-        let extracted_at_us = chrono::Utc::now().timestamp_micros();
-        let (tx, rx) = oneshot::channel();
-        let owned = workflow.clone();
-        rayon::spawn(move || {
-            let ctx = PageContext {
-                workflow_id: &owned,
-                offset,
-                extracted_at_us,
+        let mut attempt = 0u32;
+        let (page, bytes) = loop {
+            attempt += 1;
+            let body = match self.client.get(&url).await {
+                Ok(body) => body,
+                Err(source) => return (offset, 0, Err(ExtractError::Api { offset, source })),
             };
-            let _ = tx.send(flatten::flatten_page(&body, ctx));
-        });
-        let page = match rx.await {
-            Ok(Ok(page)) => page,
-            Ok(Err(source)) => {
-                let url = crate::api::redact_url(&url);
-                return (
-                    offset,
-                    bytes,
-                    Err(ExtractError::Page {
+            let bytes = body.len() as u64;
+            let page = match flatten_on_rayon(body, workflow.clone(), offset).await {
+                Some(Ok(page)) => page,
+                Some(Err(source)) => {
+                    let shown = crate::api::redact_url(&url);
+                    if self.client.may_retry(attempt, false).is_ok() {
+                        let cause = format!("unreadable page: {source}");
+                        self.client
+                            .wait_to_retry(&shown, attempt, None, &cause)
+                            .await;
+                        continue;
+                    }
+                    let error = ExtractError::Page {
                         offset,
-                        url,
+                        url: shown,
+                        attempts: attempt,
                         source,
-                    }),
-                );
-            }
-            Err(_) => return (offset, bytes, Err(ExtractError::WriterStopped)),
+                    };
+                    return (offset, bytes, Err(error));
+                }
+                None => return (offset, bytes, Err(ExtractError::WriterStopped)),
+            };
+            break (page, bytes);
         };
         let steps = if self.with_steps {
-            match self.steps(&workflow, page.runs.clone()).await {
+            // The first record of a page after the first is normally the previous page's last
+            // run, already fetched; if it is new after all, paging fetches its steps.
+            let skip = usize::from(offset > 0);
+            let runs = page.runs.iter().skip(skip).cloned().collect();
+            match self.steps(&workflow, runs).await {
                 Ok(steps) => steps,
                 Err(e) => return (offset, bytes, Err(e)),
             }
         } else {
             Vec::new()
         };
-        (offset, bytes, Ok(Fetched { page, steps }))
+        let retries = u64::from(attempt - 1);
+        (
+            offset,
+            bytes,
+            Ok(Fetched {
+                page,
+                steps,
+                retries,
+            }),
+        )
     }
 
     /// Fetches the steps of `runs`, several at once within the shared concurrency budget. A run
@@ -595,6 +769,7 @@ impl Fetcher {
                 ExtractError::Page {
                     offset: 0,
                     url: crate::api::redact_url(&url),
+                    attempts: 1,
                     source,
                 }
             })?;
@@ -642,14 +817,29 @@ impl Tally {
         }
     }
 
-    /// Drops runs already received from an earlier page, and records what is left.
-    fn keep_new_runs(&mut self, page: &mut FlatPage) {
+    /// Drops runs (and quarantined records) already received from an earlier page, with the
+    /// traces of dropped runs, and records what is left. Returns how many records repeated.
+    fn keep_new_runs(&mut self, page: &mut FlatPage) -> u64 {
         let repeated: HashSet<String> = page
             .runs
             .iter()
-            .filter(|run| !self.seen.insert(id_hash(&run.id)))
+            .filter(|run| !self.seen.insert(flatten::id_key(&run.id)))
             .map(|run| run.id.clone())
             .collect();
+        let before = page.rejected.len();
+        let keys = &page.keys;
+        let seen = &mut self.seen;
+        page.rejected.retain(|r| {
+            let key = keys.get(r.index).copied().unwrap_or_default();
+            if r.kept {
+                // The trace of a run: goes with its run.
+                !repeated.iter().any(|id| flatten::id_key(id) == key)
+            } else {
+                seen.insert(key)
+            }
+        });
+        let quarantined = page.rejected.iter().filter(|r| !r.kept).count();
+        let dropped_rejects = (before - page.rejected.len()) as u64;
         if !repeated.is_empty() {
             page.drop_runs(|id| repeated.contains(id));
         }
@@ -660,10 +850,11 @@ impl Tally {
             }
         }
         let s = &mut self.stats;
-        s.duplicates += (repeated.len() + page.duplicates) as u64;
+        s.duplicates += page.duplicates as u64;
         s.runs += page.runs.len() as u64;
-        s.rejected += page.rejected.len() as u64;
+        s.rejected += quarantined as u64;
         s.unreadable_values += page.unreadable_values as u64;
+        repeated.len() as u64 + dropped_rejects
     }
 
     /// The state to save once this export's data is committed.
@@ -704,15 +895,4 @@ impl Tally {
 /// A duration in microseconds, saturating.
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// A 128-bit fingerprint of a run id: exact-set semantics at a fraction of the memory of the ids.
-fn id_hash(id: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut h = DefaultHasher::new();
-        salt.hash(&mut h);
-        id.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
 }

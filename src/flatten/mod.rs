@@ -150,6 +150,9 @@ pub struct FlatPage {
     pub unreadable_fields: BTreeMap<&'static str, usize>,
     /// Records repeating a run id seen earlier in the same page (the first one is kept).
     pub duplicates: usize,
+    /// A fingerprint of each record, in page order: its run id's ([`id_key`]), or its text's
+    /// when it has no usable id. Paging uses them to check that consecutive pages join up.
+    pub keys: Vec<u128>,
 }
 
 impl FlatPage {
@@ -177,6 +180,27 @@ fn filter_by_run_id(batch: &RecordBatch, drop: &impl Fn(&str) -> bool) -> Record
         .expect("every table has a non-null utf8 run_id column");
     let keep: BooleanArray = ids.iter().map(|id| Some(!drop(id.unwrap_or("")))).collect();
     filter_record_batch(batch, &keep).expect("filtering a batch by a mask of its own length")
+}
+
+/// A 128-bit fingerprint of a run id: exact-set semantics at a fraction of the memory of the ids.
+pub fn id_key(id: &str) -> u128 {
+    fingerprint(0, id)
+}
+
+/// The fingerprint of a record without a usable id, from its text.
+fn text_key(text: &str) -> u128 {
+    fingerprint(2, text)
+}
+
+fn fingerprint(salt: u8, text: &str) -> u128 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        text.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(salt)) << 64) | u128::from(half(salt + 1))
 }
 
 /// Flattens one page body (the bytes of a `GET /workflows/{id}/runs` response).
@@ -209,6 +233,7 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
         let record = match element {
             Element::Record(record) => record,
             Element::Quarantined { reason, text } => {
+                out.keys.push(text_key(&text));
                 out.rejected
                     .push(reject(reason, Value::String(text), false));
                 continue;
@@ -217,10 +242,12 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
         let run = match RunFields::from_record(&record) {
             Ok(run) => run,
             Err(reason) => {
+                out.keys.push(text_key(&record.to_string()));
                 out.rejected.push(reject(reason, record, false));
                 continue;
             }
         };
+        out.keys.push(id_key(&run.id));
         if !ids_in_page.insert(run.id.clone()) {
             out.duplicates += 1;
             continue;

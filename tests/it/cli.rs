@@ -237,6 +237,7 @@ fn a_host_that_does_not_resolve_is_exit_7_and_names_the_host() {
         "s: cannot resolve the host name: ",
         "hint: the host `orchestra.invalid` does not resolve: check the host name in `--base-url`, and DNS or proxy settings",
     );
+    // A name that does not exist is not retried, whatever `--max-retries` allows.
     let dir = tempfile::tempdir().unwrap();
     let per_workflow = run_with_env(
         &[
@@ -247,8 +248,6 @@ fn a_host_that_does_not_resolve_is_exit_7_and_names_the_host() {
             "w",
             "--out",
             dir.path().to_str().unwrap(),
-            "--max-retries",
-            "0",
         ],
         &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
     );

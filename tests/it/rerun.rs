@@ -573,7 +573,7 @@ fn a_config_file_drives_the_export_and_flags_override_it() {
     .unwrap();
     let out = run(&["export", "--config", config.to_str().unwrap()]);
     assert_ok(&out);
-    assert_eq!(offsets(&sim.paths(), &a), [0, 50, 100, 120]);
+    assert_eq!(offsets(&sim.paths(), &a), [0, 49, 98, 119]);
     let dataset = dir.path().join("dataset");
     assert_dataset_matches(&dataset, &a, &sim.server.records(&a), 0);
 
@@ -589,7 +589,7 @@ fn a_config_file_drives_the_export_and_flags_override_it() {
         "100",
     ]);
     assert_ok(&out);
-    assert_eq!(offsets(&sim.paths()[from..], &b), [0, 100, 120]);
+    assert_eq!(offsets(&sim.paths()[from..], &b), [0, 99, 119]);
     assert!(offsets(&sim.paths()[from..], &a).is_empty());
     assert_dataset_matches(&dataset, &b, &sim.server.records(&b), 0);
 
