@@ -122,6 +122,11 @@ pub struct ConfigFile {
     #[serde(default, deserialize_with = "duration")]
     pub request_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
+    pub max_rps: Option<f64>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_response_size: Option<u64>,
+    #[serde(default, deserialize_with = "seconds")]
+    pub retry_delay: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub lookback: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -134,6 +139,68 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let secs = <f64 as serde::Deserialize>::deserialize(d)?;
+    check_retry_delay(secs)
+        .map(|s| Some(Duration::from_secs_f64(s)))
+        .map_err(serde::de::Error::custom)
+}
+
+/// Smallest and largest `--max-response-size`.
+pub const RESPONSE_SIZE_RANGE: (u64, u64) = (1024, 16 << 30);
+
+/// A byte size: a number with an optional unit `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`
+/// (powers of 1024 for all: a response limit is about memory).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => u32::MAX,
+    };
+    let (min, max) = RESPONSE_SIZE_RANGE;
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| shift != u32::MAX)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("`{text}` is not a size between 1KB and 16GB, like `256MB`"))
+}
+
+/// A first retry delay in seconds: more than 0, at most 60.
+pub fn check_retry_delay(secs: f64) -> Result<f64, String> {
+    if secs.is_finite() && secs > 0.0 && secs <= 60.0 {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "`{secs}` is not a number of seconds above 0 and at most 60"
+        ))
+    }
+}
+
+/// A request rate: more than 0, at most 100000 per second.
+pub fn check_max_rps(rps: f64) -> Result<f64, String> {
+    if rps.is_finite() && rps > 0.0 && rps <= 100_000.0 {
+        Ok(rps)
+    } else {
+        Err(format!(
+            "`{rps}` is not a rate above 0 and at most 100000 requests per second"
+        ))
+    }
 }
 
 impl ConfigFile {
@@ -181,6 +248,9 @@ impl ConfigFile {
         }
         if self.max_retries.is_some_and(|n| n > 50) {
             return Err("`max_retries` must be at most 50".to_owned());
+        }
+        if let Some(rps) = self.max_rps {
+            check_max_rps(rps).map_err(|e| format!("`max_rps`: {e}"))?;
         }
         if self
             .request_timeout
@@ -285,6 +355,12 @@ pub struct ExportInputs {
     pub concurrency: usize,
     pub request_timeout: Duration,
     pub max_retries: u32,
+    /// Requests per second at most (`None`: only the API's 429s limit).
+    pub max_rps: Option<f64>,
+    /// Largest response body (`None`: the default).
+    pub max_response_bytes: Option<u64>,
+    /// First retry backoff (`None`: the default).
+    pub retry_delay: Option<Duration>,
     pub full: bool,
     pub lookback: Duration,
     pub unfinished_horizon: Duration,
@@ -322,10 +398,12 @@ impl ExportInputs {
                 connect_timeout: api::DEFAULT_CONNECT_TIMEOUT.min(self.request_timeout),
                 retry: RetryPolicy {
                     max_retries: self.max_retries,
-                    ..RetryPolicy::default()
+                    base_delay: self.retry_delay.unwrap_or(api::retry::DEFAULT_BASE_DELAY),
                 },
-                max_response_bytes: api::DEFAULT_MAX_RESPONSE_BYTES,
-                max_rps: None,
+                max_response_bytes: self
+                    .max_response_bytes
+                    .unwrap_or(api::DEFAULT_MAX_RESPONSE_BYTES),
+                max_rps: self.max_rps,
             },
             workflow_ids: ids,
             all_workflows: self.all_workflows,

@@ -155,108 +155,119 @@ pub async fn export(
         tracing::info!(target: "dataset", files = abandoned, "removed files left by an interrupted export");
     }
 
-    let hook_reporter = reporter.clone();
-    let client = ApiClient::new(config.client.clone())
-        .map_err(ExportError::Client)?
-        .with_retry_hook(Arc::new(move |url, attempt, delay, cause| {
-            hook_reporter.on_retry(url, attempt, delay, cause);
-        }));
+    let staging = format!("{STAGING_DIR}/{export_id}");
+    let result: Result<ExportSummary, ExportError> = async {
+        let hook_reporter = reporter.clone();
+        let client = ApiClient::new(config.client.clone())
+            .map_err(ExportError::Client)?
+            .with_retry_hook(Arc::new(move |url, attempt, delay, cause| {
+                hook_reporter.on_retry(url, attempt, delay, cause);
+            }));
 
-    let mut workflow_ids = config.workflow_ids.clone();
-    let mut workflow_list = None;
-    if config.all_workflows {
-        let url = client.workflows_url();
-        let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
-        let list =
-            flatten_workflows(&body, chrono::Utc::now().timestamp_micros()).map_err(|source| {
-                ExportError::WorkflowList {
-                    url: crate::api::redact_url(&url),
-                    source,
-                }
-            })?;
-        if list.skipped > 0 {
-            tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
-        }
-        for id in &list.ids {
-            if !workflow_ids.contains(id) {
-                workflow_ids.push(id.clone());
+        let mut workflow_ids = config.workflow_ids.clone();
+        let mut workflow_list = None;
+        if config.all_workflows {
+            let url = client.workflows_url();
+            let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
+            let list =
+                flatten_workflows(&body, chrono::Utc::now().timestamp_micros()).map_err(|source| {
+                    ExportError::WorkflowList {
+                        url: crate::api::redact_url(&url),
+                        source,
+                    }
+                })?;
+            if list.skipped > 0 {
+                tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
             }
+            for id in &list.ids {
+                if !workflow_ids.contains(id) {
+                    workflow_ids.push(id.clone());
+                }
+            }
+            workflow_list = Some(list);
         }
-        workflow_list = Some(list);
-    }
-    let mut work = Vec::with_capacity(workflow_ids.len());
-    for id in workflow_ids {
-        let previous = if config.full {
-            None
-        } else {
-            state::load(storage.as_ref(), &id)?
+        let mut work = Vec::with_capacity(workflow_ids.len());
+        for id in workflow_ids {
+            let previous = if config.full {
+                None
+            } else {
+                state::load(storage.as_ref(), &id)?
+            };
+            work.push((id, previous));
+        }
+        reporter.on_start(work.len());
+
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        let writer = spawn_writer(
+            storage.clone(),
+            WriterOptions::new(format!("{STAGING_DIR}/{export_id}/")),
+            export_id.clone(),
+            rx,
+        );
+        let options = ExtractOptions {
+            export_id: export_id.clone(),
+            lookback: (!config.full).then_some(config.lookback),
+            ..config.extract.clone()
         };
-        work.push((id, previous));
-    }
-    reporter.on_start(work.len());
+        let extractor = Extractor::new(client.clone(), options, tx, reporter.clone(), stopper);
+        let outcomes = extractor.run(work).await;
+        drop(extractor); // closes the queue so the writer finishes
+        reporter.on_finish();
+        let (staged, rejected) = tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|_| ExportError::WriterPanicked)?
+            .map_err(|_| ExportError::WriterPanicked)??;
 
-    let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
-    let writer = spawn_writer(
-        storage.clone(),
-        WriterOptions::new(format!("{STAGING_DIR}/{export_id}/")),
-        export_id.clone(),
-        rx,
-    );
-    let options = ExtractOptions {
-        export_id: export_id.clone(),
-        lookback: (!config.full).then_some(config.lookback),
-        ..config.extract.clone()
-    };
-    let extractor = Extractor::new(client.clone(), options, tx, reporter.clone(), stopper);
-    let outcomes = extractor.run(work).await;
-    drop(extractor); // closes the queue so the writer finishes
-    reporter.on_finish();
-    let (staged, rejected) = tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .map_err(|_| ExportError::WriterPanicked)?
-        .map_err(|_| ExportError::WriterPanicked)??;
+        // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
+        // dataset in the middle of a commit for a finished one.
+        remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
+        let committed = dataset::commit(storage.as_ref(), &staged, config.extract.with_steps)?;
+        let workflows_table_rows = match &workflow_list {
+            Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
+            None => None,
+        };
+        // State advances only now that the data it describes is durable; failed workflows keep
+        // theirs.
+        for state in outcomes.iter().filter_map(|o| o.new_state.as_ref()) {
+            state::save(storage.as_ref(), state)?;
+        }
+        storage.remove_dir_all(&format!("{STAGING_DIR}/{export_id}"))?;
 
-    // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
-    // dataset in the middle of a commit for a finished one.
-    remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
-    let committed = dataset::commit(storage.as_ref(), &staged, config.extract.with_steps)?;
-    let workflows_table_rows = match &workflow_list {
-        Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
-        None => None,
-    };
-    // State advances only now that the data it describes is durable; failed workflows keep
-    // theirs.
-    for state in outcomes.iter().filter_map(|o| o.new_state.as_ref()) {
-        state::save(storage.as_ref(), state)?;
+        let stats = client.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let summary = ExportSummary {
+            export_id,
+            full: config.full,
+            workflows: outcomes,
+            staged,
+            committed,
+            workflows_table_rows,
+            rejected,
+            requests: load(&stats.requests),
+            retries: load(&stats.retries),
+            throttled: load(&stats.throttled),
+            bytes_received: load(&stats.bytes),
+            elapsed: started.elapsed(),
+        };
+        let manifest = manifest(&summary, started_at);
+        write_jsonl(
+            storage.as_ref(),
+            &format!("{MANIFEST_DIR}/{}.json", summary.export_id),
+            [manifest.to_string()],
+        )?;
+        if summary.failed().next().is_none() {
+            write_jsonl(storage.as_ref(), SUCCESS_MARKER, [manifest.to_string()])?;
+        }
+        Ok(summary)
     }
-    storage.remove_dir_all(&format!("{STAGING_DIR}/{export_id}"))?;
-
-    let stats = client.stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let summary = ExportSummary {
-        export_id,
-        full: config.full,
-        workflows: outcomes,
-        staged,
-        committed,
-        workflows_table_rows,
-        rejected,
-        requests: load(&stats.requests),
-        retries: load(&stats.retries),
-        throttled: load(&stats.throttled),
-        bytes_received: load(&stats.bytes),
-        elapsed: started.elapsed(),
-    };
-    let manifest = manifest(&summary, started_at);
-    write_jsonl(
-        storage.as_ref(),
-        &format!("{MANIFEST_DIR}/{}.json", summary.export_id),
-        [manifest.to_string()],
-    )?;
-    if summary.failed().next().is_none() {
-        write_jsonl(storage.as_ref(), SUCCESS_MARKER, [manifest.to_string()])?;
+    .await;
+    if result.is_err() {
+        // Leave the dataset as the last good export left it: no staged files, no temp files
+        // (a full disk is the usual reason to be here, and they hold the space).
+        let _ = storage.remove_dir_all(&staging);
+        let _ = storage.remove_abandoned("");
     }
-    Ok(summary)
+    result
 }
 
 fn remove_if_present(storage: &dyn Storage, path: &str) -> Result<(), DatasetError> {

@@ -3,7 +3,7 @@
 //! With `--max-rps` it spaces request starts at most that many per second. On a 429 the whole
 //! client slows down at once: every request waits out the server's `Retry-After` (or a short
 //! pause), and the allowed rate is cut to half of what was really being sent. It then grows back
-//! by 10% per second without a 429 (additive at low rates), up to `--max-rps` or, without one,
+//! by 25% per second without a 429 (plus 2 requests per second, so a low rate recovers), up to `--max-rps` or, without one,
 //! until it no longer limits anything. Only one cut is made per pause: the 429s of requests that
 //! were already on the wire when the first one came back do not cut the rate again, so a burst of
 //! 429s is one slow-down, not a collapse (AIMD, as TCP congestion control does per round trip).
@@ -19,9 +19,9 @@ const UNLIMITED_ABOVE: f64 = 5_000.0;
 /// Pause after a 429 that names no `Retry-After`.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// Growth per second without a 429: multiplicative part.
-const GROWTH: f64 = 0.10;
+const GROWTH: f64 = 0.25;
 /// Growth per second without a 429: additive part (requests per second).
-const GROWTH_STEP: f64 = 1.0;
+const GROWTH_STEP: f64 = 2.0;
 /// Window over which the rate actually sent is measured.
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -69,30 +69,39 @@ impl RateLimiter {
     }
 
     /// Waits for this request's turn; returns when it may start (the value to pass to
-    /// [`RateLimiter::throttled`] if it gets a 429).
+    /// [`RateLimiter::throttled`] if it gets a 429). Nothing is reserved while waiting, so a
+    /// request given up meanwhile costs no slot and a rate that grows applies at once.
     pub async fn acquire(&self) -> Instant {
         loop {
-            let start = self.reserve(Instant::now());
             let now = Instant::now();
-            if start <= now {
-                return now;
-            }
-            tokio::time::sleep_until(start.into()).await;
-            // A pause may have begun while this request waited: check again.
-            if self.state().paused_until <= Instant::now() {
-                return Instant::now();
+            match self.try_start(now) {
+                Ok(()) => return now,
+                Err(at) => tokio::time::sleep_until(at.into()).await,
             }
         }
     }
 
-    /// Reserves the next start at or after `now` and records it.
-    fn reserve(&self, now: Instant) -> Instant {
+    /// Starts a request at `now` if the pause and the rate allow it; otherwise says when to
+    /// try again.
+    fn try_start(&self, now: Instant) -> Result<(), Instant> {
         let mut s = self.state();
         self.grow(&mut s, now);
-        let mut start = now.max(s.paused_until);
+        let mut at = s.paused_until;
+        if s.rate.is_some() {
+            at = at.max(s.next_slot);
+        }
+        if at > now {
+            return Err(at);
+        }
         if let Some(rate) = s.rate {
-            start = start.max(s.next_slot);
-            s.next_slot = start + Duration::from_secs_f64(1.0 / rate);
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            // After an idle spell, start from now: no burst of saved-up slots.
+            let base = if s.next_slot + interval < now {
+                now
+            } else {
+                s.next_slot
+            };
+            s.next_slot = base + interval;
         }
         while s
             .recent
@@ -101,8 +110,8 @@ impl RateLimiter {
         {
             s.recent.pop_front();
         }
-        s.recent.push_back(start);
-        start
+        s.recent.push_back(now);
+        Ok(())
     }
 
     /// A request started at `sent_at` got a 429: pause everyone for `retry_after` and, once per
@@ -164,30 +173,38 @@ mod tests {
     fn max_rps_spaces_starts_evenly() {
         let limiter = RateLimiter::new(Some(10.0));
         let t0 = Instant::now();
-        let starts: Vec<Instant> = (0..5).map(|_| limiter.reserve(t0)).collect();
-        for (i, start) in starts.iter().enumerate() {
-            let want = Duration::from_millis(100 * i as u64);
-            let got = start.duration_since(t0);
-            assert!(
-                got.abs_diff(want) < Duration::from_millis(1),
-                "{i}: {got:?}"
-            );
-        }
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // When to try again, in whole milliseconds after t0 (`None`: started).
+        let start = |ms: u64| {
+            limiter
+                .try_start(at(ms))
+                .err()
+                .map(|t| (t.duration_since(t0).as_secs_f64() * 1000.0).round() as u64)
+        };
+        assert_eq!(start(0), None);
+        assert_eq!(start(0), Some(100));
+        assert_eq!(start(100), None);
+        assert_eq!(start(150), Some(200));
+        // After an idle second, one start, not ten saved up.
+        assert_eq!(start(1200), None);
+        assert_eq!(start(1200), Some(1300));
     }
 
     #[test]
     fn a_burst_of_429s_cuts_the_rate_once_and_pauses_everyone() {
         let limiter = RateLimiter::new(None);
         let t0 = Instant::now();
-        let sent: Vec<Instant> = (0..40).map(|_| limiter.reserve(t0)).collect();
-        for at in &sent {
-            limiter.throttled(*at, Some(Duration::from_secs(2)));
+        for _ in 0..40 {
+            assert_eq!(limiter.try_start(t0), Ok(()));
+        }
+        for _ in 0..40 {
+            limiter.throttled(t0, Some(Duration::from_secs(2)));
         }
         let (rate, cuts) = limiter.current();
         assert_eq!(cuts, 1);
         assert_eq!(rate, Some(20.0));
-        let next = limiter.reserve(Instant::now());
-        assert!(next >= t0 + Duration::from_millis(1900), "no pause");
+        let retry_at = limiter.try_start(Instant::now()).unwrap_err();
+        assert!(retry_at >= t0 + Duration::from_millis(1900), "no pause");
     }
 
     #[test]
@@ -214,8 +231,8 @@ mod tests {
     fn growth_stops_at_max_rps() {
         let limiter = RateLimiter::new(Some(8.0));
         let t0 = Instant::now();
-        let sent: Vec<Instant> = (0..8).map(|_| limiter.reserve(t0)).collect();
-        limiter.throttled(sent[0], None);
+        assert_eq!(limiter.try_start(t0), Ok(()));
+        limiter.throttled(t0, None);
         let mut s = limiter.state();
         limiter.grow(&mut s, t0 + Duration::from_secs(120));
         assert_eq!(s.rate, Some(8.0));

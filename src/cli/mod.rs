@@ -147,6 +147,20 @@ struct Tuning {
     /// [default: 6]
     #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
     max_retries: Option<u32>,
+    /// Seconds before the first retry; doubled each time (with jitter), at most 30 s unless the
+    /// API's `Retry-After` asks for more. [default: 0.25]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS",
+          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_retry_delay))]
+    retry_delay: Option<f64>,
+    /// Requests started per second at most, across all workflows. Without it only the API's
+    /// 429 answers slow the export down (it then halves its rate and speeds back up slowly).
+    #[arg(long, allow_negative_numbers = true, value_name = "N",
+          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_max_rps))]
+    max_rps: Option<f64>,
+    /// Largest response body accepted (`512KB`, `256MB`, `1GB`); a larger one fails its workflow
+    /// without being read further. [default: 256MB]
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    max_response_size: Option<u64>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -201,6 +215,20 @@ struct SimulateArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     latency_ms: u64,
+    /// Inject a fault, e.g. `503:rate=0.1`, `429:first=5:retry-after=2`, `reset:rate=0.05`,
+    /// `truncate:path=/runs`, `malformed:always:path=WORKFLOW`, `hang=90`, `slow=200`,
+    /// `huge=3000000000`, `redirect=http://127.0.0.1:9000`. Repeatable; the first that matches
+    /// a request wins.
+    #[arg(long = "fault", value_name = "SPEC", value_parser = |t: &str| t.parse::<simulate::Fault>())]
+    faults: Vec<simulate::Fault>,
+    /// Answer 429 (with `Retry-After`) beyond this many requests per second.
+    #[arg(long, allow_negative_numbers = true, value_name = "RPS",
+          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_max_rps))]
+    rate_limit: Option<f64>,
+    /// Change histories while they are paged: `insert=N,purge=N,jitter=MS` (runs added at the
+    /// head and purged from the tail after each page request, and a random delay per request).
+    #[arg(long, value_name = "SPEC", value_parser = |t: &str| t.parse::<simulate::Drift>())]
+    drift: Option<simulate::Drift>,
 }
 
 /// Simulated workflows: at least one, at most what fits in memory comfortably.
@@ -302,6 +330,12 @@ fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> Ex
             .max_retries
             .or(file.max_retries)
             .unwrap_or(api::retry::DEFAULT_MAX_RETRIES),
+        max_rps: tuning.max_rps.or(file.max_rps),
+        max_response_bytes: tuning.max_response_size.or(file.max_response_size),
+        retry_delay: tuning
+            .retry_delay
+            .map(Duration::from_secs_f64)
+            .or(file.retry_delay),
         lookback: file.lookback.unwrap_or(config::DEFAULT_LOOKBACK),
         unfinished_horizon: file
             .unfinished_horizon
@@ -685,6 +719,13 @@ async fn run_simulate(args: SimulateArgs) -> i32 {
         page_cap: args.page_cap,
         api_key,
         latency: Duration::from_millis(args.latency_ms),
+        faults: args.faults,
+        rate_limit: args.rate_limit.map(|per_second| simulate::RateLimit {
+            per_second,
+            burst: per_second.max(1.0),
+            http_date: false,
+        }),
+        drift: args.drift,
         ..SimConfig::default()
     };
     let server = match SimServer::start(sim_config, args.listen).await {

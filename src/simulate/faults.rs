@@ -7,6 +7,7 @@
 //! `reset:first=3:path=/runs`, `malformed:always:path=wf-0003`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,12 @@ pub enum FaultKind {
     SlowBody {
         /// Pause between chunks.
         pause: Duration,
+    },
+    /// A `200` whose body is this many bytes (a JSON array padded with spaces), generated
+    /// while it is sent, without a `Content-Length`: a client must stop reading at its limit.
+    Huge {
+        /// Body length.
+        bytes: u64,
     },
 }
 
@@ -134,7 +141,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `KIND[:OPTION]…` where KIND is an HTTP status (`429`, `503`…), `reset`, `truncate`,
-    /// `malformed`, `hang=SECS`, `slow=MILLIS` or `redirect=http://host:port`, and the options
+    /// `malformed`, `hang=SECS`, `slow=MILLIS`, `huge=BYTES` or `redirect=http://host:port`, and the options
     /// are `first=N` (the default is `first=1`), `rate=P`, `always`, `path=TEXT` and, for
     /// statuses, `retry-after=SECS` or `retry-date=SECS`.
     fn from_str(spec: &str) -> Result<Self, String> {
@@ -186,6 +193,9 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
         "slow" => FaultKind::SlowBody {
             pause: Duration::from_millis(number(name, value)?),
         },
+        "huge" => FaultKind::Huge {
+            bytes: number(name, value)?,
+        },
         "redirect" if value.starts_with("http://") || value.starts_with("https://") => {
             FaultKind::Redirect {
                 origin: value.trim_end_matches('/').to_owned(),
@@ -199,7 +209,7 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
             _ => {
                 return Err(format!(
                     "unknown fault `{text}`: expected an HTTP status 400-599, reset, truncate, \
-                     malformed, hang=SECS, slow=MILLIS or redirect=http://HOST:PORT"
+                     malformed, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT"
                 ));
             }
         },
@@ -212,10 +222,12 @@ fn number<T: FromStr>(name: &str, value: &str) -> Result<T, String> {
         .map_err(|_| format!("`{name}={value}` needs a number"))
 }
 
-/// The faults of one simulator and how many requests each has matched.
+/// The faults of one simulator, how many requests each has matched and how many it hit.
 pub(super) struct FaultPlan {
     seed: u64,
-    faults: Vec<(Fault, AtomicU64)>,
+    faults: Vec<(Fault, AtomicU64, AtomicU64)>,
+    /// Bytes of `Huge` bodies actually sent.
+    pub(super) huge_bytes_sent: Arc<AtomicU64>,
 }
 
 impl FaultPlan {
@@ -224,8 +236,9 @@ impl FaultPlan {
             seed,
             faults: faults
                 .iter()
-                .map(|f| (f.clone(), AtomicU64::new(0)))
+                .map(|f| (f.clone(), AtomicU64::new(0), AtomicU64::new(0)))
                 .collect(),
+            huge_bytes_sent: Arc::default(),
         }
     }
 
@@ -235,7 +248,7 @@ impl FaultPlan {
         self.faults
             .iter()
             .enumerate()
-            .find_map(|(i, (fault, seen))| {
+            .find_map(|(i, (fault, seen, hits))| {
                 if !fault
                     .path_contains
                     .as_deref()
@@ -249,8 +262,19 @@ impl FaultPlan {
                     Schedule::Always => true,
                     Schedule::Rate(p) => unit_hash(self.seed, i as u64, n) < p,
                 };
+                if hit {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                }
                 hit.then_some(&fault.kind)
             })
+    }
+
+    /// How many requests each fault was injected into, in the order given.
+    pub(super) fn injected(&self) -> Vec<u64> {
+        self.faults
+            .iter()
+            .map(|(_, _, hits)| hits.load(Ordering::SeqCst))
+            .collect()
     }
 }
 
@@ -297,6 +321,7 @@ pub(super) fn replace(kind: &FaultKind, path_and_query: &str) -> Option<Response
             }
             Some(response)
         }
+        FaultKind::Huge { .. } => None,
         FaultKind::Malformed => Some(
             (
                 StatusCode::OK,
@@ -307,6 +332,30 @@ pub(super) fn replace(kind: &FaultKind, path_and_query: &str) -> Option<Response
         ),
         _ => None,
     }
+}
+
+/// A body of `bytes` bytes, `[` then spaces then `]`, generated as it is sent, counting what
+/// was sent into `sent`.
+pub(super) fn huge_body(bytes: u64, sent: Arc<AtomicU64>) -> Response {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = bytes.div_ceil(CHUNK);
+    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+        let len = CHUNK.min(bytes - i * CHUNK) as usize;
+        let mut chunk = vec![b' '; len];
+        if i == 0 {
+            chunk[0] = b'[';
+        }
+        if i + 1 == chunks {
+            chunk[len - 1] = b']';
+        }
+        sent.fetch_add(len as u64, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(Bytes::from(chunk))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Applies a body fault to the handler's real (successful) answer.
@@ -419,6 +468,29 @@ pub struct Drift {
     pub purge_per_page: u64,
     /// Each page request waits a seeded random time below this before it is answered.
     pub jitter: Duration,
+}
+
+impl FromStr for Drift {
+    type Err = String;
+
+    /// `insert=N,purge=N,jitter=MS`, every part optional.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut drift = Drift::default();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            match name {
+                "insert" => drift.insert_per_page = number(name, value)?,
+                "purge" => drift.purge_per_page = number(name, value)?,
+                "jitter" => drift.jitter = Duration::from_millis(number(name, value)?),
+                _ => {
+                    return Err(format!(
+                        "unknown drift part `{part}`: expected insert=N, purge=N or jitter=MS"
+                    ));
+                }
+            }
+        }
+        Ok(drift)
+    }
 }
 
 /// The seeded delay of request number `n` under `drift`.

@@ -342,6 +342,16 @@ impl SimServer {
         }
     }
 
+    /// How many requests each configured fault was injected into, in the order given.
+    pub fn injected(&self) -> Vec<u64> {
+        self.state.faults.injected()
+    }
+
+    /// Bytes of `Huge` fault bodies actually sent (a client that stops reading stops them).
+    pub fn huge_bytes_sent(&self) -> u64 {
+        self.state.faults.huge_bytes_sent.load(Ordering::Relaxed)
+    }
+
     /// The most requests it was answering at the same moment.
     pub fn max_concurrent_requests(&self) -> usize {
         self.state.max_in_flight.load(Ordering::Relaxed)
@@ -404,12 +414,16 @@ async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: 
             None => next.run(request).await,
             Some(kind) => match faults::replace(kind, &path_and_query) {
                 Some(replaced) => replaced,
-                None => {
-                    if let FaultKind::Hang(wait) = kind {
-                        tokio::time::sleep(*wait).await;
+                None => match kind {
+                    FaultKind::Huge { bytes } => {
+                        faults::huge_body(*bytes, state.faults.huge_bytes_sent.clone())
                     }
-                    faults::damage(kind, next.run(request).await).await
-                }
+                    FaultKind::Hang(wait) => {
+                        tokio::time::sleep(*wait).await;
+                        next.run(request).await
+                    }
+                    _ => faults::damage(kind, next.run(request).await).await,
+                },
             },
         }
     };

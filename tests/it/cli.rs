@@ -66,6 +66,11 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["export", "--workflow", "w", "--request-timeout", "NaN"], secs("NaN")),
         (vec!["export", "--workflow", "w", "--request-timeout", "1e9"], secs("1e9")),
         (vec!["export", "--workflow", "w", "--max-retries", "51"], bad_value("51", "--max-retries <N>", "51 is not in 0..=50")),
+        (vec!["export", "--workflow", "w", "--max-rps", "0"], bad_value("0", "--max-rps <N>", "`0` is not a rate above 0 and at most 100000 requests per second")),
+        (vec!["export", "--workflow", "w", "--max-rps", "fast"], bad_value("fast", "--max-rps <N>", "`fast` is not a number")),
+        (vec!["export", "--workflow", "w", "--retry-delay", "61"], bad_value("61", "--retry-delay <SECS>", "`61` is not a number of seconds above 0 and at most 60")),
+        (vec!["export", "--workflow", "w", "--max-response-size", "1"], bad_value("1", "--max-response-size <SIZE>", "`1` is not a size between 1KB and 16GB, like `256MB`")),
+        (vec!["export", "--workflow", "w", "--max-response-size", "9TB"], bad_value("9TB", "--max-response-size <SIZE>", "`9TB` is not a size between 1KB and 16GB, like `256MB`")),
         (vec!["export", "--workflow", "w", "--lookback", "soon"], duration("soon", "--lookback <DURATION>")),
         (vec!["export", "--workflow", "w", "--lookback", "3651d"], duration("3651d", "--lookback <DURATION>")),
         (vec!["export", "--workflow", "w", "--unfinished-horizon", "1w"], duration("1w", "--unfinished-horizon <DURATION>")),
@@ -97,6 +102,10 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["simulate", "--runs", "1000001"], bad_value("1000001", "--runs <N>", "1000001 is not in 1..=1000000")),
         (vec!["simulate", "--page-cap", "0"], bad_value("0", "--page-cap <N>", "0 is not in 1..=100000")),
         (vec!["simulate", "--latency-ms", "600001"], bad_value("600001", "--latency-ms <MS>", "600001 is not in 0..=600000")),
+        (vec!["simulate", "--fault", "200"], bad_value("200", "--fault <SPEC>", "unknown fault `200`: expected an HTTP status 400-599, reset, truncate, malformed, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT")),
+        (vec!["simulate", "--fault", "503:rate=2"], bad_value("503:rate=2", "--fault <SPEC>", "`rate=2` must be between 0 and 1")),
+        (vec!["simulate", "--drift", "insert=x"], bad_value("insert=x", "--drift <SPEC>", "`insert=x` needs a number")),
+        (vec!["simulate", "--rate-limit", "-3"], bad_value("-3", "--rate-limit <RPS>", "`-3` is not a rate above 0 and at most 100000 requests per second")),
         // report
         (vec!["report", "--top", "0"], bad_value("0", "--top <N>", "0 is not in 1..=100000")),
         (vec!["report", "--since", "2026-13-01"], bad_value("2026-13-01", "--since <DATE>", "input is out of range")),
@@ -117,7 +126,7 @@ fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
     let path = dir.path().join("export.toml");
     let file = path.display().to_string();
     let cases = [
-        ("concurency = 3", "unknown field `concurency`, expected one of `base_url`, `api_key_file`, `api_key`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `lookback`, `unfinished_horizon`, `with_steps`".to_owned()),
+        ("concurency = 3", "unknown field `concurency`, expected one of `base_url`, `api_key_file`, `api_key`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `max_rps`, `max_response_size`, `retry_delay`, `lookback`, `unfinished_horizon`, `with_steps`".to_owned()),
         ("base_url = 5", "`base_url`: invalid type: integer `5`, expected a string".into()),
         ("base_url = \"ftp://user:pw@h/x\"", "`base_url` `ftp://user:***@h/x`: scheme `ftp` is not http or https".into()),
         ("api_key = \"sk-123\"", "`api_key` is not allowed: keep the key out of config files; set `ORCHESTRA_API_KEY` or `api_key_file`".into()),
@@ -136,6 +145,9 @@ fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
         ("request_timeout = \"0s\"", "`request_timeout` must be more than 0s and at most 1d".into()),
         ("request_timeout = \"2d\"", "`request_timeout` must be more than 0s and at most 1d".into()),
         ("max_retries = 51", "`max_retries` must be at most 50".into()),
+        ("max_rps = -1.0", "`max_rps`: `-1` is not a rate above 0 and at most 100000 requests per second".into()),
+        ("max_response_size = \"lots\"", "`max_response_size`: `lots` is not a size between 1KB and 16GB, like `256MB`".into()),
+        ("retry_delay = 0.0", "`retry_delay`: `0` is not a number of seconds above 0 and at most 60".into()),
         ("lookback = \"soon\"", "`lookback`: `soon` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),
         ("lookback = 3600", "`lookback`: invalid type: integer `3600`, expected a string".into()),
         ("unfinished_horizon = \"3651d\"", "`unfinished_horizon`: `3651d` is not a duration like `30m`, `1h` or `7d` (at most 3650d)".into()),

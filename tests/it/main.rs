@@ -5,6 +5,7 @@ mod badinput;
 mod cli;
 mod export;
 mod faults;
+mod hostile;
 mod interop;
 mod report;
 mod rerun;

@@ -1,0 +1,593 @@
+//! A hostile API: one test per injected fault, drift, rate limit and resource limit, each
+//! asserting on the dataset's exact contents and on the simulator's request log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use orchestra_export::simulate::{
+    Drift, Fault, FaultKind, RateLimit, RetryAfter, Schedule, SimConfig,
+};
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Ids of the workflows a simulator with this many generated workflows serves (they depend on
+/// the seed only, so faults can name them before the faulty simulator starts).
+fn generated_ids(workflows: usize) -> Vec<String> {
+    let sim = Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: 1,
+        ..SimConfig::default()
+    });
+    sim.server
+        .workflows()
+        .iter()
+        .map(|w| w.id.clone())
+        .collect()
+}
+
+fn sim(workflows: usize, runs: u64, faults: Vec<Fault>) -> Sim {
+    Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: runs,
+        faults,
+        ..SimConfig::default()
+    })
+}
+
+/// `export` of every generated workflow of `sim`, with quick retries.
+fn export_all(sim: &Sim, out: &Path, extra: &[&str]) -> std::process::Output {
+    let ids: Vec<String> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| w.id.clone())
+        .collect();
+    let mut args: Vec<&str> = vec!["--retry-delay", "0.001"];
+    for id in &ids {
+        args.extend(["--workflow", id.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    export(sim, out, &args)
+}
+
+/// Every generated workflow's dataset equals what the simulator serves now, run for run.
+fn assert_exact(sim: &Sim, out: &Path) {
+    for wf in sim.server.workflows() {
+        assert_dataset_matches(out, &wf.id, &sim.server.records(&wf.id), 0);
+    }
+}
+
+/// The number printed just before `label` in the summary, e.g. `number(out, " retries")`.
+fn number(text: &str, label: &str) -> u64 {
+    let end = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
+    let digits: String = text[..end]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().unwrap()
+}
+
+fn answered(sim: &Sim, status: u16) -> usize {
+    sim.server
+        .requests()
+        .iter()
+        .filter(|r| r.status == status)
+        .count()
+}
+
+/// Run ids in the `runs` table per workflow, failing on any run stored twice.
+fn stored_ids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let (_, runs) = read_table(out, "runs");
+    let mut by_workflow: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in &runs {
+        let wf = row["workflow_id"].text().unwrap().to_owned();
+        let id = row["run_id"].text().unwrap().to_owned();
+        assert!(
+            by_workflow.entry(wf).or_default().insert(id.clone()),
+            "run {id} stored twice"
+        );
+    }
+    by_workflow
+}
+
+fn record_ids(records: &[Value]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
+    let sim = sim(
+        1,
+        300,
+        vec![
+            Fault::status("offset=0", 429, 1).with_retry_after(RetryAfter::Seconds(1)),
+            Fault::status("offset=99", 429, 1).with_retry_after(RetryAfter::HttpDate(1)),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    assert_eq!(sim.server.injected(), [1, 1]);
+    let log = sim.server.requests();
+    for page in ["offset=0", "offset=99"] {
+        let tries: Vec<_> = log
+            .iter()
+            .filter(|r| r.path_and_query.ends_with(page))
+            .collect();
+        assert_eq!(tries.len(), 2, "{page}: one 429, one retry");
+        assert_eq!((tries[0].status, tries[1].status), (429, 200));
+        let waited = tries[1].received_at - tries[0].received_at;
+        assert!(
+            waited >= Duration::from_millis(950),
+            "{page}: retried after {waited:?}"
+        );
+    }
+    let text = stdout(&out);
+    assert_eq!(number(&text, " answers were 429"), 2, "{text}");
+    assert_eq!(number(&text, " retries"), 2, "{text}");
+}
+
+#[test]
+fn server_errors_at_a_rate_are_retried_to_an_exact_dataset() {
+    let faults = [500, 502, 503, 504]
+        .into_iter()
+        .map(|status| Fault::status("/runs", status, 0).on(Schedule::Rate(0.05)))
+        .collect();
+    let sim = sim(3, 900, faults);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &["--concurrency", "1", "--page-size", "50"],
+    );
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    let injected: u64 = sim.server.injected().iter().sum();
+    assert!(injected >= 3, "the rate injected only {injected} faults");
+    let errors: usize = [500, 502, 503, 504]
+        .iter()
+        .map(|s| answered(&sim, *s))
+        .sum();
+    assert_eq!(errors as u64, injected);
+    // One page at a time: each fault costs exactly one retry and one request.
+    let text = stdout(&out);
+    assert_eq!(number(&text, " retries"), injected, "{text}");
+    assert_eq!(
+        number(&text, " requests") as usize,
+        sim.server.requests().len()
+    );
+    assert_eq!(
+        sim.server.requests().len() as u64,
+        answered(&sim, 200) as u64 + injected
+    );
+}
+
+#[test]
+fn connections_reset_mid_body_are_retried() {
+    let fault = Fault::new("/runs", FaultKind::ResetMidBody, 0).on(Schedule::Rate(0.15));
+    let sim = sim(2, 1000, vec![fault]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    let injected = sim.server.injected()[0];
+    assert!(injected >= 2, "{injected}");
+    assert_eq!(
+        number(&stdout(&out), " retries"),
+        injected,
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("connection broken"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bodies_cut_mid_json_are_fetched_again() {
+    let fault = Fault::new("/runs", FaultKind::TruncatedBody, 0).on(Schedule::Rate(0.15));
+    let sim = sim(2, 1000, vec![fault]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    let injected = sim.server.injected()[0];
+    assert!(injected >= 2, "{injected}");
+    let text = stdout(&out);
+    assert_eq!(
+        number(&text, " unreadable pages fetched again"),
+        injected,
+        "{text}"
+    );
+    assert_eq!(number(&text, " retries"), injected, "{text}");
+    assert!(stderr(&out).contains("unreadable page"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_response_that_hangs_past_the_timeout_is_retried() {
+    let sim = sim(
+        1,
+        250,
+        vec![Fault::new(
+            "offset=99",
+            FaultKind::Hang(Duration::from_secs(5)),
+            2,
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &["--concurrency", "1", "--request-timeout", "0.5"],
+    );
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    assert_eq!(sim.server.injected(), [2]);
+    assert_eq!(number(&stdout(&out), " retries"), 2);
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+}
+
+#[test]
+fn slow_bodies_are_read_to_the_end() {
+    let fault = Fault::new(
+        "/runs",
+        FaultKind::SlowBody {
+            pause: Duration::from_millis(15),
+        },
+        0,
+    )
+    .on(Schedule::Rate(0.3));
+    let sim = sim(2, 600, vec![fault]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &[]);
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    assert!(sim.server.injected()[0] >= 2);
+    assert_eq!(number(&stdout(&out), " retries"), 0);
+}
+
+#[test]
+fn a_page_malformed_once_is_fetched_again_and_one_malformed_always_fails_alone() {
+    let ids = generated_ids(3);
+    let sim = sim(
+        3,
+        300,
+        vec![
+            Fault::new(
+                &format!("{}/runs?limit=100&offset=99", ids[0]),
+                FaultKind::Malformed,
+                1,
+            ),
+            Fault::new(&ids[1], FaultKind::Malformed, 0).on(Schedule::Always),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // The first page of ids[1] was tried 1 + 6 retries times, then its workflow failed.
+    assert_eq!(sim.server.injected(), [1, 7]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "workflow `{}` failed: page at offset 0 from `{}/workflows/{}/runs?limit=100&offset=0` is unreadable after 7 attempt(s): response is not valid JSON (line 1, column 1)",
+            ids[1],
+            sim.url(),
+            ids[1]
+        )),
+        "{err}"
+    );
+    for ok in [&ids[0], &ids[2]] {
+        assert_dataset_matches(dir.path(), ok, &sim.server.records(ok), 0);
+    }
+    assert!(!stored_ids(dir.path()).contains_key(&ids[1]));
+    assert_eq!(number(&stdout(&out), " unreadable pages fetched again"), 1);
+}
+
+#[test]
+fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 1200,
+        drift: Some(Drift {
+            insert_per_page: 3,
+            purge_per_page: 0,
+            jitter: Duration::from_millis(25),
+        }),
+        ..SimConfig::default()
+    });
+    let before: Vec<(String, BTreeSet<String>)> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &["--page-size", "50", "--concurrency", "8"],
+    );
+    assert_ok(&out);
+    let stored = stored_ids(dir.path());
+    for (id, existed) in &before {
+        let now = record_ids(&sim.server.records(id));
+        let got = &stored[id];
+        let missing: Vec<_> = existed.difference(got).collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: {} runs lost: {missing:?}",
+            missing.len()
+        );
+        assert!(got.is_subset(&now), "{id}: runs the API never had");
+        assert!(
+            now.len() > existed.len(),
+            "{id}: no run arrived during the export"
+        );
+    }
+    let text = stdout(&out);
+    assert!(
+        number(&text, " pages shifted by runs arriving") > 0,
+        "{text}"
+    );
+    // Re-reads happen when answers overtake each other; they are counted, whatever their number.
+    number(&text, " page boundaries re-read");
+}
+
+#[test]
+fn runs_purged_from_the_tail_during_the_export_are_never_duplicated() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 1500,
+        drift: Some(Drift {
+            insert_per_page: 1,
+            purge_per_page: 7,
+            jitter: Duration::from_millis(10),
+        }),
+        ..SimConfig::default()
+    });
+    let before: Vec<(String, BTreeSet<String>)> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &["--page-size", "50", "--concurrency", "4"],
+    );
+    assert_ok(&out);
+    let stored = stored_ids(dir.path());
+    for (id, existed) in &before {
+        let now = record_ids(&sim.server.records(id));
+        let got = &stored[id];
+        assert!(now.len() < existed.len(), "{id}: nothing was purged");
+        let still_there: BTreeSet<_> = existed.intersection(&now).cloned().collect();
+        let missing: Vec<_> = still_there.difference(got).collect();
+        assert!(missing.is_empty(), "{id}: {} runs lost", missing.len());
+        let known: BTreeSet<String> = existed.union(&now).cloned().collect();
+        let invented: Vec<_> = got.difference(&known).collect();
+        assert!(invented.is_empty(), "{id}: {invented:?}");
+    }
+}
+
+#[test]
+fn a_rate_limited_api_slows_the_whole_client_instead_of_storming_it() {
+    let sim = Sim::start(SimConfig {
+        workflows: 6,
+        runs_per_workflow: 250,
+        rate_limit: Some(RateLimit {
+            per_second: 20.0,
+            burst: 5.0,
+            http_date: false,
+        }),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &["--page-size", "50", "--concurrency", "16"],
+    );
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    let log = sim.server.requests();
+    let throttled = answered(&sim, 429);
+    let ok = answered(&sim, 200);
+    assert_eq!(log.len(), ok + throttled);
+    // Six workflows start at once against a burst of five: the limit is hit. After the first
+    // 429 the whole client waits out its `Retry-After` and then paces itself below the limit,
+    // so 429s stay a handful instead of multiplying with every retry.
+    assert!(throttled >= 1, "the server limit was never hit");
+    assert!(
+        throttled <= 12,
+        "{throttled} answers were 429 for {ok} pages"
+    );
+    let first_429 = log.iter().find(|r| r.status == 429).unwrap().received_at;
+    let during_pause = log
+        .iter()
+        .filter(|r| r.received_at > first_429 + Duration::from_millis(50))
+        .filter(|r| r.received_at < first_429 + Duration::from_millis(900))
+        .count();
+    assert_eq!(during_pause, 0, "requests were sent during the pause");
+    assert_eq!(
+        number(&stdout(&out), " answers were 429") as usize,
+        throttled
+    );
+}
+
+#[test]
+fn max_rps_caps_the_request_rate_across_workflows() {
+    let sim = sim(3, 500, vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &[
+            "--page-size",
+            "25",
+            "--concurrency",
+            "16",
+            "--max-rps",
+            "40",
+        ],
+    );
+    assert_ok(&out);
+    assert_exact(&sim, dir.path());
+    let mut at: Vec<Duration> = sim
+        .server
+        .requests()
+        .iter()
+        .map(|r| r.received_at)
+        .collect();
+    at.sort();
+    assert!(at.len() >= 60, "{}", at.len());
+    for (i, start) in at.iter().enumerate() {
+        let in_a_second = at[i..]
+            .iter()
+            .take_while(|t| **t < *start + Duration::from_secs(1))
+            .count();
+        assert!(in_a_second <= 42, "{in_a_second} requests within a second");
+    }
+    let span = at[at.len() - 1] - at[0];
+    let floor = Duration::from_secs_f64((at.len() - 1) as f64 / 40.0 * 0.9);
+    assert!(span >= floor, "{} requests in {span:?}", at.len());
+}
+
+#[test]
+fn the_retry_budget_stops_a_failing_api_from_causing_a_retry_storm() {
+    let sim = sim(
+        300,
+        1,
+        vec![Fault::status("/runs", 503, 0).on(Schedule::Always)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Without a budget: 300 × (1 + 6) = 2100 requests. With it: 300 first attempts, 100
+    // retries in reserve and 20% of the first attempts (plus retries already granted when the
+    // budget ran out, one per request in flight).
+    let requests = sim.server.requests().len();
+    assert!(requests >= 300 + 100, "{requests}");
+    assert!(requests <= 300 + 100 + 60 + 8, "{requests} requests");
+    assert!(
+        stderr(&out).contains("not retried: the export already made"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stored_ids(dir.path()).is_empty());
+}
+
+#[test]
+fn a_response_larger_than_the_limit_fails_its_workflow_without_being_read() {
+    let ids = generated_ids(2);
+    let sim = sim(
+        2,
+        200,
+        vec![
+            Fault::new(
+                &ids[0],
+                FaultKind::Huge {
+                    bytes: 2_000_000_000,
+                },
+                0,
+            )
+            .on(Schedule::Always),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &["--max-response-size", "8MB"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is larger than 8388608 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    // Not retried, and reading stopped near the limit: far from the 2 GB offered.
+    assert_eq!(sim.server.injected(), [1]);
+    let sent = sim.server.huge_bytes_sent();
+    assert!(sent < 64 << 20, "{sent} bytes were sent");
+    assert_dataset_matches(dir.path(), &ids[1], &sim.server.records(&ids[1]), 0);
+    assert!(!stored_ids(dir.path()).contains_key(&ids[0]));
+}
+
+/// A small tmpfs mounted over a folder, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Self {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Every file below `dir` with its bytes, except `_lock` (it names the last holder).
+fn snapshot(dir: &Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n != "_lock") {
+                files.insert(
+                    path.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&path).unwrap(),
+                );
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_full_disk_fails_with_exit_4_and_leaves_the_previous_dataset_intact() {
+    let sim = sim(2, 400, vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let _disk = SmallDisk::mount(dir.path(), "4m");
+    let out_dir = dir.path().join("dataset");
+    assert_ok(&export_all(&sim, &out_dir, &[]));
+    let previous = snapshot(&out_dir);
+    // Far more than fits: the commit cannot happen.
+    sim.server.add_runs(0, 40_000);
+    let out = export_all(&sim, &out_dir, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("No space left on device"), "{err}");
+    assert!(errors[0].contains(out_dir.to_str().unwrap()), "{err}");
+    // Nothing of the failed export remains: the dataset, its state and markers are as before.
+    let after = snapshot(&out_dir);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(p, bytes)| previous.get(*p) != Some(*bytes))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(changed.is_empty(), "changed or left behind: {changed:?}");
+    assert_eq!(after.len(), previous.len());
+}
