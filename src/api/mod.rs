@@ -63,6 +63,11 @@ impl ApiKey {
         Ok(Self(key.to_owned()))
     }
 
+    /// `text` with every occurrence of the key masked (an API may echo it in an error body).
+    pub fn redact(&self, text: &str) -> String {
+        text.replace(&self.0, "***")
+    }
+
     fn header(&self) -> Result<HeaderValue, ApiError> {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0))
             .map_err(|_| ApiError::InvalidKey)?;
@@ -417,7 +422,7 @@ impl ApiClient {
             }
             let body = read_limited(response, ERROR_BODY_SNIPPET as u64 * 4)
                 .await
-                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+                .map(|(b, _)| self.options.key.redact(&String::from_utf8_lossy(&b)))
                 .unwrap_or_default();
             let error = TransientError::Status {
                 status: status.as_u16(),

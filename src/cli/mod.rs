@@ -6,6 +6,23 @@
 mod bars;
 mod summary;
 
+/// `println!` to stdout that ignores a closed pipe (`orchestra-export … | head`): the summary
+/// is a courtesy, and the export it describes is already committed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` to stdout that ignores a closed pipe.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -435,7 +452,7 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
                     crate::error_chain(error)
                 );
             }
-            print!("{}", summary::render(&summary, out));
+            say_raw!("{}", summary::render(&summary, out));
             exit_code(&summary)
         }
         Err(e) => {
@@ -594,7 +611,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         report_error(&e, Some("pass another `--out`, or remove the folder"));
         return exit::OUTPUT;
     }
-    println!(
+    say!(
         "simulator: serving {} workflows at {}",
         args.workflows,
         server.base_url()
@@ -627,7 +644,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         if code != exit::SUCCESS {
             return code;
         }
-        print!("{}", summary::query_help(&out));
+        say_raw!("{}", summary::query_help(&out));
     }
     server.stop();
     code
@@ -660,7 +677,7 @@ fn write_report(options: &ReportOptions) -> i32 {
                 .iter()
                 .map(|(name, df)| format!("{name} ({})", df.height()))
                 .collect();
-            println!(
+            say!(
                 "report: {} runs in {:.2} s -> `{}`: {}, summary.md, report.html",
                 done.runs,
                 done.elapsed.as_secs_f64(),
@@ -735,18 +752,18 @@ async fn run_simulate(args: SimulateArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    println!(
+    say!(
         "simulator: serving {} workflows at {}",
         args.workflows,
         server.base_url()
     );
     if using_default {
-        println!(
+        say!(
             "simulator: accepting the key `{}` (set ORCHESTRA_API_KEY to choose another)",
             simulate::DEFAULT_SIM_KEY
         );
     } else {
-        println!("simulator: accepting the key from ORCHESTRA_API_KEY");
+        say!("simulator: accepting the key from ORCHESTRA_API_KEY");
     }
     let _ = tokio::signal::ctrl_c().await;
     server.stop();

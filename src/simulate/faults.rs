@@ -46,6 +46,9 @@ pub enum FaultKind {
         /// Pause between chunks.
         pause: Duration,
     },
+    /// A 500 whose error body quotes the request's `Authorization` header back (as careless
+    /// APIs do): the client must not print it.
+    EchoKey,
     /// A `200` whose body is this many bytes (a JSON array padded with spaces), generated
     /// while it is sent, without a `Content-Length`: a client must stop reading at its limit.
     Huge {
@@ -141,7 +144,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `KIND[:OPTION]…` where KIND is an HTTP status (`429`, `503`…), `reset`, `truncate`,
-    /// `malformed`, `hang=SECS`, `slow=MILLIS`, `huge=BYTES` or `redirect=http://host:port`, and the options
+    /// `malformed`, `echo-key`, `hang=SECS`, `slow=MILLIS`, `huge=BYTES` or `redirect=http://host:port`, and the options
     /// are `first=N` (the default is `first=1`), `rate=P`, `always`, `path=TEXT` and, for
     /// statuses, `retry-after=SECS` or `retry-date=SECS`.
     fn from_str(spec: &str) -> Result<Self, String> {
@@ -189,6 +192,7 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
         "reset" => FaultKind::ResetMidBody,
         "truncate" => FaultKind::TruncatedBody,
         "malformed" => FaultKind::Malformed,
+        "echo-key" => FaultKind::EchoKey,
         "hang" => FaultKind::Hang(Duration::from_secs_f64(number(name, value)?)),
         "slow" => FaultKind::SlowBody {
             pause: Duration::from_millis(number(name, value)?),
@@ -209,7 +213,7 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
             _ => {
                 return Err(format!(
                     "unknown fault `{text}`: expected an HTTP status 400-599, reset, truncate, \
-                     malformed, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT"
+                     malformed, echo-key, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT"
                 ));
             }
         },
@@ -321,7 +325,7 @@ pub(super) fn replace(kind: &FaultKind, path_and_query: &str) -> Option<Response
             }
             Some(response)
         }
-        FaultKind::Huge { .. } => None,
+        FaultKind::Huge { .. } | FaultKind::EchoKey => None,
         FaultKind::Malformed => Some(
             (
                 StatusCode::OK,

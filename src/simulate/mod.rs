@@ -418,6 +418,11 @@ async fn gatekeeper(State(state): State<Arc<SimState>>, request: Request, next: 
                     FaultKind::Huge { bytes } => {
                         faults::huge_body(*bytes, state.faults.huge_bytes_sent.clone())
                     }
+                    FaultKind::EchoKey => {
+                        let sent = auth.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                        let detail = format!("cannot handle request with Authorization: {sent}");
+                        error_response(StatusCode::INTERNAL_SERVER_ERROR, &detail, None)
+                    }
                     FaultKind::Hang(wait) => {
                         tokio::time::sleep(*wait).await;
                         next.run(request).await

@@ -102,7 +102,7 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["simulate", "--runs", "1000001"], bad_value("1000001", "--runs <N>", "1000001 is not in 1..=1000000")),
         (vec!["simulate", "--page-cap", "0"], bad_value("0", "--page-cap <N>", "0 is not in 1..=100000")),
         (vec!["simulate", "--latency-ms", "600001"], bad_value("600001", "--latency-ms <MS>", "600001 is not in 0..=600000")),
-        (vec!["simulate", "--fault", "200"], bad_value("200", "--fault <SPEC>", "unknown fault `200`: expected an HTTP status 400-599, reset, truncate, malformed, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT")),
+        (vec!["simulate", "--fault", "200"], bad_value("200", "--fault <SPEC>", "unknown fault `200`: expected an HTTP status 400-599, reset, truncate, malformed, echo-key, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT")),
         (vec!["simulate", "--fault", "503:rate=2"], bad_value("503:rate=2", "--fault <SPEC>", "`rate=2` must be between 0 and 1")),
         (vec!["simulate", "--drift", "insert=x"], bad_value("insert=x", "--drift <SPEC>", "`insert=x` needs a number")),
         (vec!["simulate", "--rate-limit", "-3"], bad_value("-3", "--rate-limit <RPS>", "`-3` is not a rate above 0 and at most 100000 requests per second")),
@@ -536,9 +536,14 @@ fn the_key_is_not_in_the_errors_of_failing_exports() {
     });
     let sim = Sim::start(SimConfig {
         workflows: 0,
-        fixtures: vec![fixture("down", vec![]), fixture("moved", vec![])],
+        fixtures: vec![
+            fixture("down", vec![]),
+            fixture("moved", vec![]),
+            fixture("echo", vec![]),
+        ],
         faults: vec![
             Fault::status("/down/", 500, 10),
+            Fault::new("/echo/", FaultKind::EchoKey, 10),
             Fault::new(
                 "/moved/",
                 FaultKind::Redirect {
@@ -581,6 +586,32 @@ fn the_key_is_not_in_the_errors_of_failing_exports() {
     );
     let redirected = export_with(KEY, "moved");
     assert_eq!(redirected.status.code(), Some(3), "{}", stderr(&redirected));
+    // An API that quotes the Authorization header back in its error body: the quote is masked.
+    let echoed = export_with(KEY, "echo");
+    assert_eq!(echoed.status.code(), Some(1), "{}", stderr(&echoed));
+    assert!(
+        stderr(&echoed).contains("cannot handle request with Authorization: Bearer ***"),
+        "{}",
+        stderr(&echoed)
+    );
+    assert_eq!(sim.server.injected()[1], 2, "the key was echoed twice");
+}
+
+#[test]
+fn a_closed_stdout_does_not_crash_the_export() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 30,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let id = sim.server.workflows()[0].id.clone();
+    let mut child = spawn_export(&sim, dir.path(), &["--workflow", &id]);
+    // Like `orchestra-export export … | head -0`: the reader is gone before the summary.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(read_table(dir.path(), "runs").1.len(), 30);
 }
 
 #[test]
