@@ -102,6 +102,34 @@ fn record_ids(records: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Prints one line for the fault table of the closing note and BENCHMARKS-style records
+/// (`cargo test --test it hostile:: -- --nocapture | grep fault-report`).
+fn report(name: &str, sim: &Sim, out: &Path, expected_runs: usize) {
+    let (_, runs) = read_table(out, "runs");
+    let distinct: BTreeSet<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            let get = |c: &str| r[c].text().unwrap().to_owned();
+            (get("workflow_id"), get("run_id"))
+        })
+        .collect();
+    println!(
+        "fault-report | {name} | injected {} | runs expected {expected_runs} | exported {} | duplicates {} | requests {}",
+        sim.server.injected().iter().sum::<u64>(),
+        runs.len(),
+        runs.len() - distinct.len(),
+        sim.server.requests().len()
+    );
+}
+
+fn total_runs(sim: &Sim) -> usize {
+    sim.server
+        .workflows()
+        .iter()
+        .map(|w| sim.server.records(&w.id).len())
+        .sum()
+}
+
 #[test]
 fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
     let sim = sim(
@@ -134,6 +162,12 @@ fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
     let text = stdout(&out);
     assert_eq!(number(&text, " answers were 429"), 2, "{text}");
     assert_eq!(number(&text, " retries"), 2, "{text}");
+    report(
+        "429 with Retry-After (seconds and HTTP-date)",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -169,6 +203,12 @@ fn server_errors_at_a_rate_are_retried_to_an_exact_dataset() {
         sim.server.requests().len() as u64,
         answered(&sim, 200) as u64 + injected
     );
+    report(
+        "500/502/503/504 at 5% each",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -192,6 +232,12 @@ fn connections_reset_mid_body_are_retried() {
         "{}",
         stderr(&out)
     );
+    report(
+        "connection reset mid-body at 15%",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -212,6 +258,12 @@ fn bodies_cut_mid_json_are_fetched_again() {
     );
     assert_eq!(number(&text, " retries"), injected, "{text}");
     assert!(stderr(&out).contains("unreadable page"), "{}", stderr(&out));
+    report(
+        "body truncated mid-JSON at 15%",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -236,6 +288,12 @@ fn a_response_that_hangs_past_the_timeout_is_retried() {
     assert_eq!(sim.server.injected(), [2]);
     assert_eq!(number(&stdout(&out), " retries"), 2);
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    report(
+        "response hangs 5 s past a 0.5 s timeout",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -255,6 +313,12 @@ fn slow_bodies_are_read_to_the_end() {
     assert_exact(&sim, dir.path());
     assert!(sim.server.injected()[0] >= 2);
     assert_eq!(number(&stdout(&out), " retries"), 0);
+    report(
+        "slow body (8 chunks, 15 ms apart) at 30%",
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -292,6 +356,12 @@ fn a_page_malformed_once_is_fetched_again_and_one_malformed_always_fails_alone()
     }
     assert!(!stored_ids(dir.path()).contains_key(&ids[1]));
     assert_eq!(number(&stdout(&out), " unreadable pages fetched again"), 1);
+    report(
+        "malformed page once + always (that workflow fails alone)",
+        &sim,
+        dir.path(),
+        600,
+    );
 }
 
 #[test]
@@ -342,6 +412,13 @@ fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
     );
     // Re-reads happen when answers overtake each other; they are counted, whatever their number.
     number(&text, " page boundaries re-read");
+    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
+    report(
+        "drift: 3 runs inserted per page, 25 ms jitter",
+        &sim,
+        dir.path(),
+        existed,
+    );
 }
 
 #[test]
@@ -381,6 +458,13 @@ fn runs_purged_from_the_tail_during_the_export_are_never_duplicated() {
         let invented: Vec<_> = got.difference(&known).collect();
         assert!(invented.is_empty(), "{id}: {invented:?}");
     }
+    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
+    report(
+        "drift: 7 runs purged + 1 inserted per page (runs existing at start)",
+        &sim,
+        dir.path(),
+        existed,
+    );
 }
 
 #[test]
@@ -426,6 +510,12 @@ fn a_rate_limited_api_slows_the_whole_client_instead_of_storming_it() {
         number(&stdout(&out), " answers were 429") as usize,
         throttled
     );
+    report(
+        &format!("server rate limit 20/s burst 5 ({throttled} answers 429)"),
+        &sim,
+        dir.path(),
+        total_runs(&sim),
+    );
 }
 
 #[test]
@@ -464,6 +554,7 @@ fn max_rps_caps_the_request_rate_across_workflows() {
     let span = at[at.len() - 1] - at[0];
     let floor = Duration::from_secs_f64((at.len() - 1) as f64 / 40.0 * 0.9);
     assert!(span >= floor, "{} requests in {span:?}", at.len());
+    report("--max-rps 40", &sim, dir.path(), total_runs(&sim));
 }
 
 #[test]
@@ -488,6 +579,12 @@ fn the_retry_budget_stops_a_failing_api_from_causing_a_retry_storm() {
         stderr(&out)
     );
     assert!(stored_ids(dir.path()).is_empty());
+    report(
+        "503 always on 300 workflows (retry budget)",
+        &sim,
+        dir.path(),
+        0,
+    );
 }
 
 #[test]
@@ -521,6 +618,12 @@ fn a_response_larger_than_the_limit_fails_its_workflow_without_being_read() {
     assert!(sent < 64 << 20, "{sent} bytes were sent");
     assert_dataset_matches(dir.path(), &ids[1], &sim.server.records(&ids[1]), 0);
     assert!(!stored_ids(dir.path()).contains_key(&ids[0]));
+    report(
+        "2 GB body vs --max-response-size 8MB",
+        &sim,
+        dir.path(),
+        200,
+    );
 }
 
 /// A small tmpfs mounted over a folder, unmounted when dropped.
