@@ -419,6 +419,11 @@ fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
         dir.path(),
         existed,
     );
+    let drift_line = text
+        .lines()
+        .find(|l| l.contains("drift:"))
+        .unwrap_or_default();
+    println!("fault-report-detail | {}", drift_line.trim());
 }
 
 #[test]
