@@ -468,9 +468,14 @@ impl Extractor {
                     rereads: 0,
                 });
             }
-            if nothing_past_anchor
-                && (received == 1 || (received < limit && received < largest_page))
-            {
+            let short = received < limit && received < largest_page;
+            if nothing_past_anchor && (received == 1 || short) {
+                return Ok(());
+            }
+            if join == Join::Before && short {
+                // The end of history, every run in it already seen: the anchor was purged
+                // upstream (runs deleted from the tail while paging).
+                tally.stats.drift_unresolved += 1;
                 return Ok(());
             }
             largest_page = largest_page.max(received);
@@ -483,7 +488,13 @@ impl Extractor {
                 tally.stats.stopped_at_cursor = true;
                 return Ok(());
             }
-            pages_without_news = if news == 0 { pages_without_news + 1 } else { 0 };
+            // A page before the anchor brings nothing new because runs arrived, not because the
+            // API ignores `offset` (that repeats the anchor's page): it does not count.
+            pages_without_news = match (news, join) {
+                (0, Join::Before) => pages_without_news,
+                (0, _) => pages_without_news + 1,
+                _ => 0,
+            };
             if pages_without_news >= MAX_PAGES_WITHOUT_NEWS {
                 return Err(ExtractError::NoProgress {
                     pages: pages_without_news,

@@ -148,8 +148,18 @@ impl FromStr for Fault {
     /// are `first=N` (the default is `first=1`), `rate=P`, `always`, `path=TEXT` and, for
     /// statuses, `retry-after=SECS` or `retry-date=SECS`.
     fn from_str(spec: &str) -> Result<Self, String> {
-        let mut parts = spec.split(':');
-        let kind_text = parts.next().unwrap_or_default();
+        // A redirect's URL holds colons of its own: its options start at the first known one.
+        let kind_end = if spec.starts_with("redirect=") {
+            [":first=", ":rate=", ":always", ":path="]
+                .iter()
+                .filter_map(|o| spec.find(o))
+                .min()
+                .unwrap_or(spec.len())
+        } else {
+            spec.find(':').unwrap_or(spec.len())
+        };
+        let (kind_text, options) = spec.split_at(kind_end);
+        let parts = options.split(':').filter(|o| !o.is_empty());
         let mut fault = Fault {
             path_contains: None,
             kind: parse_kind(kind_text)?,
@@ -527,6 +537,16 @@ mod tests {
         assert_eq!(
             "reset".parse::<Fault>().unwrap().schedule,
             Schedule::First(1)
+        );
+        let redirect: Fault = "redirect=http://127.0.0.1:9000:first=2".parse().unwrap();
+        assert_eq!(
+            (redirect.kind, redirect.schedule),
+            (
+                FaultKind::Redirect {
+                    origin: "http://127.0.0.1:9000".into()
+                },
+                Schedule::First(2)
+            )
         );
         for (bad, says) in [
             ("200", "unknown fault `200`"),

@@ -699,3 +699,47 @@ fn a_full_disk_fails_with_exit_4_and_leaves_the_previous_dataset_intact() {
     assert!(changed.is_empty(), "changed or left behind: {changed:?}");
     assert_eq!(after.len(), previous.len());
 }
+
+#[test]
+fn a_history_purged_while_its_end_is_read_ends_cleanly() {
+    // Runs arrive at the head and leave from the tail on every request, pages are capped: the
+    // run that ended the last page read is purged before the next answer.
+    let sim = Sim::start(SimConfig {
+        workflows: 4,
+        runs_per_workflow: 1000,
+        page_cap: Some(50),
+        drift: Some(Drift {
+            insert_per_page: 3,
+            purge_per_page: 1,
+            jitter: Duration::from_millis(25),
+        }),
+        ..SimConfig::default()
+    });
+    let before: Vec<(String, BTreeSet<String>)> = sim
+        .server
+        .workflows()
+        .iter()
+        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(&sim, dir.path(), &["--concurrency", "8"]);
+    assert_ok(&out);
+    let stored = stored_ids(dir.path());
+    for (id, existed) in &before {
+        let now = record_ids(&sim.server.records(id));
+        let still_there: BTreeSet<_> = existed.intersection(&now).cloned().collect();
+        assert!(
+            still_there.len() < existed.len(),
+            "{id}: nothing was purged"
+        );
+        let missing: Vec<_> = still_there.difference(&stored[id]).collect();
+        assert!(missing.is_empty(), "{id}: {} runs lost", missing.len());
+    }
+    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
+    report(
+        "drift: 3 inserted + 1 purged per page, pages capped at 50",
+        &sim,
+        dir.path(),
+        existed,
+    );
+}
