@@ -412,6 +412,21 @@ impl Extractor {
             tally.stats.page_retries += retries;
             let received = page.record_count as u64;
             if received == 0 {
+                match anchor.as_mut() {
+                    // An empty answer may be stale: requested ahead and answered before runs
+                    // arrived that pushed older ones past it. Only an empty re-read of the
+                    // anchor's own offset ends the history.
+                    Some(a) if stride > 1 && a.rereads < MAX_REREADS => {
+                        a.rereads += 1;
+                        tally.stats.drift_rereads += 1;
+                        in_flight = FuturesOrdered::new();
+                        next_offset = a.offset;
+                        window = 1;
+                        continue;
+                    }
+                    Some(_) if stride > 1 => tally.stats.drift_unresolved += 1,
+                    _ => {}
+                }
                 return Ok(());
             }
             // Pages of one record cannot overlap: nothing to check them by.

@@ -337,23 +337,6 @@ fn out_that_is_a_file_is_exit_4_and_the_file_is_untouched() {
     );
 }
 
-/// Every file below `dir`, recursively.
-fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 /// Asserts `secret` is in neither stdout nor stderr of `out`, nor in any file below `dir`.
 fn assert_no_secret(secret: &str, what: &str, out: &std::process::Output, dir: &std::path::Path) {
     assert!(

@@ -95,6 +95,26 @@ fn stored_ids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
     by_workflow
 }
 
+/// A simulator whose histories drift while they are paged.
+fn drifting(workflows: usize, runs: u64, drift: Drift, page_cap: Option<usize>) -> Sim {
+    Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: runs,
+        page_cap,
+        drift: Some(drift),
+        ..SimConfig::default()
+    })
+}
+
+/// The run ids each generated workflow serves now.
+fn history_ids(sim: &Sim) -> Vec<(String, BTreeSet<String>)> {
+    sim.server
+        .workflows()
+        .iter()
+        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
+        .collect()
+}
+
 fn record_ids(records: &[Value]) -> BTreeSet<String> {
     records
         .iter()
@@ -366,22 +386,13 @@ fn a_page_malformed_once_is_fetched_again_and_one_malformed_always_fails_alone()
 
 #[test]
 fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
-    let sim = Sim::start(SimConfig {
-        workflows: 3,
-        runs_per_workflow: 1200,
-        drift: Some(Drift {
-            insert_per_page: 3,
-            purge_per_page: 0,
-            jitter: Duration::from_millis(25),
-        }),
-        ..SimConfig::default()
-    });
-    let before: Vec<(String, BTreeSet<String>)> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
-        .collect();
+    let drift = Drift {
+        insert_per_page: 3,
+        purge_per_page: 0,
+        jitter: Duration::from_millis(25),
+    };
+    let sim = drifting(3, 1200, drift, None);
+    let before = history_ids(&sim);
     let dir = tempfile::tempdir().unwrap();
     let out = export_all(
         &sim,
@@ -428,22 +439,13 @@ fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
 
 #[test]
 fn runs_purged_from_the_tail_during_the_export_are_never_duplicated() {
-    let sim = Sim::start(SimConfig {
-        workflows: 2,
-        runs_per_workflow: 1500,
-        drift: Some(Drift {
-            insert_per_page: 1,
-            purge_per_page: 7,
-            jitter: Duration::from_millis(10),
-        }),
-        ..SimConfig::default()
-    });
-    let before: Vec<(String, BTreeSet<String>)> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
-        .collect();
+    let drift = Drift {
+        insert_per_page: 1,
+        purge_per_page: 7,
+        jitter: Duration::from_millis(10),
+    };
+    let sim = drifting(2, 1500, drift, None);
+    let before = history_ids(&sim);
     let dir = tempfile::tempdir().unwrap();
     let out = export_all(
         &sim,
@@ -654,22 +656,14 @@ impl Drop for SmallDisk {
 
 /// Every file below `dir` with its bytes, except `_lock` (it names the last holder).
 fn snapshot(dir: &Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.file_name().is_some_and(|n| n != "_lock") {
-                files.insert(
-                    path.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&path).unwrap(),
-                );
-            }
-        }
-    }
-    files
+    all_files(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "_lock"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p.strip_prefix(dir).unwrap().to_path_buf(), bytes)
+        })
+        .collect()
 }
 
 #[test]
@@ -704,23 +698,13 @@ fn a_full_disk_fails_with_exit_4_and_leaves_the_previous_dataset_intact() {
 fn a_history_purged_while_its_end_is_read_ends_cleanly() {
     // Runs arrive at the head and leave from the tail on every request, pages are capped: the
     // run that ended the last page read is purged before the next answer.
-    let sim = Sim::start(SimConfig {
-        workflows: 4,
-        runs_per_workflow: 1000,
-        page_cap: Some(50),
-        drift: Some(Drift {
-            insert_per_page: 3,
-            purge_per_page: 1,
-            jitter: Duration::from_millis(25),
-        }),
-        ..SimConfig::default()
-    });
-    let before: Vec<(String, BTreeSet<String>)> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
-        .collect();
+    let drift = Drift {
+        insert_per_page: 3,
+        purge_per_page: 1,
+        jitter: Duration::from_millis(25),
+    };
+    let sim = drifting(4, 1000, drift, Some(50));
+    let before = history_ids(&sim);
     let dir = tempfile::tempdir().unwrap();
     let out = export_all(&sim, dir.path(), &["--concurrency", "8"]);
     assert_ok(&out);
