@@ -76,7 +76,8 @@ pub struct ExportSummary {
     pub committed: CommitSummary,
     /// Rows in the `workflows` table, when it was written.
     pub workflows_table_rows: Option<usize>,
-    /// Records quarantined to `_rejected/`.
+    /// Lines written to `_rejected/`: quarantined records and the traces of runs kept with
+    /// unreadable values.
     pub rejected: u64,
     /// HTTP attempts made.
     pub requests: u64,
@@ -109,6 +110,11 @@ impl ExportSummary {
     /// Runs skipped because they were already exported in this run.
     pub fn duplicates(&self) -> u64 {
         self.workflows.iter().map(|w| w.stats.duplicates).sum()
+    }
+
+    /// Records quarantined instead of stored (no usable id, not valid JSON, duplicate keys).
+    pub fn quarantined(&self) -> u64 {
+        self.workflows.iter().map(|w| w.stats.rejected).sum()
     }
 
     /// Values stored as NULL because they could not be read.
@@ -351,7 +357,8 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
         "requests": s.requests,
         "retries": s.retries,
         "throttled": s.throttled,
-        "rejected": s.rejected,
+        "rejected": s.quarantined(),
+        "rejected_lines": s.rejected,
         "files_replaced": s.committed.files_rewritten(),
         "workflows": workflows,
         "tables": tables,

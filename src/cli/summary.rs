@@ -22,12 +22,12 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     );
     let _ = writeln!(
         text,
-        "  {runs} runs, {} pages, {} requests, {} retries, {} duplicates skipped, {} rejected, {} unreadable values",
+        "  {runs} runs, {} pages, {} requests, {} retries, {} duplicates skipped, {} quarantined, {} unreadable values",
         s.pages(),
         s.requests,
         s.retries,
         s.duplicates(),
-        s.rejected,
+        s.quarantined(),
         s.unreadable_values()
     );
     let sum = |f: fn(&crate::extract::WorkflowStats) -> u64| -> u64 {
@@ -108,7 +108,7 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     if s.rejected > 0 {
         let _ = writeln!(
             text,
-            "  rejected records: `{}`",
+            "  rejected records and traces of unreadable values: `{}`",
             out.join("_rejected").display()
         );
     }

@@ -291,7 +291,7 @@ fn records_that_cannot_be_runs_are_quarantined_not_fatal() {
     let out = export(&sim, dir.path(), &["--workflow", "odd-records"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("4 runs"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("5 rejected"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("5 quarantined"), "{}", stdout(&out));
     let rejected_dir = dir.path().join("_rejected");
     let files: Vec<_> = std::fs::read_dir(&rejected_dir)
         .unwrap()
