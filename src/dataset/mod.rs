@@ -16,7 +16,7 @@ pub use schema::{PartitionDate, Table};
 pub use storage::{LocalStorage, StagedFile, Storage};
 pub use writer::{
     DatasetWriter, PARTITION_FILE, WriteSummary, WriterOptions, WrittenFile, write_jsonl,
-    write_snapshot,
+    write_snapshot, writer_properties,
 };
 
 /// Errors of the dataset stage; each names the file or folder involved.

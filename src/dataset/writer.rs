@@ -92,7 +92,9 @@ impl WriteSummary {
     }
 }
 
-pub(crate) fn writer_properties() -> WriterProperties {
+/// The Parquet settings of every data file: zstd, page statistics, dictionaries except on
+/// near-unique columns, bounded row groups. Public for the benchmarks.
+pub fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),

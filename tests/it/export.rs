@@ -368,3 +368,25 @@ fn all_workflows_lists_exports_and_writes_the_workflows_table() {
     let (_, runs) = read_table(dir.path(), "runs");
     assert_eq!(runs.len(), 75);
 }
+
+#[test]
+fn a_prerendered_simulator_serves_one_history_under_every_workflow() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 250,
+        prerendered: true,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--page-size", "60"],
+    ));
+    let first = sim.server.workflows()[0].id.clone();
+    let history = sim.server.records(&first);
+    assert_eq!(history.len(), 250);
+    for wf in sim.server.workflows() {
+        assert_dataset_matches(dir.path(), &wf.id, &history, 0);
+    }
+}

@@ -1,0 +1,355 @@
+//! End-to-end benchmark: the export against the network floor, in one run.
+//!
+//! `cargo bench --bench e2e` (options after `--`: `--runs N`, `--workflows N`, `--page-size N`,
+//! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`). It starts the simulator in
+//! this process with pre-rendered pages (each page is rendered once, then served as stored
+//! bytes, so the server costs next to no CPU), exports once to warm it and to learn the URLs the
+//! exporter asks for, then measures, `--repeat` times each:
+//! - **download floor**: the same URLs fetched with the same concurrency by a bare reqwest
+//!   client that only reads the bodies (and by `curl --parallel`, when curl is installed);
+//! - **export**: the release binary exporting everything into a new folder, as a child process
+//!   under `/usr/bin/time` for its wall time and peak RSS;
+//! - **CPU floor** (one core, in this process, on up to 400 of the pages): `serde_json` merely
+//!   parsing the bytes, against flattening them and encoding the rows to Parquet in memory.
+//!
+//! It prints medians with min–max and the ratios the performance issue sets targets for.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use orchestra_export::dataset::writer_properties;
+use orchestra_export::flatten::{PageContext, flatten_page};
+use orchestra_export::simulate::{SimConfig, SimServer};
+use parquet::arrow::ArrowWriter;
+
+const KEY: &str = "bench-key";
+
+struct Options {
+    runs: u64,
+    workflows: usize,
+    page_size: u32,
+    concurrency: usize,
+    repeat: usize,
+    latency_ms: u64,
+    cpu: bool,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        runs: 200_000,
+        workflows: 100,
+        page_size: 100,
+        concurrency: 16,
+        repeat: 5,
+        latency_ms: 0,
+        cpu: true,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || {
+            args.get(i + 1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+        };
+        match args[i].as_str() {
+            "--runs" => o.runs = value(),
+            "--workflows" => o.workflows = value() as usize,
+            "--page-size" => o.page_size = value() as u32,
+            "--concurrency" => o.concurrency = value() as usize,
+            "--repeat" => o.repeat = value() as usize,
+            "--latency-ms" => o.latency_ms = value(),
+            "--skip-cpu" => {
+                o.cpu = false;
+                i += 1;
+                continue;
+            }
+            // `cargo bench` passes `--bench`; ignore what is not ours.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Median, min and max.
+fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    let median = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    };
+    (median, xs[0], xs[n - 1])
+}
+
+fn show(xs: &[f64], unit: &str) -> String {
+    let (m, lo, hi) = stats(xs.to_vec());
+    format!("{m:.2} {unit} ({lo:.2}–{hi:.2})")
+}
+
+/// One export as a child process: (wall seconds, peak RSS in MB).
+fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options) -> (f64, f64) {
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "BENCH %e %M"])
+        .arg(bin)
+        .args([
+            "export",
+            "--base-url",
+            base_url,
+            "--all-workflows",
+            "--no-progress",
+        ])
+        .args(["--page-size", &o.page_size.to_string()])
+        .args(["--concurrency", &o.concurrency.to_string()])
+        .arg("--out")
+        .arg(out)
+        .env("ORCHESTRA_API_KEY", KEY)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("/usr/bin/time runs the exporter");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "export failed:\n{stderr}");
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .expect("/usr/bin/time output");
+    let mut parts = line.split_whitespace().skip(1);
+    let wall: f64 = parts.next().unwrap().parse().unwrap();
+    let rss_kb: f64 = parts.next().unwrap().parse().unwrap();
+    (wall, rss_kb / 1024.0)
+}
+
+/// Fetches every URL with `concurrency` in flight and reads each body whole; keeps the bodies
+/// of the first `keep` URLs. Returns (seconds, bytes received, kept bodies).
+async fn download(urls: &[String], concurrency: usize, keep: usize) -> (f64, u64, Vec<Vec<u8>>) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let auth = format!("Bearer {KEY}");
+    let started = Instant::now();
+    let bodies: Vec<(usize, u64, Option<Vec<u8>>)> =
+        futures_util::stream::iter(urls.iter().enumerate())
+            .map(|(i, url)| {
+                let request = client.get(url).header("authorization", &auth);
+                async move {
+                    let body = request.send().await.unwrap().bytes().await.unwrap();
+                    (i, body.len() as u64, (i < keep).then(|| body.to_vec()))
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = bodies.iter().map(|(_, n, _)| n).sum();
+    let mut kept: Vec<(usize, Vec<u8>)> = bodies
+        .into_iter()
+        .filter_map(|(i, _, body)| body.map(|b| (i, b)))
+        .collect();
+    kept.sort_by_key(|(i, _)| *i);
+    (elapsed, bytes, kept.into_iter().map(|(_, b)| b).collect())
+}
+
+/// `curl --parallel` over the same URLs, bodies to /dev/null; `None` without curl.
+fn curl(urls: &[String], concurrency: usize, dir: &Path) -> Option<f64> {
+    let config = dir.join("curl.txt");
+    let mut text = format!("header = \"Authorization: Bearer {KEY}\"\n");
+    for url in urls {
+        text.push_str(&format!("url = \"{url}\"\noutput = \"/dev/null\"\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    let started = Instant::now();
+    let status = Command::new("curl")
+        .args([
+            "--parallel",
+            "--parallel-max",
+            &concurrency.to_string(),
+            "--silent",
+            "--no-progress-meter",
+            "-K",
+        ])
+        .arg(&config)
+        .status()
+        .ok()?;
+    status.success().then(|| started.elapsed().as_secs_f64())
+}
+
+/// One core: seconds to merely parse `pages` with serde_json, and to flatten them and encode
+/// the rows to Parquet in memory.
+fn cpu_floor(pages: &[Vec<u8>]) -> (f64, f64) {
+    let started = Instant::now();
+    for page in pages {
+        let value: serde_json::Value = serde_json::from_slice(page).unwrap();
+        std::hint::black_box(value);
+    }
+    let parse = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let props = writer_properties();
+    let mut writers: Option<[ArrowWriter<Vec<u8>>; 3]> = None;
+    for (i, page) in pages.iter().enumerate() {
+        let ctx = PageContext {
+            workflow_id: "bench",
+            offset: i as u64,
+            extracted_at_us: 0,
+        };
+        let flat = flatten_page(page, ctx).unwrap();
+        for part in &flat.partitions {
+            let w = writers.get_or_insert_with(|| {
+                let open = |b: &arrow::array::RecordBatch| {
+                    ArrowWriter::try_new(Vec::new(), b.schema(), Some(props.clone())).unwrap()
+                };
+                [
+                    open(&part.runs),
+                    open(&part.node_outputs),
+                    open(&part.run_inputs),
+                ]
+            });
+            w[0].write(&part.runs).unwrap();
+            w[1].write(&part.node_outputs).unwrap();
+            w[2].write(&part.run_inputs).unwrap();
+        }
+    }
+    for w in writers.into_iter().flatten() {
+        std::hint::black_box(w.into_inner().unwrap());
+    }
+    (parse, started.elapsed().as_secs_f64())
+}
+
+/// Bytes of every file below `dir`.
+fn size_of(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                total += std::fs::metadata(&p).unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+fn main() {
+    let o = options();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_orchestra-export"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let per_workflow = o.runs / o.workflows as u64;
+    let config = SimConfig {
+        workflows: o.workflows,
+        runs_per_workflow: per_workflow,
+        api_key: KEY.to_owned(),
+        prerendered: true,
+        latency: Duration::from_millis(o.latency_ms),
+        ..SimConfig::default()
+    };
+    let sim = runtime
+        .block_on(SimServer::start(config, "127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let base = sim.base_url();
+    let work = tempfile::tempdir().unwrap();
+    let runs = per_workflow * o.workflows as u64;
+    println!(
+        "e2e: {} workflows × {per_workflow} runs = {runs} runs, page size {}, concurrency {}, latency {} ms, {} repeats",
+        o.workflows, o.page_size, o.concurrency, o.latency_ms, o.repeat
+    );
+    let warm_out = work.path().join("warm");
+    let (warm_wall, _) = export_once(&bin, &base, &warm_out, &o);
+    let parquet_bytes = size_of(&warm_out);
+    let _ = std::fs::remove_dir_all(&warm_out);
+    let origin = format!("http://{}", sim.addr());
+    let urls: Vec<String> = sim
+        .requests()
+        .iter()
+        .map(|r| format!("{origin}{}", r.path_and_query))
+        .collect();
+    println!("warm-up export: {warm_wall:.2} s, {} requests", urls.len());
+
+    let mut floor = Vec::new();
+    let mut curl_floor = Vec::new();
+    let mut exports = Vec::new();
+    let mut rss = Vec::new();
+    let mut received = 0;
+    let mut sample = Vec::new();
+    for i in 0..o.repeat {
+        let keep = if i == 0 && o.cpu { 400 } else { 0 };
+        let (secs, bytes, kept) = runtime.block_on(download(&urls, o.concurrency, keep));
+        floor.push(secs);
+        received = bytes;
+        if i == 0 {
+            sample = kept;
+        }
+        if let Some(secs) = curl(&urls, o.concurrency, work.path()) {
+            curl_floor.push(secs);
+        }
+        let out = work.path().join(format!("run-{i}"));
+        let (wall, peak) = export_once(&bin, &base, &out, &o);
+        let _ = std::fs::remove_dir_all(&out);
+        exports.push(wall);
+        rss.push(peak);
+    }
+    let (floor_median, ..) = stats(floor.clone());
+    let (export_median, ..) = stats(exports.clone());
+    println!();
+    println!("| measure | median (min–max) of {} |", o.repeat);
+    println!("|---|---|");
+    println!(
+        "| download floor, reqwest ({:.0} MB in {} requests) | {} |",
+        received as f64 / 1e6,
+        urls.len(),
+        show(&floor, "s")
+    );
+    if !curl_floor.is_empty() {
+        println!(
+            "| download floor, curl --parallel | {} |",
+            show(&curl_floor, "s")
+        );
+    }
+    println!(
+        "| export (release binary, child process) | {} |",
+        show(&exports, "s")
+    );
+    println!(
+        "| export ÷ download floor | {:.2}× |",
+        export_median / floor_median
+    );
+    println!("| export runs/s | {:.0} |", runs as f64 / export_median);
+    println!("| peak RSS of the export | {} |", show(&rss, "MB"));
+    println!(
+        "| Parquet bytes per 100k runs | {:.1} MB |",
+        parquet_bytes as f64 / runs as f64 * 1e5 / 1e6
+    );
+    if o.latency_ms > 0 {
+        let pages = urls.len() as f64;
+        let ideal = pages * o.latency_ms as f64 / 1000.0 / o.concurrency as f64;
+        println!("| pages × latency ÷ concurrency | {ideal:.2} s |");
+        println!("| export ÷ that | {:.2}× |", export_median / ideal);
+    }
+    if o.cpu && !sample.is_empty() {
+        let mb = sample.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
+        let (parse, flatten) = cpu_floor(&sample);
+        println!(
+            "| one core, {mb:.0} MB: serde_json parse only | {parse:.2} s ({:.0} MB/s) |",
+            mb / parse
+        );
+        println!(
+            "| one core: flatten + Parquet encode | {flatten:.2} s ({:.0} MB/s) |",
+            mb / flatten
+        );
+        println!("| flatten + encode ÷ parse | {:.2}× |", flatten / parse);
+    }
+}
