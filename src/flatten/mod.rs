@@ -34,6 +34,7 @@
 mod dupkeys;
 mod page;
 mod steps;
+mod strict;
 mod time;
 mod workflows;
 

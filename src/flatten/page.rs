@@ -70,6 +70,9 @@ impl<'a> Decoded<'a> {
 
 /// Splits `body` into its array's elements, each parsed or quarantined.
 pub(super) fn split_page(body: &[u8]) -> Result<Vec<Element>, PageError> {
+    if let Some(records) = super::strict::records(body) {
+        return Ok(records.into_iter().map(Element::Record).collect());
+    }
     let decoded = Decoded::new(body);
     let raw_elements = raw_array(&decoded.text)?;
     Ok(raw_elements
