@@ -444,8 +444,16 @@ fn append_json(builder: &mut StringBuilder, v: Option<&Value>) {
     match v {
         None | Some(Value::Null) => builder.append_null(),
         Some(Value::String(s)) => builder.append_value(s),
-        Some(other) => builder.append_value(other.to_string()),
+        Some(other) => append_compact(builder, other),
     }
+}
+
+/// Appends `v` as compact JSON, serialized straight into the column's buffer.
+fn append_compact(builder: &mut StringBuilder, v: &Value) {
+    use std::fmt::Write as _;
+    // Writing to a string builder cannot fail; `append_value("")` ends the value written.
+    let _ = write!(builder, "{v}");
+    builder.append_value("");
 }
 
 /// Column builders for the three tables of one partition.
@@ -540,7 +548,7 @@ impl RowsBuilder {
             .append_value(i32::try_from(node_count).unwrap_or(i32::MAX));
         match field("inputs") {
             None | Some(Value::Null) => r.inputs.append_null(),
-            Some(v) => r.inputs.append_value(v.to_string()),
+            Some(v) => append_compact(&mut r.inputs, v),
         }
         r.extracted_at.append_value(ctx.extracted_at_us);
         self.nodes.push_entries(run, all_outputs, ctx);
