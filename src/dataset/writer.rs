@@ -114,6 +114,8 @@ struct OpenFile {
     path: String,
     rows: usize,
     last_write: u64,
+    /// `writer.memory_size()` after its last write or flush.
+    buffered: usize,
     writer: ArrowWriter<Box<dyn StagedFile>>,
 }
 
@@ -143,6 +145,9 @@ pub struct DatasetWriter {
     open: HashMap<(Table, PartitionDate), OpenFile>,
     next_seq: u64,
     writes: u64,
+    /// Sum of the open files' `buffered`, kept current so that checking the budget after each
+    /// write costs nothing.
+    buffered_total: usize,
     summary: WriteSummary,
 }
 
@@ -157,6 +162,7 @@ impl DatasetWriter {
             options,
             props: writer_properties(),
             open: HashMap::new(),
+            buffered_total: 0,
             next_seq: 0,
             writes: 0,
             summary: WriteSummary::default(),
@@ -199,9 +205,19 @@ impl DatasetWriter {
                 source,
             })?;
         file.rows += batch.num_rows();
+        let buffered = file.writer.memory_size();
+        self.buffered_total = self.buffered_total - file.buffered + buffered;
+        file.buffered = buffered;
         if file.rows >= MAX_ROWS_PER_FILE {
-            let full = self.open.remove(&key).expect("present");
-            self.summary.files.push(full.close()?);
+            self.close_file(key)?;
+        }
+        Ok(())
+    }
+
+    fn close_file(&mut self, key: (Table, PartitionDate)) -> Result<(), DatasetError> {
+        if let Some(file) = self.open.remove(&key) {
+            self.buffered_total -= file.buffered;
+            self.summary.files.push(file.close()?);
         }
         Ok(())
     }
@@ -228,6 +244,7 @@ impl DatasetWriter {
             path,
             rows: 0,
             last_write: 0,
+            buffered: 0,
             writer,
         })
     }
@@ -238,31 +255,29 @@ impl DatasetWriter {
             .iter()
             .min_by_key(|(_, f)| f.last_write)
             .map(|(k, _)| *k);
-        if let Some(file) = oldest.and_then(|key| self.open.remove(&key)) {
-            self.summary.files.push(file.close()?);
+        match oldest {
+            Some(key) => self.close_file(key),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Flushes the largest buffered row groups until the open files fit the memory budget.
     fn enforce_memory_budget(&mut self) -> Result<(), DatasetError> {
-        loop {
-            let sizes = self.open.iter().map(|(k, f)| (*k, f.writer.memory_size()));
-            let total: usize = sizes.clone().map(|(_, s)| s).sum();
-            if total <= self.options.memory_budget {
-                return Ok(());
-            }
-            let Some((key, _)) = sizes.max_by_key(|(_, s)| *s) else {
+        while self.buffered_total > self.options.memory_budget {
+            let Some(file) = self.open.values_mut().max_by_key(|f| f.buffered) else {
                 return Ok(());
             };
-            let file = self.open.get_mut(&key).expect("key from the map");
             file.writer
                 .flush()
                 .map_err(|source| DatasetError::Parquet {
                     path: file.path.clone(),
                     source,
                 })?;
+            let buffered = file.writer.memory_size();
+            self.buffered_total = self.buffered_total - file.buffered + buffered;
+            file.buffered = buffered;
         }
+        Ok(())
     }
 
     /// Bytes buffered in memory by open files.

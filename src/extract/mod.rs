@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiClient, ApiError};
 use crate::dataset::PartitionDate;
 use crate::flatten::{
-    self, FlatPage, PageContext, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
+    self, FlatPage, KeySet, PageContext, PageError, PartitionRows, Rejected, RunInfo,
+    format_timestamp,
 };
 use crate::progress::Reporter;
 use state::{UnfinishedRun, WorkflowState};
@@ -616,7 +617,7 @@ enum Join {
 }
 
 impl Join {
-    fn of(anchor: Option<&Anchor>, keys: &[u128], seen: &HashSet<u128>) -> Self {
+    fn of(anchor: Option<&Anchor>, keys: &[u128], seen: &KeySet) -> Self {
         let Some(anchor) = anchor else {
             return Join::First;
         };
@@ -811,7 +812,7 @@ impl Fetcher {
 struct Tally {
     stats: WorkflowStats,
     /// Fingerprints of the run ids received.
-    seen: HashSet<u128>,
+    seen: KeySet,
     /// Newest start time received.
     newest_start: Option<i64>,
     /// Runs received unfinished.
@@ -834,7 +835,7 @@ impl Tally {
             .unwrap_or_default();
         Self {
             stats: WorkflowStats::default(),
-            seen: HashSet::new(),
+            seen: KeySet::default(),
             newest_start: None,
             unfinished: Vec::new(),
             stored_unfinished,

@@ -183,6 +183,31 @@ fn filter_by_run_id(batch: &RecordBatch, drop: &impl Fn(&str) -> bool) -> Record
     filter_record_batch(batch, &keep).expect("filtering a batch by a mask of its own length")
 }
 
+/// A set of record fingerprints ([`id_key`]); they are hashes already, so the set folds them
+/// instead of hashing them again.
+pub type KeySet = HashSet<u128, std::hash::BuildHasherDefault<FingerprintHasher>>;
+
+/// The hasher of [`KeySet`]: folds a 128-bit fingerprint to 64 bits.
+#[derive(Default)]
+pub struct FingerprintHasher(u64);
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u128` keys; kept correct for any other input.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
 /// A 128-bit fingerprint of a run id: exact-set semantics at a fraction of the memory of the ids.
 pub fn id_key(id: &str) -> u128 {
     fingerprint(0, id)
