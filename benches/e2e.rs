@@ -1,7 +1,8 @@
 //! End-to-end benchmark: the export against the network floor, in one run.
 //!
 //! `cargo bench --bench e2e` (options after `--`: `--runs N`, `--workflows N`, `--page-size N`,
-//! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`). It starts the simulator in
+//! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`, `--exporter PATH` to measure
+//! another build). It starts the simulator in
 //! this process with pre-rendered pages (each page is rendered once, then served as stored
 //! bytes, so the server costs next to no CPU), exports once to warm it and to learn the URLs the
 //! exporter asks for, then measures, `--repeat` times each:
@@ -34,6 +35,8 @@ struct Options {
     repeat: usize,
     latency_ms: u64,
     cpu: bool,
+    /// Another exporter binary to measure (an older build, for the optimisation history).
+    exporter: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -45,6 +48,7 @@ fn options() -> Options {
         repeat: 5,
         latency_ms: 0,
         cpu: true,
+        exporter: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -61,6 +65,7 @@ fn options() -> Options {
             "--concurrency" => o.concurrency = value() as usize,
             "--repeat" => o.repeat = value() as usize,
             "--latency-ms" => o.latency_ms = value(),
+            "--exporter" => o.exporter = args.get(i + 1).map(PathBuf::from),
             "--skip-cpu" => {
                 o.cpu = false;
                 i += 1;
@@ -242,7 +247,10 @@ fn size_of(dir: &Path) -> u64 {
 
 fn main() {
     let o = options();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_orchestra-export"));
+    let bin = o
+        .exporter
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_orchestra-export")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
