@@ -178,6 +178,8 @@ pub struct Extractor {
     reporter: Arc<dyn Reporter>,
     stopper: Stopper,
     fetcher: Fetcher,
+    /// Workflows paging right now; they share the requests in flight.
+    paging: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Why an export was stopped before every workflow finished.
@@ -239,6 +241,7 @@ impl Extractor {
             reporter,
             stopper,
             fetcher,
+            paging: Arc::default(),
         }
     }
 
@@ -378,6 +381,7 @@ impl Extractor {
     ) -> Result<(), ExtractError> {
         let limit = u64::from(self.options.page_size);
         let max_window = self.options.max_window.max(1);
+        let paging = Paging::enter(&self.paging);
         let workflow: Arc<str> = Arc::from(workflow_id);
         // Records a full page holds: `limit`, or less when the server caps pages.
         let mut stride = limit;
@@ -518,7 +522,14 @@ impl Extractor {
                 });
             }
             if received == stride {
-                window = (window * 2).min(max_window);
+                // Requests ahead beyond this workflow's share of the concurrency only queue, and
+                // past the end of a history they are wasted.
+                let share = self
+                    .options
+                    .parallel_workflows
+                    .div_ceil(paging.count())
+                    .max(1);
+                window = (window * 2).min(max_window).min(share);
                 if let (Some(stop), Some(oldest)) = (stop_before, oldest) {
                     // Incremental: do not request far past the cursor. Estimate the pages left
                     // from the time one page covered.
@@ -589,6 +600,26 @@ impl Extractor {
             sink(SinkItem::Steps(step.date, step.batch)).await?;
         }
         Ok(())
+    }
+}
+
+/// Counts a workflow as paging while alive.
+struct Paging<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Paging<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+}
+
+impl Drop for Paging<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
