@@ -2,16 +2,17 @@
 //!
 //! `cargo bench --bench e2e` (options after `--`: `--runs N`, `--workflows N`, `--page-size N`,
 //! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`, `--exporter PATH` to measure
-//! another build). It starts the simulator in
-//! this process with pre-rendered pages (each page is rendered once, then served as stored
-//! bytes, so the server costs next to no CPU), exports once to warm it and to learn the URLs the
-//! exporter asks for, then measures, `--repeat` times each:
+//! another build). It starts the simulator in this process with pre-rendered pages (each page is
+//! rendered once, then served as stored bytes, so the server costs next to no CPU), exports once
+//! to warm it and to learn the URLs the exporter asks for, then measures, `--repeat` times each:
 //! - **download floor**: the same URLs fetched with the same concurrency by a bare reqwest
 //!   client that only reads the bodies (and by `curl --parallel`, when curl is installed);
 //! - **export**: the release binary exporting everything into a new folder, as a child process
 //!   under `/usr/bin/time` for its wall time and peak RSS;
+//! - **Python route** (up to 3 times, when `ORCHESTRA_EXPORT_PYTHON` or `.venv` has pyarrow):
+//!   `benches/pyarrow_route.py`, the hand-written urllib + json + pyarrow export of the same URLs;
 //! - **CPU floor** (one core, in this process, on up to 400 of the pages): `serde_json` merely
-//!   parsing the bytes, against flattening them and encoding the rows to Parquet in memory.
+//!   parsing the bytes, against flattening them, and flattening plus Parquet encoding in memory.
 //!
 //! It prints medians with min–max and the ratios the performance issue sets targets for.
 
@@ -237,6 +238,46 @@ fn cpu_floor(pages: &[Vec<u8>]) -> (f64, f64, f64) {
     (parse, flatten_only, started.elapsed().as_secs_f64())
 }
 
+/// The Python with pyarrow: `ORCHESTRA_EXPORT_PYTHON`, else the repo's `.venv`.
+fn python() -> Option<PathBuf> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    std::env::var_os("ORCHESTRA_EXPORT_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv))
+}
+
+/// The hand-written Python route (`benches/pyarrow_route.py`) over the same URLs:
+/// (wall seconds, peak RSS in MB, Parquet bytes).
+fn pyarrow_route(python: &Path, urls: &[String], dir: &Path) -> (f64, f64, u64) {
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let out = dir.join("pyarrow");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pyarrow_route.py");
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "BENCH %e %M"])
+        .arg(python)
+        .arg(script)
+        .arg(&list)
+        .arg(KEY)
+        .arg(&out)
+        .output()
+        .expect("the Python route runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the Python route failed:\n{text}");
+    let field = |tag: &str, i: usize| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(tag)).expect(tag);
+        line.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    let _ = std::fs::remove_dir_all(&out);
+    (
+        field("BENCH", 1),
+        field("BENCH", 2) / 1024.0,
+        field("PYARROW", 2) as u64,
+    )
+}
+
 /// Bytes of every file below `dir`.
 fn size_of(dir: &Path) -> u64 {
     let mut total = 0;
@@ -350,6 +391,28 @@ fn main() {
         "| Parquet bytes per 100k runs | {:.1} MB |",
         parquet_bytes as f64 / runs as f64 * 1e5 / 1e6
     );
+    if let Some(python) = python().filter(|_| o.latency_ms == 0) {
+        let tries = o.repeat.min(3);
+        let results: Vec<(f64, f64, u64)> = (0..tries)
+            .map(|_| pyarrow_route(&python, &urls, work.path()))
+            .collect();
+        let walls: Vec<f64> = results.iter().map(|r| r.0).collect();
+        let (median, ..) = stats(walls.clone());
+        println!(
+            "| Python route (urllib × 16, json, pyarrow zstd), {tries} runs | {} |",
+            show(&walls, "s")
+        );
+        println!(
+            "| Python route ÷ download floor | {:.2}× |",
+            median / floor_median
+        );
+        let rss: Vec<f64> = results.iter().map(|r| r.1).collect();
+        println!("| Python route peak RSS | {} |", show(&rss, "MB"));
+        println!(
+            "| Python route Parquet bytes per 100k runs | {:.1} MB |",
+            results[0].2 as f64 / runs as f64 * 1e5 / 1e6
+        );
+    }
     if o.latency_ms > 0 {
         let pages = urls.len() as f64;
         let ideal = pages * o.latency_ms as f64 / 1000.0 / o.concurrency as f64;

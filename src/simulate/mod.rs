@@ -85,9 +85,9 @@ pub struct SimConfig {
     pub rate_limit: Option<RateLimit>,
     /// Runs arriving and being purged while pages are requested.
     pub drift: Option<Drift>,
-    /// Every generated workflow serves the first one's history, each page rendered once and
-    /// then served as stored bytes, so the server costs next to no CPU (like static files behind
-    /// nginx): for benchmarks, where the exporter must not compete with the data generator.
+    /// Each page of a generated workflow is rendered once and then served as stored bytes, so
+    /// the server costs next to no CPU once warm (like static files behind nginx): for
+    /// benchmarks, where the exporter must not compete with the data generator.
     pub prerendered: bool,
 }
 
@@ -154,8 +154,8 @@ struct SimState {
     live: Vec<LiveHistory>,
     /// Current records of each fixture (they can be replaced while serving).
     fixture_records: Mutex<Vec<Vec<Value>>>,
-    /// Rendered pages of the shared history, by (offset, limit), when `prerendered`.
-    rendered: Mutex<HashMap<(usize, usize), bytes::Bytes>>,
+    /// Rendered pages by (workflow, offset, limit), when `prerendered`.
+    rendered: Mutex<HashMap<(usize, usize, usize), bytes::Bytes>>,
 }
 
 /// How a generated workflow's history changed while the simulator ran.
@@ -306,9 +306,6 @@ impl SimServer {
     /// Every record of workflow `id` as served, newest first (generated or fixture).
     pub fn records(&self, id: &str) -> Vec<Value> {
         match self.state.by_id.get(id) {
-            Some(Source::Generated(_)) if self.state.config.prerendered => {
-                self.state.page(&Source::Generated(0), 0, usize::MAX)
-            }
             Some(source) => self.state.page(source, 0, usize::MAX),
             None => Vec::new(),
         }
@@ -511,8 +508,8 @@ async fn list_runs(
         );
     };
     let limit = state.config.page_cap.map_or(limit, |cap| limit.min(cap));
-    if let (true, Source::Generated(_)) = (state.config.prerendered, source) {
-        return prerendered_page(&state, offset, limit);
+    if let (true, Source::Generated(i)) = (state.config.prerendered, source) {
+        return prerendered_page(&state, *i, offset, limit);
     }
     if let (Some(drift), Source::Generated(i)) = (state.config.drift, source) {
         return drifting_page(&state, *i, &drift, offset, limit).await;
@@ -533,19 +530,20 @@ async fn list_runs(
     axum::Json(state.page(source, offset, limit)).into_response()
 }
 
-/// A page of the shared history, rendered on first request and served as bytes after that.
-fn prerendered_page(state: &SimState, offset: usize, limit: usize) -> Response {
+/// A page rendered on its first request and served as stored bytes after that.
+fn prerendered_page(state: &SimState, i: usize, offset: usize, limit: usize) -> Response {
+    let key = (i, offset, limit);
     let cached = state
         .rendered
         .lock()
         .expect("render cache lock")
-        .get(&(offset, limit))
+        .get(&key)
         .cloned();
     let body = cached.unwrap_or_else(|| {
-        let page = state.page(&Source::Generated(0), offset, limit);
+        let page = state.page(&Source::Generated(i), offset, limit);
         let body = bytes::Bytes::from(serde_json::to_vec(&page).expect("JSON values serialize"));
         let mut cache = state.rendered.lock().expect("render cache lock");
-        cache.insert((offset, limit), body.clone());
+        cache.insert(key, body.clone());
         body
     });
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
