@@ -43,7 +43,8 @@ pub const DEFAULT_MAX_WINDOW: usize = 16;
 /// runs arriving during paging cause at most one such page per page size of arrivals.
 const MAX_PAGES_WITHOUT_NEWS: u32 = 5;
 
-/// Times one boundary is re-read before concluding that its anchor was deleted upstream.
+/// Re-reads of the anchor's own offset that still do not join before the anchor is taken as
+/// deleted upstream (re-reads caused by pages requested ahead do not count).
 const MAX_REREADS: u32 = 3;
 
 /// What the extract stage sends to the writer.
@@ -388,6 +389,9 @@ impl Extractor {
         let mut next_offset = 0u64;
         let mut window = 1usize;
         let mut anchor: Option<Anchor> = None;
+        // The next page answered is a re-read of the anchor's offset, requested after the
+        // anchor's page was processed (not one requested ahead).
+        let mut rereading = false;
         let mut largest_page = 0u64;
         let mut pages_without_news = 0u32;
         let mut previous_oldest: Option<i64> = None;
@@ -416,17 +420,18 @@ impl Extractor {
             tally.stats.pages += 1;
             tally.stats.page_retries += retries;
             let received = page.record_count as u64;
+            let was_reread = std::mem::take(&mut rereading);
             if received == 0 {
-                match anchor.as_mut() {
-                    // An empty answer may be stale: requested ahead and answered before runs
-                    // arrived that pushed older ones past it. Only an empty re-read of the
-                    // anchor's own offset ends the history.
-                    Some(a) if stride > 1 && a.rereads < MAX_REREADS => {
-                        a.rereads += 1;
+                match anchor.as_ref() {
+                    // An empty answer requested ahead may be stale: answered before runs arrived
+                    // that pushed older ones past it. Only an empty re-read of the anchor's own
+                    // offset ends the history (the anchor was purged at the tail).
+                    Some(a) if stride > 1 && !was_reread => {
                         tally.stats.drift_rereads += 1;
                         in_flight = FuturesOrdered::new();
                         next_offset = a.offset;
                         window = 1;
+                        rereading = true;
                         continue;
                     }
                     Some(_) if stride > 1 => tally.stats.drift_unresolved += 1,
@@ -436,21 +441,30 @@ impl Extractor {
             }
             // Pages of one record cannot overlap: nothing to check them by.
             let join = if stride > 1 {
-                Join::of(anchor.as_ref(), &page.keys, &tally.seen)
+                Join::of(anchor.as_ref(), &page, &tally.seen, tally.newest_start)
             } else {
                 Join::First
             };
+            if let (Join::Before, true, Some(a)) = (join, was_reread, anchor.as_mut()) {
+                // The anchor is further on: runs arrived, none slid past.
+                a.rereads = 0;
+            }
             if let (Join::Gap, Some(a)) = (join, anchor.as_mut()) {
-                if a.rereads < MAX_REREADS {
-                    // Runs may have slid past between this answer and the anchor's: read on
-                    // from the anchor again, one page at a time, and drop this page (its runs
-                    // come again).
+                // A page requested ahead that does not join may have been answered before runs
+                // arrived that pushed older ones past it: read on from the anchor again, one
+                // page at a time, and drop this page (its runs come again). Only a re-read
+                // that still does not join counts toward giving up: then the anchor itself was
+                // deleted upstream, and what follows it is what the re-read holds.
+                if was_reread {
                     a.rereads += 1;
+                }
+                if !was_reread || a.rereads < MAX_REREADS {
                     tally.stats.drift_rereads += 1;
                     tracing::debug!(target: "extract", workflow_id, offset, anchor = a.offset, "page does not join the previous one: re-reading the boundary");
                     in_flight = FuturesOrdered::new();
                     next_offset = a.offset;
                     window = 1;
+                    rereading = true;
                     continue;
                 }
                 tracing::warn!(target: "extract", workflow_id, offset = a.offset, "the run that ended the previous page is gone upstream; paging on after it");
@@ -458,7 +472,7 @@ impl Extractor {
             }
             let oldest = page.runs.iter().filter_map(|r| r.start_time).min();
             let page_newest = page.runs.iter().filter_map(|r| r.start_time).max();
-            let last_key = page.keys.last().copied();
+            let next_anchor = Anchor::after(&page, offset);
             let repeated = tally.keep_new_runs(&mut page);
             if self.options.with_steps {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)
@@ -480,13 +494,11 @@ impl Extractor {
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
-            let nothing_past_anchor = matches!(join, Join::At(i) if i as u64 + 1 == received);
+            // Joined, and nothing new past the anchor (what follows it, if anything, is records
+            // without an id already stored): a short such page is the end of the history.
+            let nothing_past_anchor = matches!(join, Join::At(_)) && news == 0;
             if join != Join::Before {
-                anchor = last_key.map(|key| Anchor {
-                    key,
-                    offset: offset + received - 1,
-                    rereads: 0,
-                });
+                anchor = next_anchor.or(anchor);
             }
             let short = received < limit && received < largest_page;
             if nothing_past_anchor && (received == 1 || short) {
@@ -521,7 +533,7 @@ impl Extractor {
                     offset,
                 });
             }
-            if received == stride {
+            if received == stride && stride > 1 {
                 // Requests ahead beyond this workflow's share of the concurrency only queue, and
                 // past the end of a history they are wasted.
                 let share = self
@@ -538,18 +550,24 @@ impl Extractor {
                         .map_or(newest - oldest, |p| p - oldest)
                         .max(1);
                     let pages_left = ((oldest - stop) / span).saturating_add(1);
-                    window = window.min(usize::try_from(pages_left).unwrap_or(usize::MAX));
+                    let pages_left = usize::try_from(pages_left).unwrap_or(usize::MAX);
+                    window = window.min(pages_left).max(1);
                 }
             } else {
                 // Not the size the requests ahead assumed: drop them and continue from exactly
                 // what was received. A short first page reveals a server-side cap.
                 in_flight = FuturesOrdered::new();
-                next_offset = offset + received - 1;
                 if join == Join::First {
                     stride = received;
                 } else {
                     stride = stride.max(received.min(limit));
                 }
+                // Overlap on the anchor; pages of one record cannot overlap.
+                next_offset = match (&anchor, join) {
+                    _ if stride <= 1 => offset + received,
+                    (Some(a), j) if j != Join::Before => a.offset,
+                    _ => offset + received - 1,
+                };
                 window = 1;
             }
             previous_oldest = oldest.or(previous_oldest);
@@ -634,6 +652,19 @@ struct Anchor {
     rereads: u32,
 }
 
+impl Anchor {
+    /// The anchor after a page that joined (or was accepted): its last record; `None` for an
+    /// empty page.
+    fn after(page: &FlatPage, offset: u64) -> Option<Self> {
+        let index = page.keys.len().checked_sub(1)?;
+        Some(Self {
+            key: page.keys[index],
+            offset: offset + index as u64,
+            rereads: 0,
+        })
+    }
+}
+
 /// How a page relates to the anchor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Join {
@@ -648,13 +679,28 @@ enum Join {
 }
 
 impl Join {
-    fn of(anchor: Option<&Anchor>, keys: &[u128], seen: &KeySet) -> Self {
+    /// How `page` relates to `anchor`, given the records `seen` so far and the newest start
+    /// time among them.
+    fn of(anchor: Option<&Anchor>, page: &FlatPage, seen: &KeySet, newest: Option<i64>) -> Self {
         let Some(anchor) = anchor else {
             return Join::First;
         };
-        if let Some(i) = keys.iter().position(|k| *k == anchor.key) {
-            Join::At(i)
-        } else if keys.iter().all(|k| seen.contains(k)) {
+        if let Some(i) = page.keys.iter().position(|k| *k == anchor.key) {
+            return Join::At(i);
+        }
+        // Runs that start after every run seen arrived during the export: they push the page
+        // before the anchor, they are not a gap.
+        let arrived: HashSet<u128> = page
+            .runs
+            .iter()
+            .filter(|r| r.start_time.is_some() && r.start_time > newest)
+            .map(|r| flatten::id_key(&r.id))
+            .collect();
+        if page
+            .keys
+            .iter()
+            .all(|k| seen.contains(k) || arrived.contains(k))
+        {
             Join::Before
         } else {
             Join::Gap
@@ -883,20 +929,22 @@ impl Tally {
             .filter(|run| !self.seen.insert(flatten::id_key(&run.id)))
             .map(|run| run.id.clone())
             .collect();
-        let before = page.rejected.len();
         let keys = &page.keys;
         let seen = &mut self.seen;
+        // Traces of repeated runs go with their runs (already counted); only quarantined
+        // records received again count as repeats.
+        let mut repeated_quarantined = 0u64;
         page.rejected.retain(|r| {
             let key = keys.get(r.index).copied().unwrap_or_default();
             if r.kept {
-                // The trace of a run: goes with its run.
                 !repeated.iter().any(|id| flatten::id_key(id) == key)
             } else {
-                seen.insert(key)
+                let new = seen.insert(key);
+                repeated_quarantined += u64::from(!new);
+                new
             }
         });
         let quarantined = page.rejected.iter().filter(|r| !r.kept).count();
-        let dropped_rejects = (before - page.rejected.len()) as u64;
         if !repeated.is_empty() {
             page.drop_runs(|id| repeated.contains(id));
         }
@@ -911,7 +959,7 @@ impl Tally {
         s.runs += page.runs.len() as u64;
         s.rejected += quarantined as u64;
         s.unreadable_values += page.unreadable_values as u64;
-        repeated.len() as u64 + dropped_rejects
+        repeated.len() as u64 + repeated_quarantined
     }
 
     /// The state to save once this export's data is committed.
