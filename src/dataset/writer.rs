@@ -30,6 +30,9 @@ const MAX_OPEN_FILES: usize = 192;
 const ZSTD_LEVEL: i32 = 3;
 /// Columns that are nearly unique per row, where a dictionary only costs time.
 const NO_DICTIONARY_COLUMNS: [&str; 5] = ["run_id", "outputs", "inputs", "value", "extracted_at"];
+/// Long JSON text columns: page-level min/max of values nobody filters by ranges cost encoding
+/// time and footer space for nothing, so they get column-chunk statistics only.
+const JSON_TEXT_COLUMNS: [&str; 4] = ["outputs", "inputs", "value", "error"];
 
 /// The name of the one file each committed partition holds: replacing it is a single atomic
 /// rename, so readers never see a partition with both old and new rows.
@@ -104,6 +107,10 @@ pub fn writer_properties() -> WriterProperties {
         .set_created_by(format!("orchestra-export {}", env!("CARGO_PKG_VERSION")));
     for column in NO_DICTIONARY_COLUMNS {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in JSON_TEXT_COLUMNS {
+        builder = builder
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
     }
     builder.build()
 }
