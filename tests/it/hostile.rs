@@ -166,6 +166,12 @@ fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
     assert_exact(&sim, dir.path());
     assert_eq!(sim.server.injected(), [1, 1]);
     let log = sim.server.requests();
+    // Every request carried the key and offered compressed bodies.
+    for r in &log {
+        for header in ["authorization", "accept-encoding", "user-agent"] {
+            assert!(r.headers.iter().any(|h| h == header), "{header}: {r:?}");
+        }
+    }
     for page in ["offset=0", "offset=99"] {
         let tries: Vec<_> = log
             .iter()
