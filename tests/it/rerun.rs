@@ -474,6 +474,17 @@ fn killing_exports_at_any_moment_loses_and_duplicates_nothing() {
         &["--all-workflows", "--page-size", "50", "--concurrency", "4"],
     ));
     let whole = started.elapsed();
+    // SIGKILL, then: whatever the moment, every reader can open the dataset and no key is
+    // duplicated. 1 when the dataset held data by then.
+    let kill_and_check = |mut child: std::process::Child| {
+        Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        assert_unique_keys(dir.path());
+        usize::from(!read_table(dir.path(), "runs").1.is_empty())
+    };
     let mut killed_with_data = 0;
     for (round, fraction) in [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.99]
         .into_iter()
@@ -482,32 +493,19 @@ fn killing_exports_at_any_moment_loses_and_duplicates_nothing() {
         if round % 3 == 2 {
             sim.server.add_runs(round % 3, 25);
         }
-        let mut child = spawn();
+        let child = spawn();
         std::thread::sleep(whole.mul_f64(fraction));
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
-        child.wait().unwrap();
-        // Whatever the moment, every reader can open the dataset and no key is duplicated.
-        assert_unique_keys(dir.path());
-        killed_with_data += usize::from(!read_table(dir.path(), "runs").1.is_empty());
+        killed_with_data += kill_and_check(child);
     }
     if killed_with_data == 0 {
         // A loaded machine ran every export slower than the timed one: kill one export only
         // once its first commit is visible, so the kill-after-commit case is always covered.
-        let mut child = spawn();
+        let child = spawn();
         let deadline = Instant::now() + Duration::from_secs(120);
         while parquet_files(&dir.path().join("runs")).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
-        child.wait().unwrap();
-        assert_unique_keys(dir.path());
-        killed_with_data += usize::from(!read_table(dir.path(), "runs").1.is_empty());
+        killed_with_data += kill_and_check(child);
     }
     assert!(killed_with_data > 0, "no kill landed after a commit");
     let out = export(&sim, dir.path(), &["--all-workflows", "--page-size", "50"]);
