@@ -390,6 +390,58 @@ fn a_page_malformed_once_is_fetched_again_and_one_malformed_always_fails_alone()
     );
 }
 
+/// What a drifting workflow served: its run ids when the export began and when it ended.
+struct Drifted {
+    id: String,
+    before: BTreeSet<String>,
+    after: BTreeSet<String>,
+}
+
+/// Exports `sim` while its histories drift, and checks what holds under any drift: every run
+/// that existed when the export began and still exists is stored, exactly once, and nothing is
+/// stored that the API never had.
+fn export_while_drifting(
+    sim: &Sim,
+    extra: &[&str],
+    name: &str,
+) -> (std::process::Output, Vec<Drifted>) {
+    let before = history_ids(sim);
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(sim, dir.path(), extra);
+    assert_ok(&out);
+    let stored = stored_ids(dir.path());
+    let mut drifted = Vec::new();
+    for (id, existed) in before {
+        let now = record_ids(&sim.server.records(&id));
+        let got = &stored[&id];
+        let missing: Vec<_> = existed
+            .intersection(&now)
+            .filter(|run| !got.contains(*run))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: {} runs lost: {missing:?}",
+            missing.len()
+        );
+        let invented: Vec<_> = got
+            .iter()
+            .filter(|run| !existed.contains(*run) && !now.contains(*run))
+            .collect();
+        assert!(
+            invented.is_empty(),
+            "{id}: runs the API never had: {invented:?}"
+        );
+        drifted.push(Drifted {
+            id,
+            before: existed,
+            after: now,
+        });
+    }
+    let existed = drifted.iter().map(|d| d.before.len()).sum();
+    report(name, sim, dir.path(), existed);
+    (out, drifted)
+}
+
 #[test]
 fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
     let drift = Drift {
@@ -398,29 +450,14 @@ fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
         jitter: Duration::from_millis(25),
     };
     let sim = drifting(3, 1200, drift, None);
-    let before = history_ids(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
+    let extra = ["--page-size", "50", "--concurrency", "8"];
+    let (out, drifted) = export_while_drifting(
         &sim,
-        dir.path(),
-        &["--page-size", "50", "--concurrency", "8"],
+        &extra,
+        "drift: 3 runs inserted per page, 25 ms jitter",
     );
-    assert_ok(&out);
-    let stored = stored_ids(dir.path());
-    for (id, existed) in &before {
-        let now = record_ids(&sim.server.records(id));
-        let got = &stored[id];
-        let missing: Vec<_> = existed.difference(got).collect();
-        assert!(
-            missing.is_empty(),
-            "{id}: {} runs lost: {missing:?}",
-            missing.len()
-        );
-        assert!(got.is_subset(&now), "{id}: runs the API never had");
-        assert!(
-            now.len() > existed.len(),
-            "{id}: no run arrived during the export"
-        );
+    for d in &drifted {
+        assert!(d.after.len() > d.before.len(), "{}: no run arrived", d.id);
     }
     let text = stdout(&out);
     assert!(
@@ -429,13 +466,6 @@ fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
     );
     // Re-reads happen when answers overtake each other; they are counted, whatever their number.
     number(&text, " page boundaries re-read");
-    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
-    report(
-        "drift: 3 runs inserted per page, 25 ms jitter",
-        &sim,
-        dir.path(),
-        existed,
-    );
     let drift_line = text
         .lines()
         .find(|l| l.contains("drift:"))
@@ -451,33 +481,35 @@ fn runs_purged_from_the_tail_during_the_export_are_never_duplicated() {
         jitter: Duration::from_millis(10),
     };
     let sim = drifting(2, 1500, drift, None);
-    let before = history_ids(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
-        &sim,
-        dir.path(),
-        &["--page-size", "50", "--concurrency", "4"],
-    );
-    assert_ok(&out);
-    let stored = stored_ids(dir.path());
-    for (id, existed) in &before {
-        let now = record_ids(&sim.server.records(id));
-        let got = &stored[id];
-        assert!(now.len() < existed.len(), "{id}: nothing was purged");
-        let still_there: BTreeSet<_> = existed.intersection(&now).cloned().collect();
-        let missing: Vec<_> = still_there.difference(got).collect();
-        assert!(missing.is_empty(), "{id}: {} runs lost", missing.len());
-        let known: BTreeSet<String> = existed.union(&now).cloned().collect();
-        let invented: Vec<_> = got.difference(&known).collect();
-        assert!(invented.is_empty(), "{id}: {invented:?}");
+    let extra = ["--page-size", "50", "--concurrency", "4"];
+    let name = "drift: 7 runs purged + 1 inserted per page (runs existing at start)";
+    for d in export_while_drifting(&sim, &extra, name).1 {
+        assert!(
+            d.after.len() < d.before.len(),
+            "{}: nothing was purged",
+            d.id
+        );
     }
-    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
-    report(
-        "drift: 7 runs purged + 1 inserted per page (runs existing at start)",
-        &sim,
-        dir.path(),
-        existed,
-    );
+}
+
+#[test]
+fn a_history_purged_while_its_end_is_read_ends_cleanly() {
+    // Runs arrive at the head and leave from the tail on every request, pages are capped: the
+    // run that ended the last page read is purged before the next answer.
+    let drift = Drift {
+        insert_per_page: 3,
+        purge_per_page: 1,
+        jitter: Duration::from_millis(25),
+    };
+    let sim = drifting(4, 1000, drift, Some(50));
+    let name = "drift: 3 inserted + 1 purged per page, pages capped at 50";
+    for d in export_while_drifting(&sim, &["--concurrency", "8"], name).1 {
+        assert!(
+            !d.before.is_subset(&d.after),
+            "{}: nothing was purged",
+            d.id
+        );
+    }
 }
 
 #[test]
@@ -698,38 +730,4 @@ fn a_full_disk_fails_with_exit_4_and_leaves_the_previous_dataset_intact() {
         .collect();
     assert!(changed.is_empty(), "changed or left behind: {changed:?}");
     assert_eq!(after.len(), previous.len());
-}
-
-#[test]
-fn a_history_purged_while_its_end_is_read_ends_cleanly() {
-    // Runs arrive at the head and leave from the tail on every request, pages are capped: the
-    // run that ended the last page read is purged before the next answer.
-    let drift = Drift {
-        insert_per_page: 3,
-        purge_per_page: 1,
-        jitter: Duration::from_millis(25),
-    };
-    let sim = drifting(4, 1000, drift, Some(50));
-    let before = history_ids(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(&sim, dir.path(), &["--concurrency", "8"]);
-    assert_ok(&out);
-    let stored = stored_ids(dir.path());
-    for (id, existed) in &before {
-        let now = record_ids(&sim.server.records(id));
-        let still_there: BTreeSet<_> = existed.intersection(&now).cloned().collect();
-        assert!(
-            still_there.len() < existed.len(),
-            "{id}: nothing was purged"
-        );
-        let missing: Vec<_> = still_there.difference(&stored[id]).collect();
-        assert!(missing.is_empty(), "{id}: {} runs lost", missing.len());
-    }
-    let existed: usize = before.iter().map(|(_, ids)| ids.len()).sum();
-    report(
-        "drift: 3 inserted + 1 purged per page, pages capped at 50",
-        &sim,
-        dir.path(),
-        existed,
-    );
 }
