@@ -59,6 +59,16 @@ fn assert_exact(sim: &Sim, out: &Path) {
     }
 }
 
+/// Exports every workflow of `sim` into a new folder, expecting success and a dataset equal,
+/// run for run, to what the simulator serves.
+fn export_exact(sim: &Sim, extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = export_all(sim, dir.path(), extra);
+    assert_ok(&out);
+    assert_exact(sim, dir.path());
+    (dir, out)
+}
+
 /// The number printed just before `label` in the summary, e.g. `number(out, " retries")`.
 fn number(text: &str, label: &str) -> u64 {
     let end = text
@@ -160,10 +170,7 @@ fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
             Fault::status("offset=99", 429, 1).with_retry_after(RetryAfter::HttpDate(1)),
         ],
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--concurrency", "1"]);
     assert_eq!(sim.server.injected(), [1, 1]);
     let log = sim.server.requests();
     // Every request carried the key and offered compressed bodies.
@@ -203,14 +210,7 @@ fn server_errors_at_a_rate_are_retried_to_an_exact_dataset() {
         .map(|status| Fault::status("/runs", status, 0).on(Schedule::Rate(0.05)))
         .collect();
     let sim = sim(3, 900, faults);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
-        &sim,
-        dir.path(),
-        &["--concurrency", "1", "--page-size", "50"],
-    );
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--concurrency", "1", "--page-size", "50"]);
     let injected: u64 = sim.server.injected().iter().sum();
     assert!(injected >= 3, "the rate injected only {injected} faults");
     let errors: usize = [500, 502, 503, 504]
@@ -241,10 +241,7 @@ fn server_errors_at_a_rate_are_retried_to_an_exact_dataset() {
 fn connections_reset_mid_body_are_retried() {
     let fault = Fault::new("/runs", FaultKind::ResetMidBody, 0).on(Schedule::Rate(0.15));
     let sim = sim(2, 1000, vec![fault]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--concurrency", "1"]);
     let injected = sim.server.injected()[0];
     assert!(injected >= 2, "{injected}");
     assert_eq!(
@@ -270,10 +267,7 @@ fn connections_reset_mid_body_are_retried() {
 fn bodies_cut_mid_json_are_fetched_again() {
     let fault = Fault::new("/runs", FaultKind::TruncatedBody, 0).on(Schedule::Rate(0.15));
     let sim = sim(2, 1000, vec![fault]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(&sim, dir.path(), &["--concurrency", "1"]);
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--concurrency", "1"]);
     let injected = sim.server.injected()[0];
     assert!(injected >= 2, "{injected}");
     let text = stdout(&out);
@@ -303,14 +297,7 @@ fn a_response_that_hangs_past_the_timeout_is_retried() {
             2,
         )],
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
-        &sim,
-        dir.path(),
-        &["--concurrency", "1", "--request-timeout", "0.5"],
-    );
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--concurrency", "1", "--request-timeout", "0.5"]);
     assert_eq!(sim.server.injected(), [2]);
     assert_eq!(number(&stdout(&out), " retries"), 2);
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
@@ -333,10 +320,7 @@ fn slow_bodies_are_read_to_the_end() {
     )
     .on(Schedule::Rate(0.3));
     let sim = sim(2, 600, vec![fault]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(&sim, dir.path(), &[]);
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &[]);
     assert!(sim.server.injected()[0] >= 2);
     assert_eq!(number(&stdout(&out), " retries"), 0);
     report(
@@ -524,14 +508,7 @@ fn a_rate_limited_api_slows_the_whole_client_instead_of_storming_it() {
         }),
         ..SimConfig::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
-        &sim,
-        dir.path(),
-        &["--page-size", "50", "--concurrency", "16"],
-    );
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
+    let (dir, out) = export_exact(&sim, &["--page-size", "50", "--concurrency", "16"]);
     let log = sim.server.requests();
     let throttled = answered(&sim, 429);
     let ok = answered(&sim, 200);
@@ -566,10 +543,8 @@ fn a_rate_limited_api_slows_the_whole_client_instead_of_storming_it() {
 #[test]
 fn max_rps_caps_the_request_rate_across_workflows() {
     let sim = sim(3, 500, vec![]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(
+    let (dir, _) = export_exact(
         &sim,
-        dir.path(),
         &[
             "--page-size",
             "25",
@@ -579,8 +554,6 @@ fn max_rps_caps_the_request_rate_across_workflows() {
             "40",
         ],
     );
-    assert_ok(&out);
-    assert_exact(&sim, dir.path());
     let mut at: Vec<Duration> = sim
         .server
         .requests()
