@@ -28,8 +28,17 @@ const DEFAULT_MEMORY_BUDGET: usize = 48 * 1024 * 1024;
 const MAX_OPEN_FILES: usize = 192;
 /// zstd level 3: zstd's default, most of the ratio at a fraction of the CPU of higher levels.
 const ZSTD_LEVEL: i32 = 3;
-/// Columns that are nearly unique per row, where a dictionary only costs time.
-const NO_DICTIONARY_COLUMNS: [&str; 5] = ["run_id", "outputs", "inputs", "value", "extracted_at"];
+/// Columns that are nearly unique per row, where a dictionary only costs time (`end_time` and
+/// `duration_ms` too: 2% smaller files without them, BENCHMARKS.md).
+const NO_DICTIONARY_COLUMNS: [&str; 7] = [
+    "run_id",
+    "outputs",
+    "inputs",
+    "value",
+    "extracted_at",
+    "end_time",
+    "duration_ms",
+];
 /// Long JSON text columns: page-level min/max of values nobody filters by ranges cost encoding
 /// time and footer space for nothing, so they get column-chunk statistics only.
 const JSON_TEXT_COLUMNS: [&str; 4] = ["outputs", "inputs", "value", "error"];
