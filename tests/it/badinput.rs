@@ -600,11 +600,7 @@ fn a_body_that_is_not_a_json_array_fails_its_workflow_only() {
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("workflow `wf-truncated` failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "workflow `wf-truncated` failed");
     assert_eq!(table(dir.path(), "runs"), [bare_run("wf-fine", "ok", None)]);
     assert_eq!(rejected_lines(dir.path()), Vec::<Value>::new());
 }

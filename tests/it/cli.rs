@@ -194,17 +194,10 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
         5,
         "error: workflow `w` failed: request for offset 0 failed: request to `http://127.0.0.1:9/api/v1/workflow/workflows/w/runs?limit=100&offset=0` failed after 2 attempt(s)",
     );
-    assert!(
-        stderr(&out).contains(": cannot connect: "),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(
-            "\nhint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`\n"
-        ),
-        "{}",
-        stderr(&out)
+    assert_stderr_contains(&out, ": cannot connect: ");
+    assert_stderr_contains(
+        &out,
+        "\nhint: check `--base-url` and the network: nothing accepted a connection at `127.0.0.1:9`\n",
     );
 }
 
@@ -268,10 +261,9 @@ fn a_host_that_does_not_resolve_is_exit_7_and_names_the_host() {
         7,
         "error: workflow `w` failed: request for offset 0 failed: request to `http://orchestra.invalid/api/workflows/w/runs?limit=100&offset=0` failed after 1 attempt(s)",
     );
-    assert!(
-        stderr(&per_workflow).contains("\nhint: the host `orchestra.invalid` does not resolve"),
-        "{}",
-        stderr(&per_workflow)
+    assert_stderr_contains(
+        &per_workflow,
+        "\nhint: the host `orchestra.invalid` does not resolve",
     );
 }
 
@@ -562,20 +554,15 @@ fn the_key_is_not_in_the_errors_of_failing_exports() {
     assert_eq!(rejected.status.code(), Some(3), "{}", stderr(&rejected));
     let failing = export_with(KEY, "down");
     assert_eq!(failing.status.code(), Some(1), "{}", stderr(&failing));
-    assert!(
-        stderr(&failing).contains("HTTP 500 from"),
-        "{}",
-        stderr(&failing)
-    );
+    assert_stderr_contains(&failing, "HTTP 500 from");
     let redirected = export_with(KEY, "moved");
     assert_eq!(redirected.status.code(), Some(3), "{}", stderr(&redirected));
     // An API that quotes the Authorization header back in its error body: the quote is masked.
     let echoed = export_with(KEY, "echo");
     assert_eq!(echoed.status.code(), Some(1), "{}", stderr(&echoed));
-    assert!(
-        stderr(&echoed).contains("cannot handle request with Authorization: Bearer ***"),
-        "{}",
-        stderr(&echoed)
+    assert_stderr_contains(
+        &echoed,
+        "cannot handle request with Authorization: Bearer ***",
     );
     assert_eq!(sim.server.injected()[1], 2, "the key was echoed twice");
 }
@@ -695,11 +682,7 @@ fn demo_replaces_its_own_output_and_never_touches_other_folders() {
     std::fs::write(precious.join("notes.txt"), b"mine").unwrap();
     let refused = demo(&precious);
     assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("is not empty and was not written by `demo`"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_stderr_contains(&refused, "is not empty and was not written by `demo`");
     assert_eq!(std::fs::read(precious.join("notes.txt")).unwrap(), b"mine");
 }
 
@@ -725,16 +708,8 @@ fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("interrupted: committing what was fetched"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("failed: stopped: interrupted"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "interrupted: committing what was fetched");
+    assert_stderr_contains(&out, "failed: stopped: interrupted");
     let (_, runs) = read_table(dir.path(), "runs");
     assert!(
         !runs.is_empty() && runs.len() < 10_000,

@@ -17,12 +17,7 @@ fn every_run_exactly_once_with_exact_values_in_every_column() {
     });
     let dir = tempfile::tempdir().unwrap();
     let started = chrono::Utc::now().timestamp_micros();
-    let ids: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let ids: Vec<String> = sim.ids();
     let mut args = vec!["--page-size", "50"];
     for id in &ids {
         args.extend(["--workflow", id.as_str()]);
@@ -351,12 +346,7 @@ fn all_workflows_lists_exports_and_writes_the_workflows_table() {
         .map(|w| w["workflow_id"].text().unwrap())
         .collect();
     listed.sort();
-    let mut want: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let mut want: Vec<String> = sim.ids();
     want.push("extra-wf".into());
     want.sort();
     assert_eq!(listed, want);

@@ -77,12 +77,7 @@ fn export_retries_429_and_5xx_honouring_retry_after_and_completes() {
         runs_per_workflow: 120,
         ..SimConfig::default()
     });
-    let ids: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let ids: Vec<String> = sim.ids();
     drop(sim);
     let sim = Sim::start(SimConfig {
         workflows: 2,
@@ -125,7 +120,7 @@ fn export_retries_429_and_5xx_honouring_retry_after_and_completes() {
     assert_eq!(retried_429.len(), 2);
     let (_, runs) = read_table(dir.path(), "runs");
     assert_eq!(runs.len(), 240);
-    assert!(stderr(&out).contains("retrying"), "{}", stderr(&out));
+    assert_stderr_contains(&out, "retrying");
 }
 
 #[test]
@@ -149,26 +144,13 @@ fn a_rejected_key_stops_the_export_quickly_with_exit_3() {
         &[("ORCHESTRA_API_KEY", "wrong-key-Pq7")],
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("error: cannot list workflows"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("hint: check `ORCHESTRA_API_KEY`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "error: cannot list workflows");
+    assert_stderr_contains(&out, "HTTP 401");
+    assert_stderr_contains(&out, "hint: check `ORCHESTRA_API_KEY`");
     assert_eq!(sim.server.requests().len(), 1, "no retries on 401");
 
     // With explicit workflows, the first 401 cancels the rest.
-    let ids: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let ids: Vec<String> = sim.ids();
     let mut args = vec![
         "export",
         "--base-url",
@@ -198,12 +180,7 @@ fn one_missing_workflow_fails_alone_and_the_others_are_committed() {
         runs_per_workflow: 150,
         ..SimConfig::default()
     });
-    let ids: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let ids: Vec<String> = sim.ids();
     let dir = tempfile::tempdir().unwrap();
     let out = export(
         &sim,
@@ -272,17 +249,11 @@ fn persistent_server_errors_fail_the_workflow_after_the_retry_budget() {
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out)
-            .contains("error: workflow `flaky` failed: request for offset 0 failed: HTTP 500 from"),
-        "{}",
-        stderr(&out)
+    assert_stderr_contains(
+        &out,
+        "error: workflow `flaky` failed: request for offset 0 failed: HTTP 500 from",
     );
-    assert!(
-        stderr(&out).contains("after 3 attempt(s)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "after 3 attempt(s)");
     assert_eq!(
         sim.paths().iter().filter(|p| p.contains("/flaky/")).count(),
         3
@@ -332,10 +303,9 @@ fn an_api_that_ignores_offset_fails_the_workflow_instead_of_looping() {
     let dir = tempfile::tempdir().unwrap();
     let out = export(&sim, dir.path(), &["--workflow", &id, "--concurrency", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("5 pages in a row up to offset 495 held only runs already seen"),
-        "{}",
-        stderr(&out)
+    assert_stderr_contains(
+        &out,
+        "5 pages in a row up to offset 495 held only runs already seen",
     );
     assert_eq!(offsets(&sim.paths(), &id), [0, 99, 198, 297, 396, 495]);
     // The runs it did get are kept, once each.
@@ -354,7 +324,10 @@ fn a_listed_workflow_id_that_cannot_be_a_path_segment_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let out = export(&sim, dir.path(), &["--all-workflows"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("error: workflow `..` failed: invalid workflow id: `.` and `..` cannot be used as a URL path segment"), "{}", stderr(&out));
+    assert_stderr_contains(
+        &out,
+        "error: workflow `..` failed: invalid workflow id: `.` and `..` cannot be used as a URL path segment",
+    );
     assert!(
         !sim.paths().iter().any(|p| p.contains("/workflows/runs")),
         "{:?}",

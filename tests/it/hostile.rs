@@ -20,11 +20,7 @@ fn generated_ids(workflows: usize) -> Vec<String> {
         runs_per_workflow: 1,
         ..SimConfig::default()
     });
-    sim.server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect()
+    sim.ids()
 }
 
 fn sim(workflows: usize, runs: u64, faults: Vec<Fault>) -> Sim {
@@ -38,12 +34,7 @@ fn sim(workflows: usize, runs: u64, faults: Vec<Fault>) -> Sim {
 
 /// `export` of every generated workflow of `sim`, with quick retries.
 fn export_all(sim: &Sim, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ids: Vec<String> = sim
-        .server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect();
+    let ids: Vec<String> = sim.ids();
     let mut args: Vec<&str> = vec!["--retry-delay", "0.001"];
     for id in &ids {
         args.extend(["--workflow", id.as_str()]);
@@ -250,11 +241,7 @@ fn connections_reset_mid_body_are_retried() {
         "{}",
         stdout(&out)
     );
-    assert!(
-        stderr(&out).contains("connection broken"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "connection broken");
     report(
         "connection reset mid-body at 15%",
         &sim,
@@ -277,7 +264,7 @@ fn bodies_cut_mid_json_are_fetched_again() {
         "{text}"
     );
     assert_eq!(number(&text, " retries"), injected, "{text}");
-    assert!(stderr(&out).contains("unreadable page"), "{}", stderr(&out));
+    assert_stderr_contains(&out, "unreadable page");
     report(
         "body truncated mid-JSON at 15%",
         &sim,
@@ -300,7 +287,7 @@ fn a_response_that_hangs_past_the_timeout_is_retried() {
     let (dir, out) = export_exact(&sim, &["--concurrency", "1", "--request-timeout", "0.5"]);
     assert_eq!(sim.server.injected(), [2]);
     assert_eq!(number(&stdout(&out), " retries"), 2);
-    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert_stderr_contains(&out, "timed out");
     report(
         "response hangs 5 s past a 0.5 s timeout",
         &sim,
@@ -591,11 +578,7 @@ fn the_retry_budget_stops_a_failing_api_from_causing_a_retry_storm() {
     let requests = sim.server.requests().len();
     assert!(requests >= 300 + 100, "{requests}");
     assert!(requests <= 300 + 100 + 60 + 8, "{requests} requests");
-    assert!(
-        stderr(&out).contains("not retried: the export already made"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "not retried: the export already made");
     assert!(stored_ids(dir.path()).is_empty());
     report(
         "503 always on 300 workflows (retry budget)",
@@ -625,11 +608,7 @@ fn a_response_larger_than_the_limit_fails_its_workflow_without_being_read() {
     let dir = tempfile::tempdir().unwrap();
     let out = export_all(&sim, dir.path(), &["--max-response-size", "8MB"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is larger than 8388608 bytes"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "is larger than 8388608 bytes");
     // Not retried, and reading stopped near the limit: far from the 2 GB offered.
     assert_eq!(sim.server.injected(), [1]);
     let sent = sim.server.huge_bytes_sent();

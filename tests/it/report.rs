@@ -195,11 +195,7 @@ fn a_report_on_a_folder_without_an_export_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(&["report", "--data", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("error: no `runs` table in"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "error: no `runs` table in");
     let out = run(&[
         "report",
         "--data",
@@ -210,11 +206,7 @@ fn a_report_on_a_folder_without_an_export_is_a_usage_error() {
         "2025-03-01",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("is after `--until`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "is after `--until`");
 }
 
 #[test]

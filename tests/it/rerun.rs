@@ -11,14 +11,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn ids(sim: &Sim) -> Vec<String> {
-    sim.server
-        .workflows()
-        .iter()
-        .map(|w| w.id.clone())
-        .collect()
-}
-
 /// Every row of every run table, without `extracted_at`, sorted: what must not change between
 /// identical exports.
 fn content(out: &Path) -> BTreeMap<&'static str, Vec<Row>> {
@@ -75,7 +67,7 @@ fn an_incremental_rerun_fetches_only_what_is_new_and_finishes_running_runs() {
         runs_per_workflow: 10_000,
         ..SimConfig::default()
     });
-    let id = ids(&sim)[0].clone();
+    let id = sim.ids()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let out = export(&sim, dir.path(), &["--workflow", &id]);
     assert_ok(&out);
@@ -159,7 +151,7 @@ fn running_the_same_export_twice_or_in_full_changes_nothing_but_extracted_at() {
     );
     assert_eq!(content(dir.path()), first, "--full changed the data");
     assert_eq!(partition_files(dir.path()), files, "file count grew");
-    for id in ids(&sim) {
+    for id in sim.ids() {
         assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
     }
 }
@@ -315,7 +307,7 @@ fn a_failed_workflow_keeps_its_state_while_the_others_advance() {
         runs_per_workflow: 300,
         ..SimConfig::default()
     });
-    let [a, b] = [ids(&sim)[0].clone(), ids(&sim)[1].clone()];
+    let [a, b] = [sim.ids()[0].clone(), sim.ids()[1].clone()];
     let dir = tempfile::tempdir().unwrap();
     assert_ok(&export(
         &sim,
@@ -444,7 +436,7 @@ fn a_second_export_into_the_same_folder_is_refused_while_the_first_runs() {
     first.wait().unwrap();
     let third = export(&sim, dir.path(), &["--all-workflows"]);
     assert_ok(&third);
-    let id = ids(&sim)[0].clone();
+    let id = sim.ids()[0].clone();
     assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
 }
 
@@ -510,7 +502,7 @@ fn killing_exports_at_any_moment_loses_and_duplicates_nothing() {
     assert!(killed_with_data > 0, "no kill landed after a commit");
     let out = export(&sim, dir.path(), &["--all-workflows", "--page-size", "50"]);
     assert_ok(&out);
-    for id in ids(&sim) {
+    for id in sim.ids() {
         assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
     }
     assert_unique_keys(dir.path());
@@ -548,7 +540,7 @@ fn a_hundred_hourly_reruns_keep_one_file_per_partition() {
         runs_per_workflow: 1000,
         ..SimConfig::default()
     });
-    let id = ids(&sim)[0].clone();
+    let id = sim.ids()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     assert_ok(&export(&sim, dir.path(), &["--workflow", &id]));
     for _ in 0..100 {
@@ -574,7 +566,7 @@ fn a_config_file_drives_the_export_and_flags_override_it() {
         runs_per_workflow: 120,
         ..SimConfig::default()
     });
-    let [a, b] = [ids(&sim)[0].clone(), ids(&sim)[1].clone()];
+    let [a, b] = [sim.ids()[0].clone(), sim.ids()[1].clone()];
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("export.toml");
     std::fs::write(
@@ -610,11 +602,7 @@ fn a_config_file_drives_the_export_and_flags_override_it() {
     std::fs::write(&config, "api_key = \"sk-live-123\"\n").unwrap();
     let out = run(&["export", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("`api_key` is not allowed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "`api_key` is not allowed");
     assert!(!stderr(&out).contains("sk-live-123"));
 }
 

@@ -47,6 +47,15 @@ impl Sim {
         self.server.base_url()
     }
 
+    /// Ids of the generated workflows.
+    pub fn ids(&self) -> Vec<String> {
+        self.server
+            .workflows()
+            .iter()
+            .map(|w| w.id.clone())
+            .collect()
+    }
+
     /// Paths (with query) of the requests answered, in order.
     pub fn paths(&self) -> Vec<String> {
         self.server
@@ -120,6 +129,11 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that stderr contains `needle`, showing stderr otherwise.
+pub fn assert_stderr_contains(o: &Output, needle: &str) {
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
 }
 
 /// Asserts success, showing output otherwise.
