@@ -144,6 +144,12 @@ struct ExportArgs {
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     unfinished_horizon: Option<Duration>,
+    /// Export only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose
+    /// stable hash modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the
+    /// work with no overlap and may write the same `--out` at the same time.
+    #[arg(long, env = "ORCHESTRA_SHARD", value_name = "K/N", allow_hyphen_values = true,
+          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
+    shard: Option<crate::dataset::Shard>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -393,6 +399,7 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         with_steps: args.with_steps || file.with_steps.unwrap_or(false),
         lookback: args.lookback.unwrap_or(base.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(base.unfinished_horizon),
+        shard: args.shard.or(file.shard),
         ..base
     };
     let config = match inputs.validate() {
@@ -457,7 +464,15 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         }
         Err(e) => {
             let (code, hint) = failure_code(&e);
-            if [exit::OUTPUT, exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
+            if [
+                exit::USAGE,
+                exit::OUTPUT,
+                exit::UNREACHABLE,
+                exit::DNS,
+                exit::TLS,
+            ]
+            .contains(&code)
+            {
                 // One line naming the path or URL, like the per-workflow failures.
                 eprintln!("error: {}", crate::error_chain(&e));
                 eprintln!("hint: {}", hint.unwrap_or_default());
@@ -475,6 +490,10 @@ fn failure_code(e: &ExportError) -> (i32, Option<String>) {
         ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
             exit::LOCKED,
             Some("wait for it to finish: the lock is released when that process exits".into()),
+        ),
+        ExportError::Dataset(crate::dataset::DatasetError::Layout { found, .. }) => (
+            exit::USAGE,
+            Some(crate::dataset::shard::layout_hint(*found)),
         ),
         ExportError::Dataset(_) | ExportError::State(_) => (
             exit::OUTPUT,

@@ -20,6 +20,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::DatasetError;
 use super::schema::{PartitionDate, Table};
+use super::shard::Layout;
 use super::storage::{StagedFile, Storage};
 use crate::flatten::PartitionRows;
 
@@ -345,15 +346,18 @@ impl DatasetWriter {
     }
 }
 
-/// Replaces the whole unpartitioned `table` with `batch`, atomically: the new file takes the
-/// place of the old one in a single rename.
+/// Replaces `layout`'s part of the unpartitioned `table` with `batch`, atomically: the new file
+/// takes the place of the old one in a single rename. (A shard's part holds its workflows; the
+/// other shards' files are left alone.)
 pub fn write_snapshot(
     storage: &dyn Storage,
     table: Table,
     batch: &RecordBatch,
+    layout: Layout,
 ) -> Result<WrittenFile, DatasetError> {
     let dir = table.name();
-    let path = format!("{dir}/{PARTITION_FILE}");
+    let file = layout.partition_file();
+    let path = format!("{dir}/{file}");
     let sink = storage.create(&path)?;
     let parquet_err = |source| DatasetError::Parquet {
         path: path.clone(),
@@ -364,8 +368,8 @@ pub fn write_snapshot(
     writer.write(batch).map_err(parquet_err)?;
     let bytes = writer.into_inner().map_err(parquet_err)?.commit()?;
     // Files of older layouts next to the snapshot would double its rows.
-    for name in storage.list(dir)? {
-        if name.ends_with(".parquet") && name != PARTITION_FILE {
+    for name in layout.check_partition(storage, dir)? {
+        if name != file {
             storage.remove(&format!("{dir}/{name}"))?;
         }
     }

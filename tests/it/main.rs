@@ -9,4 +9,5 @@ mod hostile;
 mod interop;
 mod report;
 mod rerun;
+mod shard;
 mod support;
