@@ -279,9 +279,14 @@ fn pyarrow_route(python: &Path, urls: &[String], dir: &Path) -> (f64, f64, u64) 
 }
 
 /// Bytes of every file below `dir`.
+/// Parquet bytes of the three run tables below `dir` (what the Python route writes too).
 fn size_of(dir: &Path) -> u64 {
     let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack: Vec<_> = ["runs", "node_outputs", "run_inputs"]
+        .iter()
+        .map(|t| dir.join(t))
+        .filter(|d| d.is_dir())
+        .collect();
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();

@@ -14,8 +14,9 @@ use bytes::Bytes;
 
 use super::DatasetError;
 
-/// Buffer in front of each staged local file; Parquet writes in page-sized chunks anyway.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Buffer in front of each staged local file; Parquet writes whole pages and row groups anyway,
+/// and one is held per open file (up to 192).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Where committed files live. Paths are relative, `/`-separated, below the export root.
 pub trait Storage: Send + Sync {

@@ -180,6 +180,12 @@ fn filter_by_run_id(batch: &RecordBatch, drop: &impl Fn(&str) -> bool) -> Record
         .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
         .expect("every table has a non-null utf8 run_id column");
     let keep: BooleanArray = ids.iter().map(|id| Some(!drop(id.unwrap_or("")))).collect();
+    // Usually nothing is dropped, or only the page's first run (the record that overlaps the
+    // previous page): keep those without copying the batch.
+    let dropped_prefix = keep.values().iter().take_while(|k| !k).count();
+    if keep.values().iter().skip(dropped_prefix).all(|k| k) {
+        return batch.slice(dropped_prefix, batch.num_rows() - dropped_prefix);
+    }
     filter_record_batch(batch, &keep).expect("filtering a batch by a mask of its own length")
 }
 

@@ -285,6 +285,32 @@ fn repeated_ids_in_a_page_keep_the_first_and_drop_runs_removes_children() {
 }
 
 #[test]
+fn drop_runs_removes_a_leading_run_a_middle_run_or_none() {
+    let body = br#"[
+        {"id": "a", "start_time": "2025-01-01T00:00:03Z", "all_outputs": {"n": 1, "m": 2}},
+        {"id": "b", "start_time": "2025-01-01T00:00:02Z", "all_outputs": {"n": 3}},
+        {"id": "c", "start_time": "2025-01-01T00:00:01Z", "all_outputs": {"n": 4}}
+    ]"#;
+    let children = |page: &FlatPage| text(&page.partitions[0].node_outputs, "run_id");
+    let mut page = flatten_page(body, ctx()).unwrap();
+    page.drop_runs(|_| false);
+    assert_eq!(ids(&page), ["a", "b", "c"]);
+    assert_eq!(children(&page), [s("a"), s("a"), s("b"), s("c")]);
+    page.drop_runs(|id| id == "a");
+    assert_eq!(ids(&page), ["b", "c"]);
+    assert_eq!(text(&page.partitions[0].runs, "run_id"), [s("b"), s("c")]);
+    assert_eq!(children(&page), [s("b"), s("c")]);
+    assert_eq!(
+        int32(&page.partitions[0].node_outputs, "node_index"),
+        [Some(0), Some(0)]
+    );
+    let mut page = flatten_page(body, ctx()).unwrap();
+    page.drop_runs(|id| id == "b");
+    assert_eq!(text(&page.partitions[0].runs, "run_id"), [s("a"), s("c")]);
+    assert_eq!(children(&page), [s("a"), s("a"), s("c")]);
+}
+
+#[test]
 fn odd_numbers_and_timestamps_become_nulls_and_are_counted() {
     let body = br#"[{"id": "x", "start_time": "soon", "end_time": 5, "elapsed_time": "12.7"},
                     {"id": "y", "start_time": "2025-01-01T00:00:00Z", "elapsed_time": "n/a"}]"#;
