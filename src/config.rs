@@ -10,6 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::api::{self, ApiKey, ClientOptions, RetryPolicy};
+use crate::dataset::Location;
 use crate::extract::{DEFAULT_MAX_WINDOW, ExtractOptions};
 
 /// Environment variable holding the API key.
@@ -75,6 +76,9 @@ pub enum ConfigError {
     /// The base URL is not usable.
     #[error("invalid `--base-url` `{url}`: {reason}")]
     BaseUrl { url: String, reason: String },
+    /// `--out` is neither a path nor a supported URL.
+    #[error(transparent)]
+    Out(crate::dataset::DatasetError),
 }
 
 /// Longest duration accepted anywhere (ten years): beyond it arithmetic on timestamps overflows.
@@ -225,7 +229,7 @@ impl ConfigFile {
         .into_iter()
         .flatten()
         {
-            if p.is_relative() && !p.as_os_str().is_empty() {
+            if p.is_relative() && !p.as_os_str().is_empty() && !Location::is_url(p) {
                 *p = dir.join(&*p);
             }
         }
@@ -371,6 +375,7 @@ impl ExportInputs {
     /// Validates everything and loads the key and workflows file.
     pub fn validate(self) -> Result<ExportConfig, ConfigError> {
         let base_url = parse_base_url(&self.base_url)?;
+        Location::parse(&self.out).map_err(ConfigError::Out)?;
         let key = load_key(self.api_key_file.as_deref(), self.api_key_env.as_deref())?;
         let mut ids = self.workflows;
         for id in &ids {

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, LocalStorage, Storage, Table, WriteSummary,
-    WriterOptions, write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, Storage, Table, WriteSummary, WriterOptions,
+    write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -151,7 +151,7 @@ pub async fn export(
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let export_id = new_export_id();
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(&config.out)?);
+    let storage: Arc<dyn Storage> = dataset::open(&config.out)?;
     let _lock = storage.lock(&lock_holder(&export_id))?;
     // What a killed export left: its staging area and hidden temp files. Nobody else writes
     // here while we hold the lock.

@@ -35,7 +35,9 @@ use url::Url;
 
 use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
+use crate::dataset::Location;
 use crate::exit;
+use crate::extract::state::StateError;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
 use crate::progress::{LogReporter, Reporter};
@@ -471,15 +473,17 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
 
 /// The exit code and hint of an export that failed as a whole.
 fn failure_code(e: &ExportError) -> (i32, Option<String>) {
+    const OUT_HINT: &str = "check that `--out` is a writable folder with free space";
+    if let ExportError::Dataset(e) | ExportError::State(StateError::Dataset(e)) = e {
+        let code = if e.is_lock_conflict() {
+            exit::LOCKED
+        } else {
+            exit::OUTPUT
+        };
+        return (code, Some(e.hint().unwrap_or_else(|| OUT_HINT.into())));
+    }
     match e {
-        ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
-            exit::LOCKED,
-            Some("wait for it to finish: the lock is released when that process exits".into()),
-        ),
-        ExportError::Dataset(_) | ExportError::State(_) => (
-            exit::OUTPUT,
-            Some("check that `--out` is a writable folder with free space".into()),
-        ),
+        ExportError::State(_) => (exit::OUTPUT, Some(OUT_HINT.into())),
         ExportError::WriterPanicked => (exit::INTERNAL, None),
         _ => match e.api_error() {
             Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT.into())),
@@ -593,6 +597,13 @@ pub fn report_error(error: &dyn std::error::Error, hint: Option<&str>) {
 }
 
 async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
+    if Location::is_url(&args.out) {
+        eprintln!(
+            "error: `demo` writes to a local folder, not to `{}`; `export --out URL` writes to object storage",
+            args.out.display()
+        );
+        return exit::USAGE;
+    }
     let sim_config = SimConfig {
         seed: args.seed,
         workflows: args.workflows,
