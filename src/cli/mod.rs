@@ -35,7 +35,7 @@ use url::Url;
 
 use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
-use crate::dataset::Location;
+use crate::dataset::{self, Location};
 use crate::exit;
 use crate::extract::state::StateError;
 use crate::extract::{ExtractError, StopReason, Stopper};
@@ -651,6 +651,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
             until: None,
             workflows: Vec::new(),
             top_n: report::DEFAULT_TOP_N,
+            source: None,
         });
         if code != exit::SUCCESS {
             return code;
@@ -668,15 +669,66 @@ fn run_report(args: ReportArgs) -> i32 {
         eprintln!("error: `--since` {since} is after `--until` {until}");
         return exit::USAGE;
     }
+    // An object store dataset is downloaded to a temporary folder first (removed on return).
+    let (data, source, _download) = if Location::is_url(&args.data) {
+        match download_for_report(&args.data, args.out.is_some()) {
+            Ok(dir) => (
+                dir.path().to_path_buf(),
+                Some(args.data.display().to_string()),
+                Some(dir),
+            ),
+            Err(code) => return code,
+        }
+    } else {
+        (args.data.clone(), None, None)
+    };
     let options = ReportOptions {
         out: args.out.unwrap_or_else(|| args.data.join("reports")),
-        data: args.data,
+        data,
         since: args.since,
         until: args.until,
         workflows: args.workflows,
         top_n: args.top,
+        source,
     };
     write_report(&options)
+}
+
+/// Downloads the dataset at the URL `data` into a temporary folder; on failure prints the error
+/// and returns the exit code.
+fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile::TempDir, i32> {
+    let shown = data.display();
+    if !has_out {
+        eprintln!(
+            "error: `--data {shown}` is in an object store: pass `--out DIR`, the local folder for the reports"
+        );
+        return Err(exit::USAGE);
+    }
+    let dir = tempfile::tempdir().map_err(|e| {
+        report_error(
+            &e,
+            Some("set `TMPDIR` to a folder with room for the dataset"),
+        );
+        exit::OUTPUT
+    })?;
+    match dataset::download(data, dir.path()) {
+        Ok(_) if !dir.path().join("runs").exists() => {
+            eprintln!("error: no `runs` table in `{shown}`: is it an orchestra-export dataset?");
+            eprintln!("hint: pass `--data URL`, the `--out` of an export");
+            Err(exit::USAGE)
+        }
+        Ok(files) => {
+            tracing::info!(target: "report", files, "downloaded the dataset from `{shown}`");
+            Ok(dir)
+        }
+        Err(e) => {
+            eprintln!("error: {}", crate::error_chain(&e));
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            Err(exit::OUTPUT)
+        }
+    }
 }
 
 /// Writes the reports and prints where they are; returns the exit code.

@@ -340,6 +340,27 @@ pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
     })
 }
 
+/// Downloads every table of the dataset at the URL `data` into the local folder `dest` (same
+/// layout), for readers that need local files such as the report; returns the files fetched.
+pub fn download(data: &Path, dest: &Path) -> Result<usize, DatasetError> {
+    let Location::Object(url) = Location::parse(data)? else {
+        return Err(DatasetError::BadUrl {
+            url: data.display().to_string(),
+            reason: "not an object store URL".to_owned(),
+        });
+    };
+    let storage = ObjectStorage::open(&url, ObjectOptions::from_env()?)?;
+    let tables = [
+        Table::Runs,
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Workflows,
+    ]
+    .map(Table::name);
+    download_tables(&storage, &tables, dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
