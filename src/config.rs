@@ -656,6 +656,17 @@ mod file_tests {
     }
 
     #[test]
+    fn an_object_store_out_is_kept_as_written() {
+        let file = load("out = \"s3://bucket/exports/orchestra\"").unwrap();
+        assert_eq!(
+            file.out,
+            Some(PathBuf::from("s3://bucket/exports/orchestra"))
+        );
+        let file = load("out = \"data/export\"").unwrap();
+        assert!(file.out.unwrap().is_absolute());
+    }
+
+    #[test]
     fn bad_config_files_name_the_key() {
         let cases = [
             ("page_size = 0", "`page_size` must be between 1 and 100000"),
