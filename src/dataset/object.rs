@@ -736,11 +736,16 @@ impl StagedFile for ObjectStaged {
         inner.check_lease(&self.path)?;
         let (store, location) = (inner.store.clone(), self.location.clone());
         let options = inner.options.clone();
-        let uploaded = inner.run(upload(store, location, file, bytes, options))?;
+        let lease = lock(&inner.lease).clone();
+        let uploaded = inner.run(upload(store, location, file, bytes, options, lease))?;
         match uploaded {
             Ok(()) => Ok(bytes),
             Err(Upload::Spool(source)) => Err(spool_err(source)),
             Err(Upload::Store(e)) => Err(inner.error("upload", &self.path, e)),
+            Err(Upload::LockLost(reason)) => Err(DatasetError::LockLost {
+                url: inner.show(LOCK_FILE),
+                reason,
+            }),
         }
     }
 }
@@ -748,16 +753,18 @@ impl StagedFile for ObjectStaged {
 enum Upload {
     Spool(io::Error),
     Store(object_store::Error),
+    LockLost(String),
 }
 
 /// Uploads a spooled file: one PUT when small, else a multipart upload that becomes visible
-/// only when it completes (and is aborted on failure).
+/// only when it completes (and is aborted on failure, or when the lease was lost meanwhile).
 async fn upload(
     store: Arc<dyn ObjectStore>,
     location: ObjectPath,
     mut file: File,
     bytes: u64,
     options: ObjectOptions,
+    lease: Option<Arc<Lease>>,
 ) -> Result<(), Upload> {
     if bytes <= options.single_put_max {
         let mut content = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
@@ -791,6 +798,15 @@ async fn upload(
         }
         writer.put(Bytes::copy_from_slice(&chunk[..read]));
     }
+    // A large upload takes a while: the lease must still hold when the object appears.
+    if let Err(e) = writer.wait_for_capacity(0).await {
+        let _ = writer.abort().await;
+        return Err(Upload::Store(e));
+    }
+    if let Some(reason) = lease.and_then(|l| l.check_local().err()) {
+        let _ = writer.abort().await;
+        return Err(Upload::LockLost(reason));
+    }
     writer.finish().await.map_err(Upload::Store)?;
     Ok(())
 }
@@ -809,7 +825,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Downloads the Parquet files of `tables` (all partitions) from the dataset at `url` into
+/// Downloads the Parquet files of `tables` (all partitions) from the dataset in `storage` into
 /// `dest`, keeping the layout, so that a local reader (the report) can scan them. Returns how
 /// many files were downloaded.
 pub fn download_tables(
@@ -842,30 +858,33 @@ pub fn download_tables(
         }
     }
     let count = wanted.len();
-    let (store, dest_dir) = (inner.store.clone(), dest.to_path_buf());
+    let (store, dest, url) = (inner.store.clone(), dest.to_path_buf(), inner.url.clone());
+    // Each object is written as it arrives: memory holds at most the objects in flight.
     let results = inner.run(async move {
         futures_util::stream::iter(wanted)
             .map(|(location, relative)| {
-                let (store, target) = (store.clone(), dest_dir.join(&relative));
+                let (store, target) = (store.clone(), dest.join(&relative));
+                let shown = format!("{url}/{relative}");
                 async move {
-                    let content = store.get(&location).await?.bytes().await;
-                    Ok::<_, object_store::Error>((relative, target, content?))
+                    let content = match store.get(&location).await {
+                        Ok(got) => got.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    let content =
+                        content.map_err(|e| DatasetError::store("download", &shown, e))?;
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|source| DatasetError::io("create", parent, source))?;
+                    }
+                    std::fs::write(&target, &content)
+                        .map_err(|source| DatasetError::io("write", &target, source))
                 }
             })
             .buffer_unordered(DOWNLOADS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await
     })?;
-    for result in results {
-        let (relative, target, content) = result.map_err(|e| inner.error("download", "", e))?;
-        let _ = relative;
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|source| DatasetError::io("create", parent, source))?;
-        }
-        std::fs::write(&target, &content)
-            .map_err(|source| DatasetError::io("write", &target, source))?;
-    }
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(count)
 }
 
