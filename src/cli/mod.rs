@@ -81,8 +81,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// The export folder to read.
-    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
+    /// The export folder to read, or its object store URL (`s3://bucket/prefix`; then `--out`
+    /// is required).
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR|URL")]
     data: PathBuf,
     /// Where to write the reports [default: DATA/reports].
     #[arg(long, value_name = "DIR")]
@@ -129,8 +130,9 @@ struct ExportArgs {
     /// Export every workflow `GET /workflows` lists, and write the `workflows` table.
     #[arg(long)]
     all_workflows: bool,
-    /// Dataset folder. [default: data/export]
-    #[arg(long, value_name = "DIR")]
+    /// Dataset folder, or an object store URL: `s3://bucket/prefix`, `gs://…`, `az://…`
+    /// (credentials from the store's environment variables). [default: data/export]
+    #[arg(long, value_name = "DIR|URL")]
     out: Option<PathBuf>,
     /// Ignore what earlier exports stored and page every history to its end (rows are still
     /// merged, never duplicated). By default only what is new since the last export is fetched.
