@@ -109,7 +109,7 @@ impl DatasetError {
             Self::Locked { .. } => {
                 "wait for it to finish: the lock is released when that process exits".to_owned()
             }
-            Self::LockLost { .. } => "another export took the dataset over (this one was paused or cut off for longer than the lease); run the export again: its state did not advance".to_owned(),
+            Self::LockLost { .. } => "this export was paused or cut off from the store for longer than its lease, and another may have taken the dataset over; run the export again: its state did not advance".to_owned(),
             Self::NoConditionalWrites { .. } => "use a store with conditional writes (AWS S3, MinIO, Cloudflare R2, Google Cloud Storage, Azure Blob), and leave `AWS_CONDITIONAL_PUT` unset".to_owned(),
             Self::BadUrl { .. } => "`--out` takes a folder, `file:///abs/path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`".to_owned(),
             Self::Store { url, source, .. } => source.hint(url),

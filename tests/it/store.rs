@@ -732,3 +732,20 @@ fn store_errors_are_one_line_naming_the_url_with_a_hint_and_no_secret() {
     }
     assert!(sim.paths().is_empty(), "{:?}", sim.paths());
 }
+
+#[test]
+fn a_file_url_writes_the_local_folder() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 120,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = format!("file://{}", dir.path().join("lake").display());
+    let url = sim.url();
+    assert_ok(&run(&export_args(&url, &out, &["--all-workflows"])));
+    let id = sim.ids()[0].clone();
+    let local = dir.path().join("lake");
+    assert_dataset_matches(&local, &id, &sim.server.records(&id), 0);
+    assert!(local.join("_SUCCESS").exists());
+}
