@@ -10,7 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::api::{self, ApiKey, ClientOptions, RetryPolicy};
-use crate::dataset::Location;
+use crate::dataset::{Location, Shard};
 use crate::extract::{DEFAULT_MAX_WINDOW, ExtractOptions};
 
 /// Environment variable holding the API key.
@@ -136,6 +136,14 @@ pub struct ConfigFile {
     #[serde(default, deserialize_with = "duration")]
     pub unfinished_horizon: Option<Duration>,
     pub with_steps: Option<bool>,
+    /// `"K/N"`: export only shard K (from 0) of N; see [`Shard`].
+    #[serde(default, deserialize_with = "shard")]
+    pub shard: Option<Shard>,
+}
+
+fn shard<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Shard>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -343,6 +351,8 @@ pub struct ExportConfig {
     pub full: bool,
     /// How far before the cursor an incremental export re-reads.
     pub lookback: Duration,
+    /// Export only the workflows of this shard, into its own files.
+    pub shard: Option<Shard>,
 }
 
 /// Raw inputs, as the CLI collected them. No `Debug`: it holds the raw key.
@@ -369,6 +379,7 @@ pub struct ExportInputs {
     pub lookback: Duration,
     pub unfinished_horizon: Duration,
     pub with_steps: bool,
+    pub shard: Option<Shard>,
 }
 
 impl ExportInputs {
@@ -415,6 +426,7 @@ impl ExportInputs {
             out: self.out,
             full: self.full,
             lookback: self.lookback,
+            shard: self.shard,
             extract: ExtractOptions {
                 export_id: String::new(),
                 lookback: None,
@@ -675,6 +687,12 @@ mod file_tests {
             ("api_key = \"sk-123\"", "`api_key` is not allowed"),
             ("page_size = \"ten\"", "invalid type"),
             ("out = ", "invalid"),
+            ("shard = \"3/2\"", "the shard index K must be below N"),
+            (
+                "shard = \"0/0\"",
+                "the shard count N must be between 1 and 1000",
+            ),
+            ("shard = 2", "invalid type"),
         ];
         for (text, want) in cases {
             let err = load(text).unwrap_err();

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, Storage, Table, WriteSummary, WriterOptions,
-    write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, Layout, Shard, Storage, Table, WriteSummary,
+    WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -74,8 +74,10 @@ pub struct ExportSummary {
     pub staged: WriteSummary,
     /// What the commit did, partition by partition.
     pub committed: CommitSummary,
-    /// Rows in the `workflows` table, when it was written.
+    /// Rows in the `workflows` table (this shard's part of it), when it was written.
     pub workflows_table_rows: Option<usize>,
+    /// With `--shard`: how many of the workflows named and listed the shard kept.
+    pub shard: Option<ShardSelection>,
     /// Lines written to `_rejected/`: quarantined records and the traces of runs kept with
     /// unreadable values.
     pub rejected: u64,
@@ -126,6 +128,17 @@ impl ExportSummary {
     }
 }
 
+/// What a sharded export kept of the workflows it was given (the others are other shards').
+#[derive(Debug, Clone, Copy)]
+pub struct ShardSelection {
+    /// The shard.
+    pub shard: Shard,
+    /// Workflows it exported.
+    pub kept: usize,
+    /// Workflows named and listed, before sharding.
+    pub listed: usize,
+}
+
 /// A new export id: UTC time (sortable) and a random suffix, e.g. `20261128T151000Z-3fa2c1`.
 pub fn new_export_id() -> String {
     format!(
@@ -139,8 +152,9 @@ pub fn new_export_id() -> String {
 const STAGING_DIR: &str = "_staging";
 /// Folder of the per-export manifests.
 pub const MANIFEST_DIR: &str = "_manifest";
-/// Written after an export in which every workflow succeeded; removed while one commits.
-pub const SUCCESS_MARKER: &str = "_SUCCESS";
+/// Written after an export in which every workflow succeeded; removed while one commits. A
+/// shard's marker has its tag appended ([`Layout::success_marker`]).
+pub const SUCCESS_MARKER: &str = dataset::shard::SUCCESS_MARKER;
 
 /// Runs one export: lock, fetch into staging, merge-commit, then state, manifest and marker.
 pub async fn export(
@@ -150,18 +164,26 @@ pub async fn export(
 ) -> Result<ExportSummary, ExportError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let export_id = new_export_id();
+    let layout = Layout::from(config.shard);
+    let export_id = layout.export_id(new_export_id());
     let storage: Arc<dyn Storage> = dataset::open(&config.out)?;
-    let _lock = storage.lock(&lock_holder(&export_id))?;
-    // What a killed export left: its staging area and hidden temp files. Nobody else writes
-    // here while we hold the lock.
-    storage.remove_dir_all(STAGING_DIR)?;
-    let abandoned = storage.remove_abandoned("")?;
+    // A dataset of another layout is refused before this export leaves a trace in it, and again
+    // once its lock file exists (two layouts started at the same instant see each other's).
+    layout.check_root(storage.as_ref())?;
+    let _lock = storage.lock(&layout.lock_file(), &lock_holder(&export_id))?;
+    layout.check_root(storage.as_ref())?;
+    // What a killed export of this layout left: its staging area and hidden temp files. Nobody
+    // else writes them while we hold the lock (other shards write only their own).
+    let staging_root = layout.staging_root(STAGING_DIR);
+    let owned = |path: &str| layout.owns(path);
+    storage.remove_dir_all(&staging_root)?;
+    let abandoned = storage.remove_abandoned("", &owned)?;
     if abandoned > 0 {
         tracing::info!(target: "dataset", files = abandoned, "removed files left by an interrupted export");
     }
 
-    let staging = format!("{STAGING_DIR}/{export_id}");
+    let staging = format!("{staging_root}/{export_id}");
+    let state_dir = layout.state_dir(state::STATE_DIR);
     let result: Result<ExportSummary, ExportError> = async {
         let hook_reporter = reporter.clone();
         let client = ApiClient::new(config.client.clone())
@@ -192,12 +214,22 @@ pub async fn export(
             }
             workflow_list = Some(list);
         }
+        let listed = workflow_ids.len();
+        workflow_ids.retain(|id| layout.keeps(id));
+        let shard = config.shard.map(|shard| ShardSelection {
+            shard,
+            kept: workflow_ids.len(),
+            listed,
+        });
+        if let Some(s) = shard {
+            tracing::info!(target: "extract", "shard {}: {} of {} workflows are this shard's", s.shard, s.kept, s.listed);
+        }
         let mut work = Vec::with_capacity(workflow_ids.len());
         for id in workflow_ids {
             let previous = if config.full {
                 None
             } else {
-                state::load(storage.as_ref(), &id)?
+                state::load(storage.as_ref(), &state_dir, &id)?
             };
             work.push((id, previous));
         }
@@ -206,7 +238,7 @@ pub async fn export(
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let writer = spawn_writer(
             storage.clone(),
-            WriterOptions::new(format!("{STAGING_DIR}/{export_id}/")),
+            WriterOptions::new(format!("{staging}/")),
             export_id.clone(),
             rx,
         );
@@ -226,18 +258,27 @@ pub async fn export(
 
         // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
         // dataset in the middle of a commit for a finished one.
-        remove_if_present(storage.as_ref(), SUCCESS_MARKER)?;
-        let committed = dataset::commit(storage.as_ref(), &staged, config.extract.with_steps)?;
+        let success_marker = layout.success_marker();
+        if workflow_list.is_some() {
+            // Refuse a `workflows` folder of another layout before any partition changes.
+            layout.check_partition(storage.as_ref(), Table::Workflows.name())?;
+        }
+        remove_if_present(storage.as_ref(), &success_marker)?;
+        let committed =
+            dataset::commit(storage.as_ref(), &staged, config.extract.with_steps, layout)?;
         let workflows_table_rows = match &workflow_list {
-            Some(list) => Some(write_snapshot(storage.as_ref(), Table::Workflows, &list.batch)?.rows),
+            Some(list) => {
+                let rows = layout.keep_workflow_rows(&list.batch);
+                Some(write_snapshot(storage.as_ref(), Table::Workflows, &rows, layout)?.rows)
+            }
             None => None,
         };
         // State advances only now that the data it describes is durable; failed workflows keep
         // theirs.
         for state in outcomes.iter().filter_map(|o| o.new_state.as_ref()) {
-            state::save(storage.as_ref(), state)?;
+            state::save(storage.as_ref(), &state_dir, state)?;
         }
-        storage.remove_dir_all(&format!("{STAGING_DIR}/{export_id}"))?;
+        storage.remove_dir_all(&staging)?;
 
         let stats = client.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -248,6 +289,7 @@ pub async fn export(
             staged,
             committed,
             workflows_table_rows,
+            shard,
             rejected,
             requests: load(&stats.requests),
             retries: load(&stats.retries),
@@ -262,7 +304,7 @@ pub async fn export(
             [manifest.to_string()],
         )?;
         if summary.failed().next().is_none() {
-            write_jsonl(storage.as_ref(), SUCCESS_MARKER, [manifest.to_string()])?;
+            write_jsonl(storage.as_ref(), &success_marker, [manifest.to_string()])?;
         }
         Ok(summary)
     }
@@ -271,7 +313,7 @@ pub async fn export(
         // Leave the dataset as the last good export left it: no staged files, no temp files
         // (a full disk is the usual reason to be here, and they hold the space).
         let _ = storage.remove_dir_all(&staging);
-        let _ = storage.remove_abandoned("");
+        let _ = storage.remove_abandoned("", &owned);
     }
     result
 }
@@ -348,7 +390,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
             })
         })
         .collect();
-    json!({
+    let mut manifest = json!({
         "export_id": s.export_id,
         "status": if s.failed().next().is_none() { "ok" } else { "partial" },
         "mode": if s.full { "full" } else { "incremental" },
@@ -363,7 +405,17 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
         "workflows": workflows,
         "tables": tables,
         "workflows_table_rows": s.workflows_table_rows,
-    })
+    });
+    if let Some(sel) = s.shard {
+        manifest["shard"] = json!({
+            "shard": sel.shard.to_string(),
+            "index": sel.shard.index(),
+            "count": sel.shard.count(),
+            "workflows_kept": sel.kept,
+            "workflows_listed": sel.listed,
+        });
+    }
+    manifest
 }
 
 type WriterResult = Result<(WriteSummary, u64), DatasetError>;

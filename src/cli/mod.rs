@@ -148,6 +148,12 @@ struct ExportArgs {
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     unfinished_horizon: Option<Duration>,
+    /// Export only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose
+    /// stable hash modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the
+    /// work with no overlap and may write the same `--out` at the same time.
+    #[arg(long, env = "ORCHESTRA_SHARD", value_name = "K/N", allow_hyphen_values = true,
+          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
+    shard: Option<crate::dataset::Shard>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -397,6 +403,7 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         with_steps: args.with_steps || file.with_steps.unwrap_or(false),
         lookback: args.lookback.unwrap_or(base.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(base.unfinished_horizon),
+        shard: args.shard.or(file.shard),
         ..base
     };
     let config = match inputs.validate() {
@@ -461,7 +468,15 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         }
         Err(e) => {
             let (code, hint) = failure_code(&e);
-            if [exit::OUTPUT, exit::UNREACHABLE, exit::DNS, exit::TLS].contains(&code) {
+            if [
+                exit::USAGE,
+                exit::OUTPUT,
+                exit::UNREACHABLE,
+                exit::DNS,
+                exit::TLS,
+            ]
+            .contains(&code)
+            {
                 // One line naming the path or URL, like the per-workflow failures.
                 eprintln!("error: {}", crate::error_chain(&e));
                 eprintln!("hint: {}", hint.unwrap_or_default());
@@ -479,6 +494,8 @@ fn failure_code(e: &ExportError) -> (i32, Option<String>) {
     if let ExportError::Dataset(e) | ExportError::State(StateError::Dataset(e)) = e {
         let code = if e.is_lock_conflict() {
             exit::LOCKED
+        } else if matches!(e, crate::dataset::DatasetError::Layout { .. }) {
+            exit::USAGE
         } else {
             exit::OUTPUT
         };

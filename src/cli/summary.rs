@@ -20,6 +20,13 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         s.export_id,
         total - failed
     );
+    if let Some(sel) = s.shard {
+        let _ = writeln!(
+            text,
+            "  shard {}: {} of {} workflows are this shard's; the other shards export the rest",
+            sel.shard, sel.kept, sel.listed
+        );
+    }
     let _ = writeln!(
         text,
         "  {runs} runs, {} pages, {} requests, {} retries, {} duplicates skipped, {} quarantined, {} unreadable values",

@@ -1,7 +1,8 @@
 //! Commit: moves an export's staged files into the dataset, merging each touched partition with
 //! the rows already there, so that every run is stored exactly once.
 //!
-//! Every committed partition holds one file ([`PARTITION_FILE`]). A partition is replaced by
+//! Every committed partition holds one file per writer ([`PARTITION_FILE`], or one per shard, named
+//! by its [`Layout`]; a shard never reads or touches another's). A partition is replaced by
 //! writing its merged content to a hidden temp file and renaming it over that file: readers see
 //! the old rows or the new ones, never both, at every instant — also when the process is killed.
 //! Rows are keyed by (`workflow_id`, `run_id`); a run in the export replaces the stored run and
@@ -18,8 +19,11 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::DatasetError;
 use super::schema::{PartitionDate, Table};
+use super::shard::Layout;
 use super::storage::Storage;
-use super::writer::{PARTITION_FILE, WriteSummary, writer_properties};
+#[cfg(doc)]
+use super::writer::PARTITION_FILE;
+use super::writer::{WriteSummary, writer_properties};
 
 /// A set of run keys (`workflow_id`, `run_id`), probed without allocating.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -117,10 +121,15 @@ impl CommitSummary {
 ///
 /// `steps_fetched` says whether this export fetched steps: only then are a re-fetched run's
 /// stored steps replaced (an export without `--with-steps` leaves the `steps` table alone).
+///
+/// Only the files `layout` owns are merged; every folder the commit touches is checked before
+/// the first one changes, so a partition holding files of another layout fails the commit with
+/// the dataset untouched.
 pub fn commit(
     storage: &dyn Storage,
     staged: &WriteSummary,
     steps_fetched: bool,
+    layout: Layout,
 ) -> Result<CommitSummary, DatasetError> {
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
@@ -134,7 +143,7 @@ pub fn commit(
         }
     }
     let undated = PartitionDate(None);
-    let waiting = stored_keys(storage, undated)?;
+    let waiting = stored_keys(storage, undated, layout)?;
     let mut started = RunKeys::default();
     if !waiting.is_empty() {
         for (date, tables) in by_partition.iter().filter(|(d, _)| **d != undated) {
@@ -155,6 +164,24 @@ pub fn commit(
             by_partition.entry(undated).or_default();
         }
     }
+    // Children first: a committed `runs` row always has its children committed.
+    let order = [
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Runs,
+    ]
+    .into_iter()
+    .filter(|t| *t != Table::Steps || steps_fetched);
+    let mut own: HashMap<(Table, PartitionDate), Vec<String>> = HashMap::new();
+    for date in by_partition.keys() {
+        for table in order.clone() {
+            let dir = format!("{}/{}", table.name(), date.dir_name());
+            let files = layout.check_partition(storage, &dir)?;
+            let paths = files.into_iter().map(|n| format!("{dir}/{n}")).collect();
+            own.insert((table, *date), paths);
+        }
+    }
     let rows: HashMap<&str, usize> = staged
         .files
         .iter()
@@ -171,18 +198,20 @@ pub fn commit(
         if date == undated {
             replace.extend(&started);
         }
-        // Children first: a committed `runs` row always has its children committed.
-        for table in [
-            Table::NodeOutputs,
-            Table::RunInputs,
-            Table::Steps,
-            Table::Runs,
-        ] {
-            if table == Table::Steps && !steps_fetched {
-                continue;
-            }
+        for table in order.clone() {
             let files = tables.get(&table).map(Vec::as_slice).unwrap_or_default();
-            if let Some(done) = commit_partition(storage, table, date, files, &rows, &replace)? {
+            let partition = Partition {
+                table,
+                date,
+                existing: own.remove(&(table, date)).unwrap_or_default(),
+                target: format!(
+                    "{}/{}/{}",
+                    table.name(),
+                    date.dir_name(),
+                    layout.partition_file()
+                ),
+            };
+            if let Some(done) = commit_partition(storage, partition, files, &rows, &replace)? {
                 summary.partitions.push(done);
             }
         }
@@ -190,13 +219,16 @@ pub fn commit(
     Ok(summary)
 }
 
-/// Keys of the runs stored in one partition of `runs`.
-fn stored_keys(storage: &dyn Storage, date: PartitionDate) -> Result<RunKeys, DatasetError> {
+/// Keys of the runs `layout` stored in one partition of `runs`.
+fn stored_keys(
+    storage: &dyn Storage,
+    date: PartitionDate,
+    layout: Layout,
+) -> Result<RunKeys, DatasetError> {
     let dir = format!("{}/{}", Table::Runs.name(), date.dir_name());
-    let files: Vec<String> = storage
-        .list(&dir)?
+    let files: Vec<String> = layout
+        .check_partition(storage, &dir)?
         .into_iter()
-        .filter(|n| n.ends_with(".parquet"))
         .map(|n| format!("{dir}/{n}"))
         .collect();
     staged_keys(storage, &files)
@@ -227,22 +259,29 @@ fn staged_keys(storage: &dyn Storage, files: &[String]) -> Result<RunKeys, Datas
     Ok(keys)
 }
 
-fn commit_partition(
-    storage: &dyn Storage,
+/// One (table, partition) of one writer.
+struct Partition {
     table: Table,
     date: PartitionDate,
+    /// The writer's committed files there (paths from the root).
+    existing: Vec<String>,
+    /// The writer's partition file.
+    target: String,
+}
+
+fn commit_partition(
+    storage: &dyn Storage,
+    partition: Partition,
     staged: &[String],
     staged_rows: &HashMap<&str, usize>,
     replace: &RunKeys,
 ) -> Result<Option<PartitionCommit>, DatasetError> {
-    let dir = format!("{}/{}", table.name(), date.dir_name());
-    let target = format!("{dir}/{PARTITION_FILE}");
-    let existing: Vec<String> = storage
-        .list(&dir)?
-        .into_iter()
-        .filter(|name| name.ends_with(".parquet"))
-        .map(|name| format!("{dir}/{name}"))
-        .collect();
+    let Partition {
+        table,
+        date,
+        existing,
+        target,
+    } = partition;
     if existing.is_empty() && staged.is_empty() {
         return Ok(None);
     }

@@ -1,6 +1,6 @@
 //! Dataset: streams flattened rows into Hive-partitioned Parquet files under the export root.
 //!
-//! It owns file layout (`{table}/date=YYYY-MM-DD/part-{export}-{seq}.parquet`), Parquet
+//! It owns file layout (`{table}/date=YYYY-MM-DD/part-0.parquet`, or one file per shard), Parquet
 //! properties and the memory bound of the writing stage. It never talks to the API and never
 //! decides what a row contains (`flatten` does); files reach disk or an object store only
 //! through [`storage`] ([`LocalStorage`], [`ObjectStorage`]), picked by [`open`] from `--out`.
@@ -8,6 +8,7 @@
 mod commit;
 pub mod object;
 pub mod schema;
+pub mod shard;
 pub mod storage;
 mod writer;
 
@@ -19,6 +20,7 @@ use url::Url;
 pub use commit::{CommitSummary, PartitionCommit, RunKeys, batches, commit};
 pub use object::{ObjectOptions, ObjectStorage, download_tables};
 pub use schema::{PartitionDate, Table};
+pub use shard::{Layout, Shard};
 pub use storage::{LocalStorage, StagedFile, Storage};
 pub use writer::{
     DatasetWriter, PARTITION_FILE, WriteSummary, WriterOptions, WrittenFile, write_jsonl,
@@ -73,6 +75,18 @@ pub enum DatasetError {
         value: String,
         expected: &'static str,
     },
+    /// Exports of another layout (unsharded, or another shard count) write this dataset.
+    #[error(
+        "`{root}` holds a dataset {} (`{evidence}`); this export ({}) would store runs twice",
+        shard::describe_found(*found),
+        shard::describe_wanted(*wanted)
+    )]
+    Layout {
+        root: String,
+        evidence: String,
+        found: Option<u32>,
+        wanted: Option<Shard>,
+    },
     /// The Parquet encoder failed.
     #[error("cannot write Parquet file `{path}`")]
     Parquet {
@@ -113,6 +127,7 @@ impl DatasetError {
             Self::NoConditionalWrites { .. } => "use a store with conditional writes (AWS S3, MinIO, Cloudflare R2, Google Cloud Storage, Azure Blob), and leave `AWS_CONDITIONAL_PUT` unset".to_owned(),
             Self::BadUrl { .. } => "`--out` takes a folder, `file:///abs/path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`".to_owned(),
             Self::Store { url, source, .. } => source.hint(url),
+            Self::Layout { found, .. } => shard::layout_hint(*found),
             _ => return None,
         })
     }

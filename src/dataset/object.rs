@@ -4,9 +4,10 @@
 //! It owns what local disk gives for free: atomic visibility (a staged file spools to a local
 //! temp file and is uploaded whole on commit, with one PUT or a multipart upload that only
 //! completes at the end), replacement (`rename` is a server-side copy, which replaces the
-//! destination whole, then a delete) and the writer lock (a lock object created with a
-//! conditional PUT and kept alive as a lease, see [`ObjectStorage::lock`]). It never decides what
-//! is written where: layout and commit order stay in the rest of `dataset`.
+//! destination whole, then a delete) and the writer locks (each a lock object, e.g. `_lock` or a
+//! shard's `_lock.shard-03-of-08`, created with a conditional PUT and kept alive as a lease, see
+//! [`ObjectStorage::lock`]). It never decides what is written where: layout, lock names and
+//! commit order stay in the rest of `dataset`.
 //!
 //! The [`Storage`] trait is synchronous and is called from async code and from the writer
 //! thread, so every request runs on a small tokio runtime the storage owns; callers wait on a
@@ -29,7 +30,7 @@ use object_store::{
 };
 use url::Url;
 
-use super::storage::{LOCK_FILE, StagedFile, Storage};
+use super::storage::{StagedFile, Storage};
 use super::{DatasetError, StoreFailure};
 
 /// How long a lock lease lasts unless renewed; a killed export blocks others at most this long.
@@ -122,8 +123,8 @@ struct Inner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     options: ObjectOptions,
-    /// The lease while this process holds the lock.
-    lease: Mutex<Option<Arc<Lease>>>,
+    /// The leases of the locks this process holds (one per export: `_lock` or a shard's).
+    leases: Mutex<Vec<Arc<Lease>>>,
 }
 
 impl Drop for Inner {
@@ -204,7 +205,7 @@ impl ObjectStorage {
                 handle: runtime.handle().clone(),
                 runtime: Mutex::new(Some(runtime)),
                 options,
-                lease: Mutex::new(None),
+                leases: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -270,15 +271,20 @@ impl Inner {
         DatasetError::store(action, &self.show(path), e)
     }
 
-    /// Fails when this process no longer holds the lock it took: before any change, locally;
+    /// Fails when this process no longer holds a lock it took: before any change, locally;
     /// and for changes readers can see (anything outside `_staging/`) also by asking the store
-    /// whether the lock object is still ours.
+    /// whether each lock object is still ours.
     fn check_lease(&self, path: &str) -> Result<(), DatasetError> {
-        let Some(lease) = lock(&self.lease).clone() else {
-            return Ok(());
-        };
+        let leases = lock(&self.leases).clone();
+        for lease in &leases {
+            self.check_one_lease(lease, path)?;
+        }
+        Ok(())
+    }
+
+    fn check_one_lease(&self, lease: &Arc<Lease>, path: &str) -> Result<(), DatasetError> {
         let lost = |reason: String| DatasetError::LockLost {
-            url: self.show(LOCK_FILE),
+            url: self.show(&lease.name),
             reason,
         };
         lease.check_local().map_err(lost)?;
@@ -286,7 +292,7 @@ impl Inner {
             return Ok(());
         }
         let store = self.store.clone();
-        let location = self.object(LOCK_FILE)?;
+        let location = self.object(&lease.name)?;
         let held = lease.clone();
         let verdict = self.run(async move {
             let _renewal = held.renewal.lock().await;
@@ -305,7 +311,7 @@ impl Inner {
                 return Err(lost(reason.to_owned()));
             }
             // Not known to be lost, not known to be held: change nothing.
-            Err(Err(e)) => return Err(self.error("check the lock", LOCK_FILE, e)),
+            Err(Err(e)) => return Err(self.error("check the lock", &lease.name, e)),
         }
         Ok(())
     }
@@ -416,21 +422,30 @@ impl Storage for ObjectStorage {
             .map_err(|e| inner.error("remove", dir, e))
     }
 
-    fn remove_abandoned(&self, _dir: &str) -> Result<usize, DatasetError> {
-        // Staged files spool to unlinked local temp files: a killed process leaves no object
-        // (an unfinished multipart upload is invisible; see the README on lifecycle rules).
+    fn remove_abandoned(
+        &self,
+        _dir: &str,
+        _owned: &dyn Fn(&str) -> bool,
+    ) -> Result<usize, DatasetError> {
+        // Staged files spool to unlinked local temp files: a killed process leaves no temp
+        // object, of any writer (an unfinished multipart upload is invisible; see the README on
+        // lifecycle rules). What it leaves under its staging folder, the pipeline removes by
+        // prefix, and a shard only its own (`_staging/shard-KK-of-NN/`).
         Ok(0)
     }
 
-    fn lock(&self, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
-        let lease = Arc::new(Lease::new(holder, self.inner.options.lease));
+    /// Takes the lock object `name` (`_lock`, or a shard's `_lock.shard-03-of-08`): each name is
+    /// a lease of its own, so shards never wait for each other, and while held every change
+    /// this storage makes is checked against it.
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
+        let location = self.inner.object(name)?;
+        let lease = Arc::new(Lease::new(name, holder, self.inner.options.lease));
         acquire(&self.inner, &lease)?;
-        *lock(&self.inner.lease) = Some(lease.clone());
-        let heartbeat = self.inner.handle.spawn(heartbeat(
-            self.inner.store.clone(),
-            self.inner.object(LOCK_FILE)?,
-            lease.clone(),
-        ));
+        lock(&self.inner.leases).push(lease.clone());
+        let heartbeat =
+            self.inner
+                .handle
+                .spawn(heartbeat(self.inner.store.clone(), location, lease.clone()));
         Ok(Box::new(LockGuard {
             inner: self.inner.clone(),
             lease,
@@ -454,8 +469,10 @@ struct LockRecord {
     expires_at: DateTime<Utc>,
 }
 
-/// This process's hold on the lock object.
+/// This process's hold on one lock object.
 struct Lease {
+    /// The lock object's path from the root (`_lock`, `_lock.shard-03-of-08`).
+    name: String,
     holder: String,
     token: String,
     duration: Duration,
@@ -472,8 +489,9 @@ struct LeaseState {
 }
 
 impl Lease {
-    fn new(holder: &str, duration: Duration) -> Self {
+    fn new(name: &str, holder: &str, duration: Duration) -> Self {
         Self {
+            name: name.to_owned(),
             holder: holder.to_owned(),
             token: format!("{:032x}", rand::random::<u128>()),
             duration,
@@ -544,7 +562,8 @@ fn version_of(result: PutResult) -> UpdateVersion {
 
 /// Creates the lock object, or takes it over from a holder whose lease expired.
 fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
-    let location = inner.object(LOCK_FILE)?;
+    let name = lease.name.as_str();
+    let location = inner.object(name)?;
     let not_conditional = || DatasetError::NoConditionalWrites {
         url: inner.url.clone(),
     };
@@ -560,7 +579,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
             }
             Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) if unsupported(&e) => return Err(not_conditional()),
-            Err(e) => return Err(inner.error("create the lock", LOCK_FILE, e)),
+            Err(e) => return Err(inner.error("create the lock", name, e)),
         }
         let (store, path) = (inner.store.clone(), location.clone());
         let current = inner.run(async move {
@@ -572,7 +591,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
             Ok(current) => current,
             // Released in between: try to create it again.
             Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(inner.error("read the lock", LOCK_FILE, e)),
+            Err(e) => return Err(inner.error("read the lock", name, e)),
         };
         let record: Option<LockRecord> = serde_json::from_slice(&bytes).ok();
         let version = UpdateVersion {
@@ -587,7 +606,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
             }
             Some(r) if r.expires_at > Utc::now() => {
                 return Err(DatasetError::Locked {
-                    path: PathBuf::from(inner.show(LOCK_FILE)),
+                    path: PathBuf::from(inner.show(name)),
                     holder: format!(
                         "{}; its lease runs until {}",
                         r.holder,
@@ -612,7 +631,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
             Ok(result) => {
                 lease.renewed(version_of(result), sent);
                 if let Some(r) = record {
-                    tracing::warn!(target: "dataset", holder = %r.holder, expired = %r.expires_at, "took over the lock of an export whose lease expired");
+                    tracing::warn!(target: "dataset", lock = name, holder = %r.holder, expired = %r.expires_at, "took over the lock of an export whose lease expired");
                 }
                 return Ok(());
             }
@@ -620,11 +639,11 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => {}
             Err(e) if unsupported(&e) => return Err(not_conditional()),
-            Err(e) => return Err(inner.error("take over the lock", LOCK_FILE, e)),
+            Err(e) => return Err(inner.error("take over the lock", name, e)),
         }
     }
     Err(DatasetError::Locked {
-        path: PathBuf::from(inner.show(LOCK_FILE)),
+        path: PathBuf::from(inner.show(name)),
         holder: "the lock changed hands three times while this export tried to take it".to_owned(),
         lease_until: None,
     })
@@ -657,11 +676,13 @@ async fn heartbeat(store: Arc<dyn ObjectStore>, location: ObjectPath, lease: Arc
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => {
                 lease.lose("another export took the lock over");
-                tracing::error!(target: "dataset", "lost the dataset lock: another export took it over");
+                tracing::error!(target: "dataset", lock = %lease.name, "lost the dataset lock: another export took it over");
                 return;
             }
             // Transient: the next beat tries again; writes stop once the lease runs out.
-            Err(e) => tracing::warn!(target: "dataset", error = %e, "cannot renew the lock lease"),
+            Err(e) => {
+                tracing::warn!(target: "dataset", lock = %lease.name, error = %e, "cannot renew the lock lease");
+            }
         }
     }
 }
@@ -676,11 +697,11 @@ struct LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        lock(&self.inner.lease).take();
+        lock(&self.inner.leases).retain(|held| !Arc::ptr_eq(held, &self.lease));
         if self.lease.check_local().is_err() {
             return;
         }
-        let Ok(location) = self.inner.object(LOCK_FILE) else {
+        let Ok(location) = self.inner.object(&self.lease.name) else {
             return;
         };
         let (store, lease) = (self.inner.store.clone(), self.lease.clone());
@@ -699,7 +720,7 @@ impl Drop for LockGuard {
             .await
         });
         if !matches!(released, Ok(Ok(Ok(())))) {
-            tracing::warn!(target: "dataset", "could not release the lock; it expires with its lease");
+            tracing::warn!(target: "dataset", lock = %self.lease.name, "could not release the lock; it expires with its lease");
         }
     }
 }
@@ -736,14 +757,14 @@ impl StagedFile for ObjectStaged {
         inner.check_lease(&self.path)?;
         let (store, location) = (inner.store.clone(), self.location.clone());
         let options = inner.options.clone();
-        let lease = lock(&inner.lease).clone();
-        let uploaded = inner.run(upload(store, location, file, bytes, options, lease))?;
+        let leases = lock(&inner.leases).clone();
+        let uploaded = inner.run(upload(store, location, file, bytes, options, leases))?;
         match uploaded {
             Ok(()) => Ok(bytes),
             Err(Upload::Spool(source)) => Err(spool_err(source)),
             Err(Upload::Store(e)) => Err(inner.error("upload", &self.path, e)),
-            Err(Upload::LockLost(reason)) => Err(DatasetError::LockLost {
-                url: inner.show(LOCK_FILE),
+            Err(Upload::LockLost(name, reason)) => Err(DatasetError::LockLost {
+                url: inner.show(&name),
                 reason,
             }),
         }
@@ -753,7 +774,8 @@ impl StagedFile for ObjectStaged {
 enum Upload {
     Spool(io::Error),
     Store(object_store::Error),
-    LockLost(String),
+    /// The lock's name and why it was lost.
+    LockLost(String, String),
 }
 
 /// Uploads a spooled file: one PUT when small, else a multipart upload that becomes visible
@@ -764,7 +786,7 @@ async fn upload(
     mut file: File,
     bytes: u64,
     options: ObjectOptions,
-    lease: Option<Arc<Lease>>,
+    leases: Vec<Arc<Lease>>,
 ) -> Result<(), Upload> {
     if bytes <= options.single_put_max {
         let mut content = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
@@ -803,9 +825,11 @@ async fn upload(
         let _ = writer.abort().await;
         return Err(Upload::Store(e));
     }
-    if let Some(reason) = lease.and_then(|l| l.check_local().err()) {
-        let _ = writer.abort().await;
-        return Err(Upload::LockLost(reason));
+    for lease in &leases {
+        if let Err(reason) = lease.check_local() {
+            let _ = writer.abort().await;
+            return Err(Upload::LockLost(lease.name.clone(), reason));
+        }
     }
     writer.finish().await.map_err(Upload::Store)?;
     Ok(())
@@ -891,6 +915,7 @@ pub fn download_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::storage::LOCK_FILE;
     use object_store::memory::InMemory;
 
     fn storage(store: &Arc<InMemory>, options: ObjectOptions) -> ObjectStorage {
@@ -994,8 +1019,8 @@ mod tests {
         };
         let first = storage(&mem, options.clone());
         let second = storage(&mem, options);
-        let guard = first.lock("pid 1 on a").unwrap();
-        let err = second.lock("pid 2 on b").err().unwrap();
+        let guard = first.lock(LOCK_FILE, "pid 1 on a").unwrap();
+        let err = second.lock(LOCK_FILE, "pid 2 on b").err().unwrap();
         let text = err.to_string();
         assert!(matches!(err, DatasetError::Locked { .. }), "{text}");
         assert!(text.contains("pid 1 on a; its lease runs until "), "{text}");
@@ -1004,7 +1029,7 @@ mod tests {
         // Released on drop: the next one gets it at once.
         drop(guard);
         assert!(keys(&mem).is_empty(), "{:?}", keys(&mem));
-        let guard = second.lock("pid 2 on b").unwrap();
+        let guard = second.lock(LOCK_FILE, "pid 2 on b").unwrap();
         drop(guard);
 
         // A killed holder stops renewing: its record stays with an expiry in the past, and the
@@ -1019,7 +1044,7 @@ mod tests {
         ] {
             rt.block_on(mem.put(&lock_path, PutPayload::from(stale)))
                 .unwrap();
-            let guard = first.lock("pid 1 on a").unwrap();
+            let guard = first.lock(LOCK_FILE, "pid 1 on a").unwrap();
             let record: LockRecord =
                 serde_json::from_slice(&first.read(LOCK_FILE).unwrap()).unwrap();
             assert_eq!(record.holder, "pid 1 on a");
@@ -1035,7 +1060,7 @@ mod tests {
             ..ObjectOptions::default()
         };
         let first = storage(&mem, options.clone());
-        let _guard = first.lock("pid 1").unwrap();
+        let _guard = first.lock(LOCK_FILE, "pid 1").unwrap();
         // Someone overwrites the lock object (as a takeover would).
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1074,7 +1099,7 @@ mod tests {
                 ..ObjectOptions::default()
             },
         );
-        let _guard = store.lock("pid 1").unwrap();
+        let _guard = store.lock(LOCK_FILE, "pid 1").unwrap();
         // Past the lease: renewals kept it valid, and the record's expiry moved on.
         std::thread::sleep(Duration::from_millis(2500));
         let mut staged = store.create("t/a").unwrap();
@@ -1082,6 +1107,67 @@ mod tests {
         staged.commit().unwrap();
         let record: LockRecord = serde_json::from_slice(&store.read(LOCK_FILE).unwrap()).unwrap();
         assert!(record.expires_at > Utc::now());
+    }
+
+    #[test]
+    fn each_named_lock_is_its_own_lease_and_guards_only_its_holder() {
+        let mem = Arc::new(InMemory::new());
+        let options = ObjectOptions {
+            lease: Duration::from_secs(2),
+            ..ObjectOptions::default()
+        };
+        let (zero, one) = ("_lock.shard-00-of-02", "_lock.shard-01-of-02");
+        let first = storage(&mem, options.clone());
+        let second = storage(&mem, options.clone());
+        let third = storage(&mem, options);
+        let _zero = first.lock(zero, "pid 1").unwrap();
+        let _one = second.lock(one, "pid 2").unwrap();
+        assert_eq!(
+            keys(&mem),
+            [
+                "pre/fix/_lock.shard-00-of-02",
+                "pre/fix/_lock.shard-01-of-02"
+            ]
+        );
+        let err = third.lock(zero, "pid 3").err().unwrap().to_string();
+        assert!(
+            err.contains("`mem://bucket/pre/fix/_lock.shard-00-of-02` is locked by another export (pid 1; its lease runs until "),
+            "{err}"
+        );
+        for (name, holder) in [(zero, "pid 1"), (one, "pid 2")] {
+            let record: LockRecord = serde_json::from_slice(&first.read(name).unwrap()).unwrap();
+            assert_eq!(record.holder, holder);
+        }
+
+        // Shard 0's lease is taken over: shard 0 stops, naming its own lock; shard 1 goes on.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(mem.put(
+            &ObjectPath::parse("pre/fix/_lock.shard-00-of-02").unwrap(),
+            PutPayload::from("{}"),
+        ))
+        .unwrap();
+        let mut staged = first
+            .create("runs/date=2025-01-01/shard-00-of-02.parquet")
+            .unwrap();
+        staged.write_all(b"x").unwrap();
+        let err = staged.commit().unwrap_err();
+        assert!(matches!(err, DatasetError::LockLost { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("lost the lock `mem://bucket/pre/fix/_lock.shard-00-of-02`: another export took the lock over"),
+            "{err}"
+        );
+        let mut staged = second
+            .create("runs/date=2025-01-01/shard-01-of-02.parquet")
+            .unwrap();
+        staged.write_all(b"y").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(
+            second.list("runs/date=2025-01-01").unwrap(),
+            ["shard-01-of-02.parquet"]
+        );
     }
 
     #[test]

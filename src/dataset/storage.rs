@@ -32,12 +32,18 @@ pub trait Storage: Send + Sync {
     fn remove(&self, path: &str) -> Result<(), DatasetError>;
     /// Removes a folder and everything in it (nothing when it does not exist).
     fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError>;
-    /// Removes staged files that a killed process left below `dir`; returns how many.
-    /// Only call it while holding the dataset lock.
-    fn remove_abandoned(&self, dir: &str) -> Result<usize, DatasetError>;
-    /// Takes the dataset's writer lock, released when the guard is dropped (or the process dies).
-    /// `holder` describes this process for the error another process will see.
-    fn lock(&self, holder: &str) -> Result<Box<dyn Send>, DatasetError>;
+    /// Removes staged files that a killed process left below `dir` and that were to become a
+    /// file whose path `owned` accepts (shards clean only their own); returns how many. Only
+    /// call it while holding the lock of every writer those files could belong to.
+    fn remove_abandoned(
+        &self,
+        dir: &str,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<usize, DatasetError>;
+    /// Takes the writer lock `name` (a file in the root, e.g. [`LOCK_FILE`]), released when the
+    /// guard is dropped (or the process dies). `holder` describes this process for the error
+    /// another process will see.
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError>;
     /// How to show `path` to a person (an absolute path or URL).
     fn display(&self, path: &str) -> String;
 }
@@ -76,6 +82,15 @@ impl LocalStorage {
 }
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The name of the file a hidden temp file (`.{name}.{pid}-{seq}.tmp`) was to become.
+fn temp_target(temp: &str) -> Option<&str> {
+    let (name, _pid_seq) = temp
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?
+        .rsplit_once('.')?;
+    (!name.is_empty()).then_some(name)
+}
 
 /// The lock file in the export root; see [`Storage::lock`].
 pub const LOCK_FILE: &str = "_lock";
@@ -174,19 +189,31 @@ impl Storage for LocalStorage {
         }
     }
 
-    fn remove_abandoned(&self, dir: &str) -> Result<usize, DatasetError> {
+    fn remove_abandoned(
+        &self,
+        dir: &str,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<usize, DatasetError> {
         let mut removed = 0;
-        let mut stack = vec![self.full(dir)];
-        while let Some(dir) = stack.pop() {
+        let mut stack = vec![(self.full(dir), dir.trim_matches('/').to_owned())];
+        while let Some((dir, relative)) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
+                let below = |name: &str| match relative.as_str() {
+                    "" => name.to_owned(),
+                    _ => format!("{relative}/{name}"),
+                };
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(path);
+                    stack.push((path, below(&name)));
                 } else if name.starts_with('.') && name.ends_with(".tmp") {
+                    // Judged by the file it was to become (by itself when that is unclear).
+                    if !owned(&below(temp_target(&name).unwrap_or(&name))) {
+                        continue;
+                    }
                     fs::remove_file(&path)
                         .map_err(|source| DatasetError::io("remove", &path, source))?;
                     removed += 1;
@@ -196,8 +223,8 @@ impl Storage for LocalStorage {
         Ok(removed)
     }
 
-    fn lock(&self, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
-        let path = self.root.join(LOCK_FILE);
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
+        let path = self.root.join(name);
         let mut file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -319,6 +346,55 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["a.parquet"]);
+    }
+
+    #[test]
+    fn abandoned_temp_files_are_removed_only_when_owned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        let part = dir.path().join("t/date=2025-01-01");
+        fs::create_dir_all(&part).unwrap();
+        for name in [
+            ".shard-00-of-02.parquet.11-0.tmp",
+            ".shard-01-of-02.parquet.12-0.tmp",
+            "shard-01-of-02.parquet",
+            ".odd.tmp",
+        ] {
+            fs::write(part.join(name), b"x").unwrap();
+        }
+        fs::write(dir.path().join(".x.json.13-4.tmp"), b"x").unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let owned = |path: &str| {
+            seen.lock().unwrap().push(path.to_owned());
+            path.ends_with("shard-01-of-02.parquet")
+        };
+        assert_eq!(store.remove_abandoned("", &owned).unwrap(), 1);
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "t/date=2025-01-01/.odd.tmp",
+                "t/date=2025-01-01/shard-00-of-02.parquet",
+                "t/date=2025-01-01/shard-01-of-02.parquet",
+                "x.json"
+            ]
+        );
+        let mut left: Vec<_> = fs::read_dir(&part)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".odd.tmp",
+                ".shard-00-of-02.parquet.11-0.tmp",
+                "shard-01-of-02.parquet"
+            ]
+        );
+        assert_eq!(store.remove_abandoned("t", &|_| true).unwrap(), 2);
+        assert!(dir.path().join(".x.json.13-4.tmp").exists());
     }
 
     #[test]

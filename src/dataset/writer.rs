@@ -1,4 +1,12 @@
-//! The streaming Parquet writer: one open file per (table, partition), bounded memory.
+//! The streaming Parquet writer: one file per (table, partition), bounded memory.
+//!
+//! Rows arrive a page at a time, spread over many partitions at once (every workflow pages its
+//! own history newest first). They wait as Arrow batches per (table, partition) until that
+//! partition has a row group's worth or the memory budget is reached, and are then encoded as
+//! one row group in one go. Only the row group being encoded has Parquet column writers: each
+//! holds page buffers and zstd contexts (about 100 KB per column even before it compresses
+//! anything), which, kept open for every partition at once, once took half the memory of an
+//! export (BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,6 +20,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::DatasetError;
 use super::schema::{PartitionDate, Table};
+use super::shard::Layout;
 use super::storage::{StagedFile, Storage};
 use crate::flatten::PartitionRows;
 
@@ -20,11 +29,11 @@ use crate::flatten::PartitionRows;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A partition file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: usize = 4 * 1024 * 1024;
-/// Encoded-but-unflushed bytes all open files may hold together before the largest is flushed.
-const DEFAULT_MEMORY_BUDGET: usize = 48 * 1024 * 1024;
-/// Files open at once. History arrives newest first per workflow, so few partitions are active
-/// at a time; past this the least recently written file is committed (bounds descriptors and
-/// buffers for histories spanning years).
+/// Arrow bytes all partitions may hold waiting together before the largest is encoded.
+const DEFAULT_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+/// Files open at once (an open file holds a descriptor and the footer of its row groups so far);
+/// past this the least recently written file is committed, and a partition written again later
+/// gets a second file that the commit merges.
 const MAX_OPEN_FILES: usize = 192;
 /// zstd level 3: zstd's default, most of the ratio at a fraction of the CPU of higher levels.
 const ZSTD_LEVEL: i32 = 3;
@@ -52,7 +61,7 @@ pub const PARTITION_FILE: &str = "part-0.parquet";
 pub struct WriterOptions {
     /// Folder (with a trailing `/`) the tables are written under, e.g. a staging area.
     pub prefix: String,
-    /// Bound on buffered, not yet flushed, encoded bytes across open files.
+    /// Bound on the Arrow bytes of rows waiting to be encoded, across partitions.
     pub memory_budget: usize,
 }
 
@@ -124,14 +133,20 @@ pub fn writer_properties() -> WriterProperties {
     builder.build()
 }
 
+/// Rows of one (table, partition) waiting to be encoded as a row group.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
 struct OpenFile {
     table: Table,
     date: PartitionDate,
     path: String,
     rows: usize,
     last_write: u64,
-    /// `writer.memory_size()` after its last write or flush.
-    buffered: usize,
     writer: ArrowWriter<Box<dyn StagedFile>>,
 }
 
@@ -159,11 +174,11 @@ pub struct DatasetWriter {
     options: WriterOptions,
     props: WriterProperties,
     open: HashMap<(Table, PartitionDate), OpenFile>,
+    pending: HashMap<(Table, PartitionDate), Pending>,
+    /// Sum of the pending batches' Arrow bytes.
+    pending_bytes: usize,
     next_seq: u64,
     writes: u64,
-    /// Sum of the open files' `buffered`, kept current so that checking the budget after each
-    /// write costs nothing.
-    buffered_total: usize,
     summary: WriteSummary,
 }
 
@@ -178,7 +193,8 @@ impl DatasetWriter {
             options,
             props: writer_properties(),
             open: HashMap::new(),
-            buffered_total: 0,
+            pending: HashMap::new(),
+            pending_bytes: 0,
             next_seq: 0,
             writes: 0,
             summary: WriteSummary::default(),
@@ -204,26 +220,44 @@ impl DatasetWriter {
             return Ok(());
         }
         let key = (table, date);
+        let bytes = batch.get_array_memory_size();
+        let pending = self.pending.entry(key).or_default();
+        pending.batches.push(batch.clone());
+        pending.rows += batch.num_rows();
+        pending.bytes += bytes;
+        self.pending_bytes += bytes;
+        if pending.rows >= ROW_GROUP_ROWS {
+            self.encode(key)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the rows waiting for `key` as one row group of its file.
+    fn encode(&mut self, key: (Table, PartitionDate)) -> Result<(), DatasetError> {
+        let Some(pending) = self.pending.remove(&key) else {
+            return Ok(());
+        };
+        self.pending_bytes -= pending.bytes;
         if !self.open.contains_key(&key) {
             if self.open.len() >= MAX_OPEN_FILES {
                 self.close_least_recent()?;
             }
-            let file = self.open_file(table, date)?;
+            let file = self.open_file(key.0, key.1)?;
             self.open.insert(key, file);
         }
         self.writes += 1;
         let file = self.open.get_mut(&key).expect("inserted above");
         file.last_write = self.writes;
-        file.writer
-            .write(batch)
-            .map_err(|source| DatasetError::Parquet {
-                path: file.path.clone(),
-                source,
-            })?;
-        file.rows += batch.num_rows();
-        let buffered = file.writer.memory_size();
-        self.buffered_total = self.buffered_total - file.buffered + buffered;
-        file.buffered = buffered;
+        let parquet_err = |source| DatasetError::Parquet {
+            path: file.path.clone(),
+            source,
+        };
+        for batch in &pending.batches {
+            file.writer.write(batch).map_err(parquet_err)?;
+        }
+        // Ends the row group, dropping its column writers.
+        file.writer.flush().map_err(parquet_err)?;
+        file.rows += pending.rows;
         if file.rows >= MAX_ROWS_PER_FILE {
             self.close_file(key)?;
         }
@@ -232,7 +266,6 @@ impl DatasetWriter {
 
     fn close_file(&mut self, key: (Table, PartitionDate)) -> Result<(), DatasetError> {
         if let Some(file) = self.open.remove(&key) {
-            self.buffered_total -= file.buffered;
             self.summary.files.push(file.close()?);
         }
         Ok(())
@@ -260,7 +293,6 @@ impl DatasetWriter {
             path,
             rows: 0,
             last_write: 0,
-            buffered: 0,
             writer,
         })
     }
@@ -277,32 +309,34 @@ impl DatasetWriter {
         }
     }
 
-    /// Flushes the largest buffered row groups until the open files fit the memory budget.
+    /// Encodes the largest waiting partitions until the rest fit the memory budget.
     fn enforce_memory_budget(&mut self) -> Result<(), DatasetError> {
-        while self.buffered_total > self.options.memory_budget {
-            let Some(file) = self.open.values_mut().max_by_key(|f| f.buffered) else {
+        while self.pending_bytes > self.options.memory_budget {
+            let Some(key) = self
+                .pending
+                .iter()
+                .max_by_key(|(_, p)| p.bytes)
+                .map(|(k, _)| *k)
+            else {
                 return Ok(());
             };
-            file.writer
-                .flush()
-                .map_err(|source| DatasetError::Parquet {
-                    path: file.path.clone(),
-                    source,
-                })?;
-            let buffered = file.writer.memory_size();
-            self.buffered_total = self.buffered_total - file.buffered + buffered;
-            file.buffered = buffered;
+            self.encode(key)?;
         }
         Ok(())
     }
 
-    /// Bytes buffered in memory by open files.
+    /// Arrow bytes of the rows waiting to be encoded.
     pub fn buffered_bytes(&self) -> usize {
-        self.open.values().map(|f| f.writer.memory_size()).sum()
+        self.pending_bytes
     }
 
-    /// Closes and commits every open file.
+    /// Encodes what waits, then closes and commits every file.
     pub fn close(mut self) -> Result<WriteSummary, DatasetError> {
+        let mut waiting: Vec<_> = self.pending.keys().copied().collect();
+        waiting.sort();
+        for key in waiting {
+            self.encode(key)?;
+        }
         let mut open: Vec<_> = self.open.drain().collect();
         open.sort_by_key(|(key, _)| *key);
         for (_, file) in open {
@@ -312,15 +346,18 @@ impl DatasetWriter {
     }
 }
 
-/// Replaces the whole unpartitioned `table` with `batch`, atomically: the new file takes the
-/// place of the old one in a single rename.
+/// Replaces `layout`'s part of the unpartitioned `table` with `batch`, atomically: the new file
+/// takes the place of the old one in a single rename. (A shard's part holds its workflows; the
+/// other shards' files are left alone.)
 pub fn write_snapshot(
     storage: &dyn Storage,
     table: Table,
     batch: &RecordBatch,
+    layout: Layout,
 ) -> Result<WrittenFile, DatasetError> {
     let dir = table.name();
-    let path = format!("{dir}/{PARTITION_FILE}");
+    let file = layout.partition_file();
+    let path = format!("{dir}/{file}");
     let sink = storage.create(&path)?;
     let parquet_err = |source| DatasetError::Parquet {
         path: path.clone(),
@@ -331,8 +368,8 @@ pub fn write_snapshot(
     writer.write(batch).map_err(parquet_err)?;
     let bytes = writer.into_inner().map_err(parquet_err)?.commit()?;
     // Files of older layouts next to the snapshot would double its rows.
-    for name in storage.list(dir)? {
-        if name.ends_with(".parquet") && name != PARTITION_FILE {
+    for name in layout.check_partition(storage, dir)? {
+        if name != file {
             storage.remove(&format!("{dir}/{name}"))?;
         }
     }
@@ -426,6 +463,35 @@ mod tests {
         let mut want: Vec<String> = (0..730).map(|d| format!("r{d}")).collect();
         want.sort();
         assert_eq!(read_run_ids(dir.path(), &summary), want);
+    }
+
+    #[test]
+    fn pages_of_one_partition_become_one_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let mut writer = DatasetWriter::try_new(storage, WriterOptions::new("")).unwrap();
+        // Two partitions, interleaved page by page, as concurrent workflows deliver them.
+        let parts = rows(2, 10);
+        for _ in 0..50 {
+            for part in &parts {
+                writer.write(part).unwrap();
+            }
+        }
+        let summary = writer.close().unwrap();
+        let runs: Vec<_> = summary
+            .files
+            .iter()
+            .filter(|f| f.table == Table::Runs)
+            .collect();
+        assert_eq!(runs.len(), 2);
+        for file in runs {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                File::open(dir.path().join(&file.path)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(reader.metadata().num_row_groups(), 1, "{}", file.path);
+            assert_eq!(reader.metadata().file_metadata().num_rows(), 50);
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Per-workflow export state under `OUT/_state/`: how far the dataset is complete (the cursor),
+//! Per-workflow export state under `OUT/_state/` (a shard's under `OUT/_state/shard-KK-of-NN/`): how far the dataset is complete (the cursor),
 //! which runs were stored unfinished, and when the workflow last succeeded.
 //!
 //! A state file is written only after the data it describes is committed, atomically (through
@@ -85,8 +85,8 @@ impl WorkflowState {
     }
 }
 
-/// Path of a workflow's state file.
-pub fn state_path(workflow_id: &str) -> String {
+/// Path of a workflow's state file in folder `dir` ([`STATE_DIR`], or a shard's folder in it).
+pub fn state_path(dir: &str, workflow_id: &str) -> String {
     let stem: String = utf8_percent_encode(workflow_id, FILE_NAME_SET).collect();
     let stem = if stem.len() > MAX_STEM {
         // Stable across runs and platforms (FNV-1a), unlike std's hasher.
@@ -100,15 +100,19 @@ pub fn state_path(workflow_id: &str) -> String {
     } else {
         stem
     };
-    format!("{STATE_DIR}/{stem}.json")
+    format!("{dir}/{stem}.json")
 }
 
 /// Loads a workflow's state; `None` when there is none, it is of another version, or it names
 /// another workflow. A file that cannot be parsed is an error (it is never silently ignored).
-pub fn load(storage: &dyn Storage, workflow_id: &str) -> Result<Option<WorkflowState>, StateError> {
-    let path = state_path(workflow_id);
+pub fn load(
+    storage: &dyn Storage,
+    dir: &str,
+    workflow_id: &str,
+) -> Result<Option<WorkflowState>, StateError> {
+    let path = state_path(dir, workflow_id);
     let name = path.rsplit('/').next().unwrap_or_default().to_owned();
-    if !storage.list(STATE_DIR)?.contains(&name) {
+    if !storage.list(dir)?.contains(&name) {
         return Ok(None);
     }
     let bytes = storage.read(&path)?;
@@ -120,10 +124,10 @@ pub fn load(storage: &dyn Storage, workflow_id: &str) -> Result<Option<WorkflowS
     Ok((state.version == STATE_VERSION && state.workflow_id == workflow_id).then_some(state))
 }
 
-/// Saves a workflow's state atomically and durably.
-pub fn save(storage: &dyn Storage, state: &WorkflowState) -> Result<(), StateError> {
+/// Saves a workflow's state in folder `dir` atomically and durably.
+pub fn save(storage: &dyn Storage, dir: &str, state: &WorkflowState) -> Result<(), StateError> {
     let text = serde_json::to_string_pretty(state).expect("state serialises");
-    crate::dataset::write_jsonl(storage, &state_path(&state.workflow_id), [text])?;
+    crate::dataset::write_jsonl(storage, &state_path(dir, &state.workflow_id), [text])?;
     Ok(())
 }
 
@@ -152,11 +156,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::open(dir.path()).unwrap();
         let id = "a/b?c#d%e f..";
-        assert_eq!(state_path(id), "_state/a%2Fb%3Fc%23d%25e%20f%2E%2E.json");
+        assert_eq!(
+            state_path(STATE_DIR, id),
+            "_state/a%2Fb%3Fc%23d%25e%20f%2E%2E.json"
+        );
         let long = "x".repeat(500);
-        assert!(state_path(&long).len() < 220);
-        assert_ne!(state_path(&long), state_path(&"x".repeat(501)));
-        assert_eq!(load(&storage, id).unwrap(), None);
+        assert!(state_path(STATE_DIR, &long).len() < 220);
+        assert_ne!(
+            state_path(STATE_DIR, &long),
+            state_path(STATE_DIR, &"x".repeat(501))
+        );
+        assert_eq!(load(&storage, STATE_DIR, id).unwrap(), None);
         let state = WorkflowState::new(
             id,
             Some(1_741_750_770_476_391),
@@ -167,8 +177,21 @@ mod tests {
             }],
             "e1",
         );
-        save(&storage, &state).unwrap();
-        let loaded = load(&storage, id).unwrap().unwrap();
+        save(&storage, STATE_DIR, &state).unwrap();
+        let loaded = load(&storage, STATE_DIR, id).unwrap().unwrap();
+        let shard_dir = "_state/shard-1-of-2";
+        assert_eq!(load(&storage, shard_dir, id).unwrap(), None);
+        save(&storage, shard_dir, &state).unwrap();
+        assert_eq!(
+            load(&storage, shard_dir, id).unwrap().as_ref(),
+            Some(&state)
+        );
+        assert!(
+            dir.path()
+                .join(shard_dir)
+                .join("a%2Fb%3Fc%23d%25e%20f%2E%2E.json")
+                .is_file()
+        );
         assert_eq!(loaded, state);
         assert_eq!(
             loaded.cursor.as_deref(),
@@ -182,8 +205,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::open(dir.path()).unwrap();
         std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
-        std::fs::write(dir.path().join(state_path("wf")), b"{not json").unwrap();
-        let err = load(&storage, "wf").unwrap_err().to_string();
+        std::fs::write(dir.path().join(state_path(STATE_DIR, "wf")), b"{not json").unwrap();
+        let err = load(&storage, STATE_DIR, "wf").unwrap_err().to_string();
         assert!(
             err.contains("state file") && err.contains("wf.json"),
             "{err}"

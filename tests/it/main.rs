@@ -10,5 +10,6 @@ mod hostile;
 mod interop;
 mod report;
 mod rerun;
+mod shard;
 mod store;
 mod support;

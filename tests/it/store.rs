@@ -661,7 +661,8 @@ fn store_errors_are_one_line_naming_the_url_with_a_hint_and_no_secret() {
     let lines = error_lines(&out);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(
-        lines[0].starts_with("error: cannot create the lock `s3://no-such-bucket/x/_lock`: "),
+        // The first request: the layout check lists the root before the lock is taken.
+        lines[0].starts_with("error: cannot list `s3://no-such-bucket/x`: "),
         "{lines:#?}"
     );
     assert!(lines[0].contains("NoSuchBucket"), "{lines:#?}");
@@ -689,7 +690,7 @@ fn store_errors_are_one_line_naming_the_url_with_a_hint_and_no_secret() {
     let lines = error_lines(&out);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(
-        lines[0].starts_with("error: cannot create the lock `s3://lake/x/_lock`: "),
+        lines[0].starts_with("error: cannot list `s3://lake/x`: "),
         "{lines:#?}"
     );
     assert!(lines[0].contains("Connection refused"), "{lines:#?}");

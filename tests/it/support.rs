@@ -136,6 +136,23 @@ pub fn assert_stderr_contains(o: &Output, needle: &str) {
     assert!(stderr(o).contains(needle), "{}", stderr(o));
 }
 
+/// Asserts exit 2 and that stderr is exactly the line `want`, then an optional `hint:` line;
+/// clap's own indented detail and its "For more information" trailer are allowed.
+pub fn assert_usage_error(out: &Output, want: &str, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{what}:\n{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(' '))
+        .filter(|l| *l != "For more information, try '--help'.")
+        .collect();
+    assert_eq!(lines.first().copied(), Some(want), "{what}:\n{err}");
+    assert!(
+        lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+        "{what}: one error line and at most a hint:\n{err}"
+    );
+}
+
 /// Asserts success, showing output otherwise.
 pub fn assert_ok(o: &Output) {
     assert!(
@@ -407,7 +424,7 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// The interpreter with the readers and servers of `tests/interop/requirements.txt` (duckdb,
-/// polars, pyarrow, moto): `ORCHESTRA_EXPORT_PYTHON`, else the repo's `.venv` that `scripts/test`
+/// polars, pyarrow, pyspark, moto): `ORCHESTRA_EXPORT_PYTHON`, else the repo's `.venv` that `scripts/test`
 /// creates.
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("ORCHESTRA_EXPORT_PYTHON") {
@@ -416,7 +433,7 @@ pub fn python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     assert!(
         venv.exists(),
-        "no Python with duckdb/polars/pyarrow/moto: run `scripts/test` (it creates .venv) or set ORCHESTRA_EXPORT_PYTHON"
+        "no Python with duckdb/polars/pyarrow/pyspark/moto: run `scripts/test` (it creates .venv) or set ORCHESTRA_EXPORT_PYTHON"
     );
     venv
 }
