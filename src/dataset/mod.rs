@@ -160,6 +160,23 @@ enum StoreFailureKind {
 /// Longest store message shown.
 const MAX_STORE_MESSAGE: usize = 300;
 
+/// `text` cut to about `max` bytes by replacing its middle with `…`: the start says which
+/// request failed, the end holds the root cause (`Connection refused`) and the store's code.
+fn elide_middle(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut head = max * 2 / 3;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (max - head);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &text[..head], &text[tail..])
+}
+
 impl StoreFailure {
     fn from_error(error: &object_store::Error) -> Self {
         // `object_store` repeats each cause in its own message: add only causes not shown yet.
@@ -188,14 +205,7 @@ impl StoreFailure {
             }
             message.push(')');
         }
-        if message.len() > MAX_STORE_MESSAGE {
-            let mut end = MAX_STORE_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
+        let message = elide_middle(message, MAX_STORE_MESSAGE);
         let code = code.as_deref().unwrap_or("");
         let kind = if code == "NoSuchBucket" {
             StoreFailureKind::NoSuchBucket
@@ -405,6 +415,26 @@ mod tests {
             assert!(err.contains(reason), "{bad}: {err}");
             assert!(!err.contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn long_store_messages_keep_their_start_and_their_root_cause() {
+        assert_eq!(elide_middle("short".to_owned(), 10), "short");
+        let long = format!(
+            "cannot list {}: Connection refused (os error 111)",
+            "x".repeat(400)
+        );
+        let shown = elide_middle(long, 300);
+        assert!(shown.len() <= 303, "{}", shown.len());
+        assert!(shown.starts_with("cannot list xxx"), "{shown}");
+        assert!(
+            shown.ends_with("xxx: Connection refused (os error 111)"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches('…').count(), 1);
+        // Never splits a character.
+        let wide = "é".repeat(400);
+        assert!(elide_middle(wide, 301).contains('…'));
     }
 
     #[test]
