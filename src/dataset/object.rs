@@ -467,6 +467,10 @@ struct LockRecord {
     token: String,
     /// Until when the holder may write without renewing (RFC 3339, UTC).
     expires_at: DateTime<Utc>,
+    /// Set by the holder when it ends: the lock is free, and the object stays as the trace of
+    /// the dataset's layout (`_lock` or `_lock.shard-KK-of-NN`, like the files on local disk).
+    #[serde(default)]
+    released: bool,
 }
 
 /// This process's hold on one lock object.
@@ -511,10 +515,20 @@ impl Lease {
     fn record(&self) -> PutPayload {
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.duration).unwrap_or(chrono::Duration::seconds(60));
+        self.payload(expires_at, false)
+    }
+
+    /// The record that frees the lock: released, and expired as of now.
+    fn released_record(&self) -> PutPayload {
+        self.payload(Utc::now(), true)
+    }
+
+    fn payload(&self, expires_at: DateTime<Utc>, released: bool) -> PutPayload {
         let record = LockRecord {
             holder: self.holder.clone(),
             token: self.token.clone(),
             expires_at,
+            released,
         };
         PutPayload::from(serde_json::to_vec_pretty(&record).expect("lock record serialises"))
     }
@@ -604,7 +618,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
                 lease.renewed(version, sent);
                 return Ok(());
             }
-            Some(r) if r.expires_at > Utc::now() => {
+            Some(r) if !r.released && r.expires_at > Utc::now() => {
                 return Err(DatasetError::Locked {
                     path: PathBuf::from(inner.show(name)),
                     holder: format!(
@@ -616,8 +630,8 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
                     lease_until: Some(r.expires_at),
                 });
             }
-            // Expired (a killed export), or not a lease at all (a lock file copied from a
-            // local dataset): take it over, unless someone else changes it first.
+            // Released, expired (a killed export), or not a lease at all (a lock file copied
+            // from a local dataset): take it over, unless someone else changes it first.
             _ => {}
         }
         let (store, path, payload) = (inner.store.clone(), location.clone(), lease.record());
@@ -630,7 +644,7 @@ fn acquire(inner: &Inner, lease: &Arc<Lease>) -> Result<(), DatasetError> {
         match taken {
             Ok(result) => {
                 lease.renewed(version_of(result), sent);
-                if let Some(r) = record {
+                if let Some(r) = record.filter(|r| !r.released) {
                     tracing::warn!(target: "dataset", lock = name, holder = %r.holder, expired = %r.expires_at, "took over the lock of an export whose lease expired");
                 }
                 return Ok(());
@@ -687,7 +701,9 @@ async fn heartbeat(store: Arc<dyn ObjectStore>, location: ObjectPath, lease: Arc
     }
 }
 
-/// Holds the lock; dropping it stops the renewals and deletes the lock object if still ours.
+/// Holds the lock; dropping it stops the renewals and, if the lock object is still ours, marks
+/// it released with a conditional PUT on its ETag. The object is not deleted: like the lock
+/// files on local disk, it tells later exports the dataset's layout (see `Layout::check_root`).
 struct LockGuard {
     inner: Arc<Inner>,
     lease: Arc<Lease>,
@@ -708,13 +724,18 @@ impl Drop for LockGuard {
         let released = self.inner.run(async move {
             tokio::time::timeout(RELEASE_TIMEOUT, async move {
                 let _renewal = lease.renewal.lock().await;
-                let ours = lease.version().e_tag;
-                // Not conditional (object stores have no conditional delete): checked first.
-                match store.head(&location).await {
-                    Ok(meta) if same_etag(meta.e_tag.as_deref(), ours.as_deref()) => {
-                        store.delete(&location).await
-                    }
-                    _ => Ok(()),
+                let mode = PutMode::Update(lease.version());
+                match store
+                    .put_opts(&location, lease.released_record(), mode.into())
+                    .await
+                {
+                    // Changed by another export meanwhile: no longer ours to release.
+                    Ok(_)
+                    | Err(
+                        object_store::Error::Precondition { .. }
+                        | object_store::Error::NotFound { .. },
+                    ) => Ok(()),
+                    Err(e) => Err(e),
                 }
             })
             .await
@@ -1026,10 +1047,22 @@ mod tests {
         assert!(text.contains("pid 1 on a; its lease runs until "), "{text}");
         assert!(text.contains("mem://bucket/pre/fix/_lock"), "{text}");
 
-        // Released on drop: the next one gets it at once.
+        // Released on drop: the object stays, marked released, and the next one gets it at once.
         drop(guard);
-        assert!(keys(&mem).is_empty(), "{:?}", keys(&mem));
+        assert_eq!(keys(&mem), ["pre/fix/_lock"]);
+        let record: LockRecord = serde_json::from_slice(&first.read(LOCK_FILE).unwrap()).unwrap();
+        assert!(
+            record.released && record.expires_at <= Utc::now(),
+            "{record:?}"
+        );
+        assert_eq!(record.holder, "pid 1 on a");
         let guard = second.lock(LOCK_FILE, "pid 2 on b").unwrap();
+        let record: LockRecord = serde_json::from_slice(&first.read(LOCK_FILE).unwrap()).unwrap();
+        assert!(
+            !record.released && record.expires_at > Utc::now(),
+            "{record:?}"
+        );
+        assert_eq!(record.holder, "pid 2 on b");
         drop(guard);
 
         // A killed holder stops renewing: its record stays with an expiry in the past, and the

@@ -160,6 +160,21 @@ impl Bucket {
         self.objects(prefix).into_keys().collect()
     }
 
+    /// The record in lock object `key`.
+    fn lock_record(&self, key: &str) -> Value {
+        let bytes = self.runtime.block_on(async {
+            let got = self.store.get(&ObjectPath::from(key)).await;
+            got.unwrap().bytes().await.unwrap()
+        });
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Asserts that lock object `key` exists and is marked released by its last holder.
+    fn assert_released(&self, key: &str) {
+        let record = self.lock_record(key);
+        assert_eq!(record["released"], true, "{key}: {record:#}");
+    }
+
     /// Downloads every object below `prefix` into a local folder, keeping the layout, so that
     /// the shared helpers can read the tables.
     fn download(&self, prefix: &str) -> tempfile::TempDir {
@@ -300,6 +315,7 @@ fn an_export_to_s3_reads_back_with_state_manifest_and_success_beside_the_data() 
         top,
         BTreeSet::from([
             "_SUCCESS",
+            "_lock",
             "_manifest",
             "_state",
             "node_outputs",
@@ -452,11 +468,10 @@ fn a_rerun_on_s3_fetches_only_new_runs_and_finishes_running_ones() {
         2
     );
     assert!(
-        !keys
-            .iter()
-            .any(|k| k.starts_with("x/_staging/") || k == "x/_lock"),
+        !keys.iter().any(|k| k.starts_with("x/_staging/")),
         "{keys:#?}"
     );
+    bucket.assert_released("x/_lock");
 }
 
 #[test]
@@ -497,10 +512,10 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
         "{err}"
     );
 
-    // The first finishes undisturbed and releases the lock.
+    // The first finishes undisturbed and releases the lock (the object stays, marked released).
     let first = first.wait_with_output().unwrap();
     assert_ok(&first);
-    assert!(!bucket.keys("shared").contains(&"shared/_lock".to_owned()));
+    bucket.assert_released("shared/_lock");
     assert_ok(&s3_export(&moto, &sim, out_url, &["--all-workflows"]));
     let id = sim.ids()[0].clone();
     let local = bucket.download("shared");
@@ -562,7 +577,8 @@ fn killing_an_export_in_the_middle_of_its_commit_then_rerunning_leaves_exactly_t
         assert_unique_keys(local.path());
         let keys = bucket.keys("k");
         assert!(!keys.contains(&"k/_SUCCESS".to_owned()), "{keys:#?}");
-        assert!(keys.contains(&"k/_lock".to_owned()), "{keys:#?}");
+        // The killed holder never released its lock.
+        assert_eq!(bucket.lock_record("k/_lock")["released"], false);
         // Killed in the middle of the commit: staged objects were still waiting.
         assert!(
             keys.iter().any(|k| k.starts_with("k/_staging/")),
@@ -582,9 +598,10 @@ fn killing_an_export_in_the_middle_of_its_commit_then_rerunning_leaves_exactly_t
     assert!(keys.contains(&"k/_SUCCESS".to_owned()), "{keys:#?}");
     let leftovers: Vec<_> = keys
         .iter()
-        .filter(|k| k.starts_with("k/_staging") || *k == "k/_lock")
+        .filter(|k| k.starts_with("k/_staging"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:#?}");
+    bucket.assert_released("k/_lock");
 }
 
 #[test]
