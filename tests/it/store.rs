@@ -767,3 +767,148 @@ fn a_file_url_writes_the_local_folder() {
     assert_dataset_matches(&local, &id, &sim.server.records(&id), 0);
     assert!(local.join("_SUCCESS").exists());
 }
+
+#[test]
+fn two_shards_writing_one_s3_prefix_at_once_store_exactly_the_runs_of_one_export() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let sim = Sim::start(SimConfig {
+        workflows: 8,
+        runs_per_workflow: 400,
+        latency: Duration::from_millis(25),
+        ..SimConfig::default()
+    });
+    let bucket = moto.bucket("lake");
+    let args = ["--all-workflows", "--page-size", "25"];
+    assert_ok(&s3_export(&moto, &sim, "s3://lake/single", &args));
+
+    let children: Vec<Child> = (0..2)
+        .map(|k| {
+            let shard = format!("{k}/2");
+            let mut extra = args.to_vec();
+            extra.extend(["--shard", shard.as_str()]);
+            spawn_s3_export(&moto, &sim, "s3://lake/sharded", &extra)
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let mut kept = 0;
+    for (k, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_no_secret(&out);
+        assert_ok(&out);
+        let line = stdout(&out)
+            .lines()
+            .find(|l| l.contains(&format!("shard {k}/2: ")))
+            .unwrap_or_else(|| panic!("{}", stdout(&out)))
+            .to_owned();
+        assert!(line.contains(" of 8 workflows are this shard's"), "{line}");
+        kept += line
+            .split(": ")
+            .nth(1)
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+    }
+    assert_eq!(kept, 8);
+
+    // Each shard held its own lease object, at the same time as the other: both manifests'
+    // intervals overlap, both lock objects exist, each named by its shard and released by that
+    // shard's process; there is no unsharded `_lock`.
+    let keys = bucket.keys("sharded");
+    let manifests: Vec<Value> = (0..2)
+        .map(|k| {
+            let tag = format!("shard-0{k}-of-02");
+            let key = keys
+                .iter()
+                .find(|key| {
+                    key.starts_with("sharded/_manifest/") && key.ends_with(&format!("-{tag}.json"))
+                })
+                .unwrap_or_else(|| panic!("no manifest of {tag}: {keys:#?}"));
+            let bytes = bucket.runtime.block_on(async {
+                let got = bucket.store.get(&ObjectPath::from(key.as_str())).await;
+                got.unwrap().bytes().await.unwrap()
+            });
+            serde_json::from_slice(&bytes).unwrap()
+        })
+        .collect();
+    let at = |m: &Value, key: &str| micros(m[key].as_str().unwrap());
+    let last_start = manifests.iter().map(|m| at(m, "started_at")).max().unwrap();
+    let first_end = manifests
+        .iter()
+        .map(|m| at(m, "finished_at"))
+        .min()
+        .unwrap();
+    assert!(
+        last_start < first_end,
+        "the shard exports did not overlap: {manifests:?}"
+    );
+    let root: Vec<&str> = keys
+        .iter()
+        .map(|k| &k["sharded/".len()..])
+        .filter(|k| !k.contains('/'))
+        .collect();
+    assert_eq!(
+        root,
+        [
+            "_SUCCESS.shard-00-of-02",
+            "_SUCCESS.shard-01-of-02",
+            "_lock.shard-00-of-02",
+            "_lock.shard-01-of-02"
+        ]
+    );
+    for (k, manifest) in manifests.iter().enumerate() {
+        let key = format!("sharded/_lock.shard-0{k}-of-02");
+        bucket.assert_released(&key);
+        let holder = bucket.lock_record(&key)["holder"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let export_id = manifest["export_id"].as_str().unwrap();
+        assert!(
+            holder.starts_with(&format!("pid {} on ", pids[k]))
+                && holder.contains(&format!(", export {export_id} started ")),
+            "{key}: {holder}"
+        );
+    }
+    assert!(
+        !keys.iter().any(|k| k.starts_with("sharded/_staging")),
+        "{keys:#?}"
+    );
+
+    // Exactly the runs of the unsharded export, each once, in the shards' own files.
+    let (single, sharded) = (bucket.download("single"), bucket.download("sharded"));
+    for table in ["runs", "node_outputs", "run_inputs"] {
+        let rows = |out: &Path| {
+            let mut rows = read_table(out, table).1;
+            for row in &mut rows {
+                row.remove("extracted_at");
+            }
+            rows.sort();
+            rows
+        };
+        let (one, two) = (rows(single.path()), rows(sharded.path()));
+        assert_eq!(one.len(), two.len(), "{table} row count");
+        assert!(one == two, "{table} rows differ");
+    }
+    assert_unique_keys(sharded.path());
+    for id in sim.ids() {
+        assert_dataset_matches(sharded.path(), &id, &sim.server.records(&id), 0);
+    }
+    for key in keys.iter().filter(|k| k.ends_with(".parquet")) {
+        let name = key.rsplit('/').next().unwrap();
+        assert!(
+            ["shard-00-of-02.parquet", "shard-01-of-02.parquet"].contains(&name),
+            "{key}"
+        );
+    }
+
+    // The released lock objects still tell the layout: an unsharded export is refused before it
+    // writes anything.
+    let refused = s3_export(&moto, &sim, "s3://lake/sharded", &args);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert_stderr_contains(
+        &refused,
+        "error: `s3://lake/sharded` holds a dataset sharded 2 ways (`_lock.shard-00-of-02`); this export (without `--shard`) would store runs twice",
+    );
+    assert_eq!(bucket.keys("sharded"), keys);
+}
