@@ -10,7 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::api::{self, ApiKey, ClientOptions, RetryPolicy};
-use crate::dataset::Shard;
+use crate::dataset::{Location, Shard};
 use crate::extract::{DEFAULT_MAX_WINDOW, ExtractOptions};
 
 /// Environment variable holding the API key.
@@ -76,6 +76,9 @@ pub enum ConfigError {
     /// The base URL is not usable.
     #[error("invalid `--base-url` `{url}`: {reason}")]
     BaseUrl { url: String, reason: String },
+    /// `--out` is neither a path nor a supported URL.
+    #[error(transparent)]
+    Out(crate::dataset::DatasetError),
 }
 
 /// Longest duration accepted anywhere (ten years): beyond it arithmetic on timestamps overflows.
@@ -234,7 +237,7 @@ impl ConfigFile {
         .into_iter()
         .flatten()
         {
-            if p.is_relative() && !p.as_os_str().is_empty() {
+            if p.is_relative() && !p.as_os_str().is_empty() && !Location::is_url(p) {
                 *p = dir.join(&*p);
             }
         }
@@ -383,6 +386,7 @@ impl ExportInputs {
     /// Validates everything and loads the key and workflows file.
     pub fn validate(self) -> Result<ExportConfig, ConfigError> {
         let base_url = parse_base_url(&self.base_url)?;
+        Location::parse(&self.out).map_err(ConfigError::Out)?;
         let key = load_key(self.api_key_file.as_deref(), self.api_key_env.as_deref())?;
         let mut ids = self.workflows;
         for id in &ids {
@@ -661,6 +665,17 @@ mod file_tests {
             Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/export"))
         );
         assert_eq!(file.all_workflows, Some(true));
+    }
+
+    #[test]
+    fn an_object_store_out_is_kept_as_written() {
+        let file = load("out = \"s3://bucket/exports/orchestra\"").unwrap();
+        assert_eq!(
+            file.out,
+            Some(PathBuf::from("s3://bucket/exports/orchestra"))
+        );
+        let file = load("out = \"data/export\"").unwrap();
+        assert!(file.out.unwrap().is_absolute());
     }
 
     #[test]

@@ -8,11 +8,13 @@ pub const PARTIAL_FAILURE: i32 = 1;
 pub const USAGE: i32 = 2;
 /// The API rejected the key (401/403); the export stopped.
 pub const AUTH: i32 = 3;
-/// The dataset could not be written (permissions, disk full, `--out` is a file).
+/// The dataset could not be written (permissions, disk full, `--out` is a file; on object
+/// storage: no such bucket, credentials refused, endpoint down, no conditional writes).
 pub const OUTPUT: i32 = 4;
 /// The API could not be reached at all: connection refused, no route, connect timeout.
 pub const UNREACHABLE: i32 = 5;
-/// Another export is writing to the same `--out`.
+/// Another export is writing to the same `--out`, or took the object storage lock over from this
+/// one.
 pub const LOCKED: i32 = 6;
 /// The API's host name does not resolve (DNS).
 pub const DNS: i32 = 7;

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, Layout, LocalStorage, Shard, Storage, Table,
-    WriteSummary, WriterOptions, write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, Layout, Shard, Storage, Table, WriteSummary,
+    WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -166,7 +166,7 @@ pub async fn export(
     let started_at = chrono::Utc::now();
     let layout = Layout::from(config.shard);
     let export_id = layout.export_id(new_export_id());
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(&config.out)?);
+    let storage: Arc<dyn Storage> = dataset::open(&config.out)?;
     // A dataset of another layout is refused before this export leaves a trace in it, and again
     // once its lock file exists (two layouts started at the same instant see each other's).
     layout.check_root(storage.as_ref())?;

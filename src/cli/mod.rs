@@ -35,7 +35,9 @@ use url::Url;
 
 use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
+use crate::dataset::{self, Location};
 use crate::exit;
+use crate::extract::state::StateError;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
 use crate::progress::{LogReporter, Reporter};
@@ -79,8 +81,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// The export folder to read.
-    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR")]
+    /// The export folder to read, or its object store URL (`s3://bucket/prefix`; then `--out`
+    /// is required).
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR|URL")]
     data: PathBuf,
     /// Where to write the reports [default: DATA/reports].
     #[arg(long, value_name = "DIR")]
@@ -127,8 +130,9 @@ struct ExportArgs {
     /// Export every workflow `GET /workflows` lists, and write the `workflows` table.
     #[arg(long)]
     all_workflows: bool,
-    /// Dataset folder. [default: data/export]
-    #[arg(long, value_name = "DIR")]
+    /// Dataset folder, or an object store URL: `s3://bucket/prefix`, `gs://…`, `az://…`
+    /// (credentials from the store's environment variables). [default: data/export]
+    #[arg(long, value_name = "DIR|URL")]
     out: Option<PathBuf>,
     /// Ignore what earlier exports stored and page every history to its end (rows are still
     /// merged, never duplicated). By default only what is new since the last export is fetched.
@@ -486,19 +490,19 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
 
 /// The exit code and hint of an export that failed as a whole.
 fn failure_code(e: &ExportError) -> (i32, Option<String>) {
+    const OUT_HINT: &str = "check that `--out` is a writable folder with free space";
+    if let ExportError::Dataset(e) | ExportError::State(StateError::Dataset(e)) = e {
+        let code = if e.is_lock_conflict() {
+            exit::LOCKED
+        } else if matches!(e, crate::dataset::DatasetError::Layout { .. }) {
+            exit::USAGE
+        } else {
+            exit::OUTPUT
+        };
+        return (code, Some(e.hint().unwrap_or_else(|| OUT_HINT.into())));
+    }
     match e {
-        ExportError::Dataset(crate::dataset::DatasetError::Locked { .. }) => (
-            exit::LOCKED,
-            Some("wait for it to finish: the lock is released when that process exits".into()),
-        ),
-        ExportError::Dataset(crate::dataset::DatasetError::Layout { found, .. }) => (
-            exit::USAGE,
-            Some(crate::dataset::shard::layout_hint(*found)),
-        ),
-        ExportError::Dataset(_) | ExportError::State(_) => (
-            exit::OUTPUT,
-            Some("check that `--out` is a writable folder with free space".into()),
-        ),
+        ExportError::State(_) => (exit::OUTPUT, Some(OUT_HINT.into())),
         ExportError::WriterPanicked => (exit::INTERNAL, None),
         _ => match e.api_error() {
             Some(ApiError::Unauthorized { .. }) => (exit::AUTH, Some(AUTH_HINT.into())),
@@ -612,6 +616,13 @@ pub fn report_error(error: &dyn std::error::Error, hint: Option<&str>) {
 }
 
 async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
+    if Location::is_url(&args.out) {
+        eprintln!(
+            "error: `demo` writes to a local folder, not to `{}`; `export --out URL` writes to object storage",
+            args.out.display()
+        );
+        return exit::USAGE;
+    }
     let sim_config = SimConfig {
         seed: args.seed,
         workflows: args.workflows,
@@ -659,6 +670,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
             until: None,
             workflows: Vec::new(),
             top_n: report::DEFAULT_TOP_N,
+            source: None,
         });
         if code != exit::SUCCESS {
             return code;
@@ -676,15 +688,66 @@ fn run_report(args: ReportArgs) -> i32 {
         eprintln!("error: `--since` {since} is after `--until` {until}");
         return exit::USAGE;
     }
+    // An object store dataset is downloaded to a temporary folder first (removed on return).
+    let (data, source, _download) = if Location::is_url(&args.data) {
+        match download_for_report(&args.data, args.out.is_some()) {
+            Ok(dir) => (
+                dir.path().to_path_buf(),
+                Some(args.data.display().to_string()),
+                Some(dir),
+            ),
+            Err(code) => return code,
+        }
+    } else {
+        (args.data.clone(), None, None)
+    };
     let options = ReportOptions {
         out: args.out.unwrap_or_else(|| args.data.join("reports")),
-        data: args.data,
+        data,
         since: args.since,
         until: args.until,
         workflows: args.workflows,
         top_n: args.top,
+        source,
     };
     write_report(&options)
+}
+
+/// Downloads the dataset at the URL `data` into a temporary folder; on failure prints the error
+/// and returns the exit code.
+fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile::TempDir, i32> {
+    let shown = data.display();
+    if !has_out {
+        eprintln!(
+            "error: `--data {shown}` is in an object store: pass `--out DIR`, the local folder for the reports"
+        );
+        return Err(exit::USAGE);
+    }
+    let dir = tempfile::tempdir().map_err(|e| {
+        report_error(
+            &e,
+            Some("set `TMPDIR` to a folder with room for the dataset"),
+        );
+        exit::OUTPUT
+    })?;
+    match dataset::download(data, dir.path()) {
+        Ok(_) if !dir.path().join("runs").exists() => {
+            eprintln!("error: no `runs` table in `{shown}`: is it an orchestra-export dataset?");
+            eprintln!("hint: pass `--data URL`, the `--out` of an export");
+            Err(exit::USAGE)
+        }
+        Ok(files) => {
+            tracing::info!(target: "report", files, "downloaded the dataset from `{shown}`");
+            Ok(dir)
+        }
+        Err(e) => {
+            eprintln!("error: {}", crate::error_chain(&e));
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            Err(exit::OUTPUT)
+        }
+    }
 }
 
 /// Writes the reports and prints where they are; returns the exit code.

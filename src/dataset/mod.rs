@@ -2,17 +2,23 @@
 //!
 //! It owns file layout (`{table}/date=YYYY-MM-DD/part-0.parquet`, or one file per shard), Parquet
 //! properties and the memory bound of the writing stage. It never talks to the API and never
-//! decides what a row contains (`flatten` does); files reach disk only through [`storage`].
+//! decides what a row contains (`flatten` does); files reach disk or an object store only
+//! through [`storage`] ([`LocalStorage`], [`ObjectStorage`]), picked by [`open`] from `--out`.
 
 mod commit;
+pub mod object;
 pub mod schema;
 pub mod shard;
 pub mod storage;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use url::Url;
 
 pub use commit::{CommitSummary, PartitionCommit, RunKeys, batches, commit};
+pub use object::{ObjectOptions, ObjectStorage, download_tables};
 pub use schema::{PartitionDate, Table};
 pub use shard::{Layout, Shard};
 pub use storage::{LocalStorage, StagedFile, Storage};
@@ -37,7 +43,38 @@ pub enum DatasetError {
     NotADirectory { path: PathBuf },
     /// Another process holds the dataset's lock.
     #[error("`{}` is locked by another export ({holder})", path.display())]
-    Locked { path: PathBuf, holder: String },
+    Locked {
+        path: PathBuf,
+        holder: String,
+        /// On object storage: when the holder's lease runs out unless renewed.
+        lease_until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// This export's lock lease on object storage was lost; it stopped writing.
+    #[error("lost the lock `{url}`: {reason}; stopped before changing more objects")]
+    LockLost { url: String, reason: String },
+    /// The object store does not do conditional writes, which the lock needs.
+    #[error(
+        "`{url}` does not support conditional writes (`If-None-Match`/`If-Match`), which the lock that keeps two exports apart needs"
+    )]
+    NoConditionalWrites { url: String },
+    /// A request to the object store failed.
+    #[error("cannot {action} `{url}`")]
+    Store {
+        action: &'static str,
+        url: String,
+        #[source]
+        source: StoreFailure,
+    },
+    /// `--out` is not a path or a supported URL.
+    #[error("invalid `--out` `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// An environment setting of the dataset stage is invalid.
+    #[error("`{name}` is `{value}`: expected {expected}")]
+    BadSetting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// Exports of another layout (unsharded, or another shard count) write this dataset.
     #[error(
         "`{root}` holds a dataset {} (`{evidence}`); this export ({}) would store runs twice",
@@ -60,11 +97,365 @@ pub enum DatasetError {
 }
 
 impl DatasetError {
+    pub(crate) fn store(action: &'static str, url: &str, error: object_store::Error) -> Self {
+        Self::Store {
+            action,
+            url: url.to_owned(),
+            source: StoreFailure::from_error(&error),
+        }
+    }
+
+    /// Whether another export holds, or took over, the dataset's lock.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self, Self::Locked { .. } | Self::LockLost { .. })
+    }
+
+    /// What the user can do about it, when this error knows better than a generic hint.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::Locked {
+                lease_until: Some(until),
+                ..
+            } => format!(
+                "wait for it to finish; if it was killed, its lease runs out at {} and the next export takes the lock over",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Self::Locked { .. } => {
+                "wait for it to finish: the lock is released when that process exits".to_owned()
+            }
+            Self::LockLost { .. } => "this export was paused or cut off from the store for longer than its lease, and another may have taken the dataset over; run the export again: its state did not advance".to_owned(),
+            Self::NoConditionalWrites { .. } => "use a store with conditional writes (AWS S3, MinIO, Cloudflare R2, Google Cloud Storage, Azure Blob), and leave `AWS_CONDITIONAL_PUT` unset".to_owned(),
+            Self::BadUrl { .. } => "`--out` takes a folder, `file:///abs/path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`".to_owned(),
+            Self::Store { url, source, .. } => source.hint(url),
+            Self::Layout { found, .. } => shard::layout_hint(*found),
+            _ => return None,
+        })
+    }
+
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             action,
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// An object store failure on one line (response bodies reduced to their error code), sorted
+/// into the kinds a user fixes differently.
+#[derive(Debug)]
+pub struct StoreFailure {
+    kind: StoreFailureKind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreFailureKind {
+    NoSuchBucket,
+    Denied,
+    Unreachable,
+    Other,
+}
+
+/// Longest store message shown.
+const MAX_STORE_MESSAGE: usize = 300;
+
+/// `text` cut to about `max` bytes by replacing its middle with `…`: the start says which
+/// request failed, the end holds the root cause (`Connection refused`) and the store's code.
+fn elide_middle(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut head = max * 2 / 3;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (max - head);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &text[..head], &text[tail..])
+}
+
+impl StoreFailure {
+    fn from_error(error: &object_store::Error) -> Self {
+        // `object_store` repeats each cause in its own message: add only causes not shown yet.
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        let code = xml_tag(&text, "Code");
+        let detail = xml_tag(&text, "Message");
+        if let Some(start) = text.find("<?xml").or_else(|| text.find("<Error>")) {
+            text.truncate(start);
+        }
+        let mut message = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let message_end = message.trim_end_matches([':', ' ']).len();
+        message.truncate(message_end);
+        if let Some(code) = &code {
+            message.push_str(&format!(" ({code}"));
+            if let Some(detail) = &detail {
+                message.push_str(&format!(": {detail}"));
+            }
+            message.push(')');
+        }
+        let message = elide_middle(message, MAX_STORE_MESSAGE);
+        let code = code.as_deref().unwrap_or("");
+        let kind = if code == "NoSuchBucket" {
+            StoreFailureKind::NoSuchBucket
+        } else if matches!(
+            error,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "ExpiredToken",
+            "InvalidToken",
+        ]
+        .contains(&code)
+        {
+            StoreFailureKind::Denied
+        } else if [
+            "error sending request",
+            "Connect",
+            "dns error",
+            "scheme is not allowed",
+        ]
+        .iter()
+        .any(|needle| message.contains(needle))
+        {
+            StoreFailureKind::Unreachable
+        } else {
+            StoreFailureKind::Other
+        };
+        Self { kind, message }
+    }
+
+    pub(crate) fn other(message: &str) -> Self {
+        Self {
+            kind: StoreFailureKind::Other,
+            message: message.to_owned(),
+        }
+    }
+
+    fn hint(&self, url: &str) -> String {
+        let scheme = url.split("://").next().unwrap_or_default();
+        let bucket = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let (credentials, endpoint) = match scheme {
+            "gs" => (
+                "`GOOGLE_SERVICE_ACCOUNT` (or `GOOGLE_APPLICATION_CREDENTIALS`)",
+                "the network",
+            ),
+            "s3" | "s3a" => (
+                "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`)",
+                "`AWS_ENDPOINT_URL` (set `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint) and the network",
+            ),
+            _ => (
+                "`AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY` (or another `AZURE_*` credential)",
+                "`AZURE_STORAGE_ACCOUNT_NAME` and the network",
+            ),
+        };
+        match self.kind {
+            StoreFailureKind::NoSuchBucket => format!(
+                "the bucket `{bucket}` does not exist: create it, or check the bucket in `--out` and the endpoint"
+            ),
+            StoreFailureKind::Denied => {
+                format!(
+                    "check the credentials in {credentials} and that they may read and write `{url}`"
+                )
+            }
+            StoreFailureKind::Unreachable => {
+                format!("the object store did not answer: check {endpoint}")
+            }
+            StoreFailureKind::Other => {
+                format!("check `--out` and the store's settings: {credentials}, {endpoint}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreFailure {}
+
+/// The text of the first `<tag>…</tag>` in `text`.
+fn xml_tag(text: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{tag}>"))? + start;
+    Some(text[start..end].trim().to_owned())
+}
+
+/// Where `--out` points: a local folder (a plain path or `file://`) or an object store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A folder on the local file system.
+    Local(PathBuf),
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    Object(Url),
+}
+
+impl Location {
+    /// Whether `out` is written as a URL (`scheme://…`) rather than a path.
+    pub fn is_url(out: &Path) -> bool {
+        let Some(text) = out.to_str() else {
+            return false;
+        };
+        text.split_once("://").is_some_and(|(scheme, _)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+    }
+
+    /// Parses `--out` (or `out` in a config file).
+    pub fn parse(out: &Path) -> Result<Self, DatasetError> {
+        if !Self::is_url(out) {
+            return Ok(Self::Local(out.to_path_buf()));
+        }
+        let text = out.to_string_lossy();
+        let bad = |reason: &str| DatasetError::BadUrl {
+            url: text.to_string(),
+            reason: reason.to_owned(),
+        };
+        let url = Url::parse(&text).map_err(|e| bad(&e.to_string()))?;
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(DatasetError::BadUrl {
+                url: format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")),
+                reason: "credentials and options come from the environment, not the URL".to_owned(),
+            });
+        }
+        match url.scheme() {
+            "file" => url.to_file_path().map(Self::Local).map_err(|()| {
+                bad("a `file://` URL needs an absolute path, as in `file:///data/export`")
+            }),
+            scheme if object::OBJECT_SCHEMES.contains(&scheme) => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(bad("no bucket (or container) after `://`"));
+                }
+                Ok(Self::Object(url))
+            }
+            scheme => Err(bad(&format!("the scheme `{scheme}` is not supported"))),
+        }
+    }
+}
+
+/// Opens the dataset root `out`: a local folder (created if needed) or an object store prefix.
+pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
+    Ok(match Location::parse(out)? {
+        Location::Local(path) => Arc::new(LocalStorage::open(path)?),
+        Location::Object(url) => Arc::new(ObjectStorage::open(&url, ObjectOptions::from_env()?)?),
+    })
+}
+
+/// Downloads every table of the dataset at the URL `data` into the local folder `dest` (same
+/// layout), for readers that need local files such as the report; returns the files fetched.
+pub fn download(data: &Path, dest: &Path) -> Result<usize, DatasetError> {
+    let Location::Object(url) = Location::parse(data)? else {
+        return Err(DatasetError::BadUrl {
+            url: data.display().to_string(),
+            reason: "not an object store URL".to_owned(),
+        });
+    };
+    let storage = ObjectStorage::open(&url, ObjectOptions::from_env()?)?;
+    let tables = [
+        Table::Runs,
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Workflows,
+    ]
+    .map(Table::name);
+    download_tables(&storage, &tables, dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_parses_into_a_folder_or_an_object_store() {
+        let local = |p: &str| Location::parse(Path::new(p)).unwrap();
+        assert_eq!(local("data/export"), Location::Local("data/export".into()));
+        assert_eq!(local("/a/b:c"), Location::Local("/a/b:c".into()));
+        assert_eq!(local("file:///data/x"), Location::Local("/data/x".into()));
+        for url in [
+            "s3://b/p",
+            "s3://b",
+            "gs://b/p/q",
+            "az://c/p",
+            "abfss://c/p",
+        ] {
+            assert!(matches!(local(url), Location::Object(_)), "{url}");
+        }
+        for (bad, reason) in [
+            ("http://host/x", "the scheme `http` is not supported"),
+            ("file://host/x", "absolute path"),
+            ("s3:///prefix", "no bucket"),
+            ("s3://key:secret@b/p", "from the environment"),
+        ] {
+            let err = Location::parse(Path::new(bad)).unwrap_err().to_string();
+            assert!(err.contains(reason), "{bad}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn long_store_messages_keep_their_start_and_their_root_cause() {
+        assert_eq!(elide_middle("short".to_owned(), 10), "short");
+        let long = format!(
+            "cannot list {}: Connection refused (os error 111)",
+            "x".repeat(400)
+        );
+        let shown = elide_middle(long, 300);
+        assert!(shown.len() <= 303, "{}", shown.len());
+        assert!(shown.starts_with("cannot list xxx"), "{shown}");
+        assert!(
+            shown.ends_with("xxx: Connection refused (os error 111)"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches('…').count(), 1);
+        // Never splits a character.
+        let wide = "é".repeat(400);
+        assert!(elide_middle(wide, 301).contains('…'));
+    }
+
+    #[test]
+    fn store_failures_are_one_line_with_the_error_code() {
+        let body = "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
+        let error = object_store::Error::NotFound {
+            path: "p/_lock".into(),
+            source: body.into(),
+        };
+        let failure = StoreFailure::from_error(&error);
+        assert_eq!(failure.kind, StoreFailureKind::NoSuchBucket);
+        let text = failure.to_string();
+        assert!(!text.contains('\n') && !text.contains('<'), "{text}");
+        assert!(
+            text.ends_with("404 Not Found (NoSuchBucket: The specified bucket does not exist)"),
+            "{text}"
+        );
+        assert!(
+            failure
+                .hint("s3://nope/p")
+                .contains("the bucket `nope` does not exist")
+        );
     }
 }

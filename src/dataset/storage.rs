@@ -3,7 +3,8 @@
 //! Writers stream into a [`StagedFile`]; nothing is visible to readers until
 //! [`StagedFile::commit`]. On local disk a staged file is a hidden temp file in the destination
 //! folder (its name starts with `.` and ends in `.tmp`, so `**/*.parquet` globs never match it),
-//! committed by fsync, rename and fsync of the folder. Object storage arrives behind the same trait.
+//! committed by fsync, rename and fsync of the folder. Object storage is behind the same trait
+//! ([`super::object`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -240,6 +241,7 @@ impl Storage for LocalStorage {
                 return Err(DatasetError::Locked {
                     path,
                     holder: text.trim().to_owned(),
+                    lease_until: None,
                 });
             }
             Err(fs::TryLockError::Error(source)) => {

@@ -238,7 +238,7 @@ th{background:#f1f5f9;font-weight:600}
         html,
         "<h1>Orchestra workflow report</h1><p class=muted>{} runs from <code>{}</code>{}. Error rate = failed ÷ all runs; durations in seconds from end_time − start_time; quantiles interpolate linearly.</p>",
         report.runs,
-        escape(&options.data.display().to_string()),
+        escape(&options.data_name()),
         escape(&scope(options))
     );
     let _ = write!(

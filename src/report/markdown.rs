@@ -74,7 +74,7 @@ pub fn render(report: &Report, options: &ReportOptions) -> String {
         "{} runs from `{}`{}. Error rate = failed ÷ all runs; durations in seconds from \
          `end_time − start_time`; quantiles interpolate linearly.\n",
         report.runs,
-        options.data.display(),
+        options.data_name(),
         scope(options)
     );
     let empty = DataFrame::empty();

@@ -41,6 +41,17 @@ pub struct ReportOptions {
     pub workflows: Vec<String>,
     /// Rows of `slowest_runs`.
     pub top_n: usize,
+    /// Where `data` was downloaded from (an object store URL), named in the reports instead.
+    pub source: Option<String>,
+}
+
+impl ReportOptions {
+    /// The dataset as the reports name it.
+    pub fn data_name(&self) -> String {
+        self.source
+            .clone()
+            .unwrap_or_else(|| self.data.display().to_string())
+    }
 }
 
 /// Errors of the report stage.

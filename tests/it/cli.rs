@@ -68,7 +68,7 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["export", "--workflow", "w", "--api-key-file", "/nonexistent/key"], "error: cannot read API key file `/nonexistent/key`: No such file or directory (os error 2)".into()),
         (vec!["export", "--workflow", "w", "--api-key-file", "/"], "error: cannot read API key file `/`: Is a directory (os error 21)".into()),
         (vec!["export", "--workflow", "w", "--config", "/nonexistent/export.toml"], "error: cannot read config file `/nonexistent/export.toml`: No such file or directory (os error 2)".into()),
-        (vec!["export", "--workflow", "w", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
+        (vec!["export", "--workflow", "w", "--out", ""], "error: a value is required for '--out <DIR|URL>' but none was supplied".into()),
         (vec!["--log-format", "xml", "export"], "error: invalid value 'xml' for '--log-format <LOG_FORMAT>'".into()),
         // demo
         (vec!["demo", "--workflows", "0"], bad_value("0", "--workflows <N>", "0 is not in 1..=10000")),

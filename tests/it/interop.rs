@@ -11,20 +11,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// The interpreter with duckdb, polars, pyarrow and pyspark: `ORCHESTRA_EXPORT_PYTHON`, else the
-/// repo's `.venv` that `scripts/test` creates.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORCHESTRA_EXPORT_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with duckdb/polars/pyarrow/pyspark: run `scripts/test` (it creates .venv) or set ORCHESTRA_EXPORT_PYTHON"
-    );
-    venv
-}
-
 #[test]
 fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
     let odd: Vec<Value> =

@@ -1,5 +1,6 @@
 //! Integration tests: the real `orchestra-export` binary against the built-in simulator over
-//! loopback, with the dataset read back by the `parquet` crate's Arrow reader.
+//! loopback, with the dataset read back by the `parquet` crate's Arrow reader; object storage
+//! tests run against a real S3-compatible server (moto) on loopback.
 
 mod badinput;
 mod cli;
@@ -10,4 +11,5 @@ mod interop;
 mod report;
 mod rerun;
 mod shard;
+mod store;
 mod support;

@@ -423,6 +423,21 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// The interpreter with the readers and servers of `tests/interop/requirements.txt` (duckdb,
+/// polars, pyarrow, pyspark, moto): `ORCHESTRA_EXPORT_PYTHON`, else the repo's `.venv` that `scripts/test`
+/// creates.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORCHESTRA_EXPORT_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with duckdb/polars/pyarrow/pyspark/moto: run `scripts/test` (it creates .venv) or set ORCHESTRA_EXPORT_PYTHON"
+    );
+    venv
+}
+
 /// Every file below `dir`, recursively.
 pub fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
