@@ -1,7 +1,8 @@
 //! End-to-end benchmark: the export against the network floor, in one run.
 //!
 //! `cargo bench --bench e2e` (options after `--`: `--runs N`, `--workflows N`, `--page-size N`,
-//! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`, `--exporter PATH` to measure
+//! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`, `--skip-python` (the Python
+//! route holds every row in memory: about 8 GB per million runs), `--exporter PATH` to measure
 //! another build). It starts the simulator in this process with pre-rendered pages (each page is
 //! rendered once, then served as stored bytes, so the server costs next to no CPU), exports once
 //! to warm it and to learn the URLs the exporter asks for, then measures, `--repeat` times each:
@@ -40,6 +41,7 @@ struct Options {
     repeat: usize,
     latency_ms: u64,
     cpu: bool,
+    python: bool,
     /// Another exporter binary to measure (an older build, for the optimisation history).
     exporter: Option<PathBuf>,
 }
@@ -53,6 +55,7 @@ fn options() -> Options {
         repeat: 5,
         latency_ms: 0,
         cpu: true,
+        python: true,
         exporter: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +76,11 @@ fn options() -> Options {
             "--exporter" => o.exporter = args.get(i + 1).map(PathBuf::from),
             "--skip-cpu" => {
                 o.cpu = false;
+                i += 1;
+                continue;
+            }
+            "--skip-python" => {
+                o.python = false;
                 i += 1;
                 continue;
             }
@@ -396,7 +404,7 @@ fn main() {
         "| Parquet bytes per 100k runs | {:.1} MB |",
         parquet_bytes as f64 / runs as f64 * 1e5 / 1e6
     );
-    if let Some(python) = python().filter(|_| o.latency_ms == 0) {
+    if let Some(python) = python().filter(|_| o.python && o.latency_ms == 0) {
         let tries = o.repeat.min(3);
         let results: Vec<(f64, f64, u64)> = (0..tries)
             .map(|_| pyarrow_route(&python, &urls, work.path()))
