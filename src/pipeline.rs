@@ -170,8 +170,18 @@ pub async fn export(
     // A dataset of another layout is refused before this export leaves a trace in it, and again
     // once its lock file exists (two layouts started at the same instant see each other's).
     layout.check_root(storage.as_ref())?;
-    let _lock = storage.lock(&layout.lock_file(), &lock_holder(&export_id))?;
-    layout.check_root(storage.as_ref())?;
+    let lock_file = layout.lock_file();
+    let had_lock_file = storage.list("")?.contains(&lock_file);
+    let _lock = storage.lock(&lock_file, &lock_holder(&export_id))?;
+    if let Err(conflict) = layout.check_root(storage.as_ref()) {
+        // Both exports are refused; a lock file that only this one created must not stay
+        // behind as the mark of a layout that wrote nothing (it would refuse every later export
+        // of the other layout). Removed while held, so no other export holds it.
+        if !had_lock_file {
+            let _ = storage.remove(&lock_file);
+        }
+        return Err(conflict.into());
+    }
     // What a killed export of this layout left: its staging area and hidden temp files. Nobody
     // else writes them while we hold the lock (other shards write only their own).
     let staging_root = layout.staging_root(STAGING_DIR);
@@ -225,11 +235,15 @@ pub async fn export(
             tracing::info!(target: "extract", "shard {}: {} of {} workflows are this shard's", s.shard, s.kept, s.listed);
         }
         let mut work = Vec::with_capacity(workflow_ids.len());
+        let states = if config.full {
+            None
+        } else {
+            Some(state::StateFolder::list(storage.as_ref(), &state_dir)?)
+        };
         for id in workflow_ids {
-            let previous = if config.full {
-                None
-            } else {
-                state::load(storage.as_ref(), &state_dir, &id)?
+            let previous = match &states {
+                Some(states) => states.load(storage.as_ref(), &id)?,
+                None => None,
             };
             work.push((id, previous));
         }

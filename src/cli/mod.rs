@@ -619,7 +619,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
     if Location::is_url(&args.out) {
         eprintln!(
             "error: `demo` writes to a local folder, not to `{}`; `export --out URL` writes to object storage",
-            args.out.display()
+            crate::dataset::shown_url(&args.out.to_string_lossy())
         );
         return exit::USAGE;
     }
@@ -716,7 +716,7 @@ fn run_report(args: ReportArgs) -> i32 {
 /// Downloads the dataset at the URL `data` into a temporary folder; on failure prints the error
 /// and returns the exit code.
 fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile::TempDir, i32> {
-    let shown = data.display();
+    let shown = crate::dataset::shown_url(&data.to_string_lossy());
     if !has_out {
         eprintln!(
             "error: `--data {shown}` is in an object store: pass `--out DIR`, the local folder for the reports"

@@ -332,7 +332,7 @@ impl Location {
         }
         let text = out.to_string_lossy();
         let bad = |reason: &str| DatasetError::BadUrl {
-            url: text.to_string(),
+            url: shown_url(&text),
             reason: reason.to_owned(),
         };
         let url = Url::parse(&text).map_err(|e| bad(&e.to_string()))?;
@@ -357,6 +357,20 @@ impl Location {
     }
 }
 
+/// `url` as it may be shown in a message: without what an `@` ends (user and password) or a
+/// query, also when it does not parse (a secret key with a `/` in it breaks the authority).
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (masked, rest) = match rest.rfind('@') {
+        Some(at) => ("…@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{masked}{rest}")
+}
+
 /// Opens the dataset root `out`: a local folder (created if needed) or an object store prefix.
 pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
     Ok(match Location::parse(out)? {
@@ -370,7 +384,7 @@ pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
 pub fn download(data: &Path, dest: &Path) -> Result<usize, DatasetError> {
     let Location::Object(url) = Location::parse(data)? else {
         return Err(DatasetError::BadUrl {
-            url: data.display().to_string(),
+            url: shown_url(&data.to_string_lossy()),
             reason: "not an object store URL".to_owned(),
         });
     };
@@ -410,10 +424,13 @@ mod tests {
             ("file://host/x", "absolute path"),
             ("s3:///prefix", "no bucket"),
             ("s3://key:secret@b/p", "from the environment"),
+            // A secret key with a `/` makes the URL unparsable: the message still hides it.
+            ("s3://AKIAKEY:secret/with/slash@bucket/p", "s3://…@bucket/p"),
+            ("s3://b/p?secret=1", "from the environment"),
         ] {
             let err = Location::parse(Path::new(bad)).unwrap_err().to_string();
             assert!(err.contains(reason), "{bad}: {err}");
-            assert!(!err.contains("secret"), "{err}");
+            assert!(!err.contains("secret") && !err.contains("AKIAKEY"), "{err}");
         }
     }
 

@@ -105,23 +105,50 @@ pub fn state_path(dir: &str, workflow_id: &str) -> String {
 
 /// Loads a workflow's state; `None` when there is none, it is of another version, or it names
 /// another workflow. A file that cannot be parsed is an error (it is never silently ignored).
+/// For many workflows, list the folder once with [`StateFolder::list`].
 pub fn load(
     storage: &dyn Storage,
     dir: &str,
     workflow_id: &str,
 ) -> Result<Option<WorkflowState>, StateError> {
-    let path = state_path(dir, workflow_id);
-    let name = path.rsplit('/').next().unwrap_or_default().to_owned();
-    if !storage.list(dir)?.contains(&name) {
-        return Ok(None);
+    StateFolder::list(storage, dir)?.load(storage, workflow_id)
+}
+
+/// The state files present in a folder, listed once: on object storage a listing is a request
+/// (of up to 1,000 names), so listing per workflow would cost one request per workflow each.
+pub struct StateFolder {
+    dir: String,
+    names: std::collections::HashSet<String>,
+}
+
+impl StateFolder {
+    /// Lists the state folder `dir`.
+    pub fn list(storage: &dyn Storage, dir: &str) -> Result<Self, StateError> {
+        Ok(Self {
+            dir: dir.to_owned(),
+            names: storage.list(dir)?.into_iter().collect(),
+        })
     }
-    let bytes = storage.read(&path)?;
-    let state: WorkflowState =
-        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-            path: storage.display(&path),
-            source,
-        })?;
-    Ok((state.version == STATE_VERSION && state.workflow_id == workflow_id).then_some(state))
+
+    /// Loads a workflow's state, as [`load`] does.
+    pub fn load(
+        &self,
+        storage: &dyn Storage,
+        workflow_id: &str,
+    ) -> Result<Option<WorkflowState>, StateError> {
+        let path = state_path(&self.dir, workflow_id);
+        let name = path.rsplit('/').next().unwrap_or_default();
+        if !self.names.contains(name) {
+            return Ok(None);
+        }
+        let bytes = storage.read(&path)?;
+        let state: WorkflowState =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: storage.display(&path),
+                source,
+            })?;
+        Ok((state.version == STATE_VERSION && state.workflow_id == workflow_id).then_some(state))
+    }
 }
 
 /// Saves a workflow's state in folder `dir` atomically and durably.
