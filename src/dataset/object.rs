@@ -904,25 +904,33 @@ pub fn download_tables(
     }
     let count = wanted.len();
     let (store, dest, url) = (inner.store.clone(), dest.to_path_buf(), inner.url.clone());
-    // Each object is written as it arrives: memory holds at most the objects in flight.
+    // Each object is streamed to its file chunk by chunk: memory holds a few chunks per object
+    // in flight, whatever the partitions' sizes.
     let results = inner.run(async move {
         futures_util::stream::iter(wanted)
             .map(|(location, relative)| {
                 let (store, target) = (store.clone(), dest.join(&relative));
                 let shown = format!("{url}/{relative}");
                 async move {
-                    let content = match store.get(&location).await {
-                        Ok(got) => got.bytes().await,
-                        Err(e) => Err(e),
-                    };
-                    let content =
-                        content.map_err(|e| DatasetError::store("download", &shown, e))?;
+                    let store_err = |e| DatasetError::store("download", &shown, e);
+                    let io_err = |source| DatasetError::io("write", &target, source);
+                    let got = store.get(&location).await.map_err(store_err)?;
                     if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent)
+                        tokio::fs::create_dir_all(parent)
+                            .await
                             .map_err(|source| DatasetError::io("create", parent, source))?;
                     }
-                    std::fs::write(&target, &content)
-                        .map_err(|source| DatasetError::io("write", &target, source))
+                    let mut file = tokio::fs::File::create(&target).await.map_err(io_err)?;
+                    let mut chunks = got.into_stream();
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = chunk.map_err(store_err)?;
+                        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                            .await
+                            .map_err(io_err)?;
+                    }
+                    tokio::io::AsyncWriteExt::flush(&mut file)
+                        .await
+                        .map_err(io_err)
                 }
             })
             .buffer_unordered(DOWNLOADS_IN_FLIGHT)
