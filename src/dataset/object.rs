@@ -686,6 +686,12 @@ async fn heartbeat(store: Arc<dyn ObjectStore>, location: ObjectPath, lease: Arc
         let mode = PutMode::Update(lease.version());
         match store.put_opts(&location, lease.record(), mode.into()).await {
             Ok(result) => lease.renewed(version_of(result), sent),
+            Err(object_store::Error::Precondition { .. })
+                if still_ours(&store, &location, &lease, sent).await =>
+            {
+                // Our renewal landed but its answer was lost and the retry saw the new ETag.
+                tracing::debug!(target: "dataset", lock = %lease.name, "lock renewal answered late; the lease is still ours");
+            }
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => {
@@ -698,6 +704,37 @@ async fn heartbeat(store: Arc<dyn ObjectStore>, location: ObjectPath, lease: Arc
                 tracing::warn!(target: "dataset", lock = %lease.name, error = %e, "cannot renew the lock lease");
             }
         }
+    }
+}
+
+/// Whether the lock object still holds this lease's record (same token, not released); if so,
+/// the lease adopts the object's current version. A conditional renewal that the store applied
+/// but whose answer was lost is retried by the client and then fails its own precondition:
+/// that is not a takeover.
+async fn still_ours(
+    store: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
+    lease: &Lease,
+    sent: Instant,
+) -> bool {
+    let Ok(got) = store.get(location).await else {
+        return false;
+    };
+    let version = UpdateVersion {
+        e_tag: got.meta.e_tag.clone(),
+        version: got.meta.version.clone(),
+    };
+    let Ok(bytes) = got.bytes().await else {
+        return false;
+    };
+    match serde_json::from_slice::<LockRecord>(&bytes) {
+        Ok(record) if record.token == lease.token && !record.released => {
+            // The record was written by the renewal sent at `sent` (or later, by its retry), so
+            // it expires no earlier than one lease after `sent`: counting from `sent` is safe.
+            lease.renewed(version, sent);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -970,6 +1007,33 @@ mod tests {
         });
         keys.sort();
         keys
+    }
+
+    #[test]
+    fn a_renewal_that_landed_unanswered_keeps_the_lease_and_another_record_loses_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let location = ObjectPath::from("_lock");
+        let lease = Lease::new("_lock", "pid 1", Duration::from_secs(60));
+        let other = Lease::new("_lock", "pid 2", Duration::from_secs(60));
+        rt.block_on(async {
+            let sent = Instant::now();
+            // Our record is there, under an ETag the lease does not know yet.
+            let put = store.put(&location, lease.record()).await.unwrap();
+            assert!(still_ours(&store, &location, &lease, sent).await);
+            assert_eq!(lease.version().e_tag, put.e_tag);
+            assert!(lease.check_local().is_ok());
+            // Released by us, or taken by another export: not ours any more.
+            store.put(&location, lease.released_record()).await.unwrap();
+            assert!(!still_ours(&store, &location, &lease, sent).await);
+            store.put(&location, other.record()).await.unwrap();
+            assert!(!still_ours(&store, &location, &lease, sent).await);
+            store.delete(&location).await.unwrap();
+            assert!(!still_ours(&store, &location, &lease, sent).await);
+        });
     }
 
     #[test]
