@@ -11,18 +11,24 @@ use serde_json::Value;
 
 use crate::support::*;
 
-#[test]
-fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
+/// A simulator of `workflows` × `runs` seeded runs plus two fixture workflows: the sample pages
+/// of odd shapes and the docs' example (`data/samples/`).
+fn sim_with_samples(workflows: usize, runs: u64) -> Sim {
     let odd: Vec<Value> =
         serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
     let docs: Vec<Value> =
         serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
-    let sim = Sim::start(SimConfig {
-        workflows: 5,
-        runs_per_workflow: 300,
+    Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: runs,
         fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
         ..SimConfig::default()
-    });
+    })
+}
+
+#[test]
+fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
+    let sim = sim_with_samples(5, 300);
     let dir = tempfile::tempdir().unwrap();
     assert_ok(&export(
         &sim,
@@ -46,16 +52,7 @@ fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
 /// DDL the README documents; the values it sees are checked here (`tests/interop/spark_read.py`).
 #[test]
 fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
-    let odd: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
-    let docs: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
-    let sim = Sim::start(SimConfig {
-        workflows: 4,
-        runs_per_workflow: 250,
-        fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
-        ..SimConfig::default()
-    });
+    let sim = sim_with_samples(4, 250);
     let single = tempfile::tempdir().unwrap();
     assert_ok(&export(
         &sim,

@@ -1,7 +1,7 @@
 //! Scheduled re-runs: incremental fetches, merges without duplicates, reconciliation of
 //! unfinished runs, state, locking, manifests and crash safety.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,28 +24,6 @@ fn content(out: &Path) -> BTreeMap<&'static str, Vec<Row>> {
         all.insert(table, rows);
     }
     all
-}
-
-/// No (workflow_id, run_id[, child key]) appears twice in any table.
-fn assert_unique_keys(out: &Path) {
-    for (table, extra) in [
-        ("runs", None),
-        ("node_outputs", Some("node")),
-        ("run_inputs", Some("name")),
-    ] {
-        let rows = read_table(out, table).1;
-        let keys: BTreeSet<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r["workflow_id"].clone(),
-                    r["run_id"].clone(),
-                    extra.map(|c| r[c].clone()),
-                )
-            })
-            .collect();
-        assert_eq!(keys.len(), rows.len(), "{table} has duplicate keys");
-    }
 }
 
 fn state_cursor(out: &Path, workflow_id: &str) -> Option<String> {

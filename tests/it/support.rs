@@ -454,3 +454,25 @@ pub fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// No (workflow_id, run_id[, child key]) appears twice in any run table of the dataset `out`.
+pub fn assert_unique_keys(out: &Path) {
+    for (table, extra) in [
+        ("runs", None),
+        ("node_outputs", Some("node")),
+        ("run_inputs", Some("name")),
+    ] {
+        let rows = read_table(out, table).1;
+        let keys: BTreeSet<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["workflow_id"].clone(),
+                    r["run_id"].clone(),
+                    extra.map(|c| r[c].clone()),
+                )
+            })
+            .collect();
+        assert_eq!(keys.len(), rows.len(), "{table} has duplicate keys");
+    }
+}
