@@ -146,17 +146,7 @@ fn four_concurrent_shards_store_exactly_what_one_export_stores() {
     let manifests: Vec<Value> = (0..4)
         .map(|k| manifest(sharded.path(), &tag(k, 4)))
         .collect();
-    let at = |m: &Value, key: &str| micros(m[key].as_str().unwrap());
-    let last_start = manifests.iter().map(|m| at(m, "started_at")).max().unwrap();
-    let first_end = manifests
-        .iter()
-        .map(|m| at(m, "finished_at"))
-        .min()
-        .unwrap();
-    assert!(
-        last_start < first_end,
-        "the shard exports did not overlap: {manifests:?}"
-    );
+    assert_exports_overlapped(&manifests);
 
     // The same rows as the unsharded export, each run once.
     let (one, four) = (content(single.path()), content(sharded.path()));

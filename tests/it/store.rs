@@ -809,17 +809,7 @@ fn two_shards_writing_one_s3_prefix_at_once_store_exactly_the_runs_of_one_export
             serde_json::from_slice(&bytes).unwrap()
         })
         .collect();
-    let at = |m: &Value, key: &str| micros(m[key].as_str().unwrap());
-    let last_start = manifests.iter().map(|m| at(m, "started_at")).max().unwrap();
-    let first_end = manifests
-        .iter()
-        .map(|m| at(m, "finished_at"))
-        .min()
-        .unwrap();
-    assert!(
-        last_start < first_end,
-        "the shard exports did not overlap: {manifests:?}"
-    );
+    assert_exports_overlapped(&manifests);
     let root: Vec<&str> = keys
         .iter()
         .map(|k| &k["sharded/".len()..])

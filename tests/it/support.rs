@@ -476,3 +476,19 @@ pub fn assert_unique_keys(out: &Path) {
         assert_eq!(keys.len(), rows.len(), "{table} has duplicate keys");
     }
 }
+
+/// The exports whose manifests these are were running at the same instant: the last one
+/// started before the first one finished.
+pub fn assert_exports_overlapped(manifests: &[Value]) {
+    let at = |m: &Value, key: &str| micros(m[key].as_str().unwrap());
+    let last_start = manifests.iter().map(|m| at(m, "started_at")).max().unwrap();
+    let first_end = manifests
+        .iter()
+        .map(|m| at(m, "finished_at"))
+        .min()
+        .unwrap();
+    assert!(
+        last_start < first_end,
+        "the shard exports did not overlap: {manifests:?}"
+    );
+}
