@@ -167,21 +167,8 @@ pub async fn export(
     let layout = Layout::from(config.shard);
     let export_id = layout.export_id(new_export_id());
     let storage: Arc<dyn Storage> = dataset::open(&config.out)?;
-    // A dataset of another layout is refused before this export leaves a trace in it, and again
-    // once its lock file exists (two layouts started at the same instant see each other's).
-    layout.check_root(storage.as_ref())?;
-    let lock_file = layout.lock_file();
-    let had_lock_file = storage.list("")?.contains(&lock_file);
-    let _lock = storage.lock(&lock_file, &lock_holder(&export_id))?;
-    if let Err(conflict) = layout.check_root(storage.as_ref()) {
-        // Both exports are refused; a lock file that only this one created must not stay
-        // behind as the mark of a layout that wrote nothing (it would refuse every later export
-        // of the other layout). Removed while held, so no other export holds it.
-        if !had_lock_file {
-            let _ = storage.remove(&lock_file);
-        }
-        return Err(conflict.into());
-    }
+    // A dataset of another layout is refused, also when two layouts start at the same instant.
+    let _lock = layout.lock(storage.as_ref(), &lock_holder(&export_id))?;
     // What a killed export of this layout left: its staging area and hidden temp files. Nobody
     // else writes them while we hold the lock (other shards write only their own).
     let staging_root = layout.staging_root(STAGING_DIR);

@@ -256,6 +256,25 @@ impl Layout {
         }
     }
 
+    /// Takes this layout's lock on the dataset, refusing a dataset of another layout: checked
+    /// before the lock file is created (so a refused export leaves no trace) and again after (so
+    /// two exports of different layouts started at the same instant both see the other's lock
+    /// file and both stop). A lock file that this export created and then was refused for is
+    /// removed, while still held, so that it does not stand for a layout that wrote nothing.
+    pub fn lock(self, storage: &dyn Storage, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
+        self.check_root(storage)?;
+        let lock_file = self.lock_file();
+        let had_lock_file = storage.list("")?.contains(&lock_file);
+        let guard = storage.lock(&lock_file, holder)?;
+        if let Err(conflict) = self.check_root(storage) {
+            if !had_lock_file {
+                let _ = storage.remove(&lock_file);
+            }
+            return Err(conflict);
+        }
+        Ok(guard)
+    }
+
     /// Fails when the root shows that another layout writes this dataset. Its evidence is the
     /// lock files (the first thing any export creates, and never removed) and the `_SUCCESS`
     /// markers: `_lock` for unsharded exports, `_lock.shard-KK-of-NN` for shards of N.
@@ -456,6 +475,78 @@ mod tests {
         ] {
             assert_eq!(Shard::from_tag(tag), None, "{tag}");
         }
+    }
+
+    /// Local storage where another layout's export creates its lock file at the moment this
+    /// one takes its own: the race the second check is for.
+    struct Racing {
+        inner: LocalStorage,
+        other_lock: &'static str,
+    }
+
+    impl Storage for Racing {
+        fn create(&self, path: &str) -> Result<Box<dyn crate::dataset::StagedFile>, DatasetError> {
+            self.inner.create(path)
+        }
+        fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+            self.inner.list(dir)
+        }
+        fn read(&self, path: &str) -> Result<bytes::Bytes, DatasetError> {
+            self.inner.read(path)
+        }
+        fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, path: &str) -> Result<(), DatasetError> {
+            self.inner.remove(path)
+        }
+        fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError> {
+            self.inner.remove_dir_all(dir)
+        }
+        fn remove_abandoned(
+            &self,
+            dir: &str,
+            owned: &dyn Fn(&str) -> bool,
+        ) -> Result<usize, DatasetError> {
+            self.inner.remove_abandoned(dir, owned)
+        }
+        fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
+            std::fs::write(self.inner.root().join(self.other_lock), b"pid 2").unwrap();
+            self.inner.lock(name, holder)
+        }
+        fn display(&self, path: &str) -> String {
+            self.inner.display(path)
+        }
+    }
+
+    #[test]
+    fn two_layouts_racing_are_both_refused_and_only_the_loser_s_new_lock_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let racing = Racing {
+            inner: LocalStorage::open(dir.path()).unwrap(),
+            other_lock: "_lock.shard-00-of-04",
+        };
+        let err = match Layout::Unsharded.lock(&racing, "pid 1") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("the race was not noticed"),
+        };
+        assert!(err.contains("sharded 4 ways"), "{err}");
+        // Our `_lock` is gone; the other export's stays (it removes its own when refused).
+        assert_eq!(racing.list("").unwrap(), ["_lock.shard-00-of-04"]);
+        // A lock file from earlier exports of our own layout stays: it marks a real layout.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("_lock"), b"").unwrap();
+        let racing = Racing {
+            inner: LocalStorage::open(dir.path()).unwrap(),
+            other_lock: "_lock.shard-00-of-04",
+        };
+        assert!(Layout::Unsharded.lock(&racing, "pid 1").is_err());
+        assert_eq!(racing.list("").unwrap(), ["_lock", "_lock.shard-00-of-04"]);
+        // Without a race the lock is taken and held.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = LocalStorage::open(dir.path()).unwrap();
+        let _held = Layout::Unsharded.lock(&plain, "pid 1").unwrap();
+        assert_eq!(plain.list("").unwrap(), ["_lock"]);
     }
 
     #[test]
