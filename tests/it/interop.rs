@@ -6,29 +6,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use orchestra_export::simulate::SimConfig;
 use serde_json::Value;
 
 use crate::support::*;
 
-/// A simulator of `workflows` × `runs` seeded runs plus two fixture workflows: the sample pages
-/// of odd shapes and the docs' example (`data/samples/`).
-fn sim_with_samples(workflows: usize, runs: u64) -> Sim {
-    let odd: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
-    let docs: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
-    Sim::start(SimConfig {
-        workflows,
-        runs_per_workflow: runs,
-        fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
-        ..SimConfig::default()
-    })
-}
-
 #[test]
 fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
-    let sim = sim_with_samples(5, 300);
+    let sim = sim_with_samples(5, 300, 0);
     let dir = tempfile::tempdir().unwrap();
     assert_ok(&export(
         &sim,
@@ -52,7 +36,7 @@ fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
 /// DDL the README documents; the values it sees are checked here (`tests/interop/spark_read.py`).
 #[test]
 fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
-    let sim = sim_with_samples(4, 250);
+    let sim = sim_with_samples(4, 250, 0);
     let single = tempfile::tempdir().unwrap();
     assert_ok(&export(
         &sim,

@@ -6,28 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use orchestra_export::dataset::Shard;
-use orchestra_export::simulate::SimConfig;
 use serde_json::Value;
 
 use crate::support::*;
 
 const RUN_TABLES: [&str; 3] = ["runs", "node_outputs", "run_inputs"];
-
-/// A simulator with generated workflows plus the two sample fixtures (one of which has a run
-/// without a start time, so the `__HIVE_DEFAULT_PARTITION__` folder is sharded too).
-fn sim(workflows: usize, runs: u64, latency_ms: u64) -> Sim {
-    let odd: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
-    let docs: Vec<Value> =
-        serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
-    Sim::start(SimConfig {
-        workflows,
-        runs_per_workflow: runs,
-        latency: std::time::Duration::from_millis(latency_ms),
-        fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
-        ..SimConfig::default()
-    })
-}
 
 /// Every row of the run tables without `extracted_at`, sorted: what two exports of the same
 /// history must agree on.
@@ -106,7 +89,7 @@ fn tag(k: u32, n: u32) -> String {
 
 #[test]
 fn four_concurrent_shards_store_exactly_what_one_export_stores() {
-    let sim = sim(12, 300, 25);
+    let sim = sim_with_samples(12, 300, 25);
     let all_ids: BTreeSet<String> = sim
         .ids()
         .into_iter()
@@ -266,7 +249,7 @@ fn four_concurrent_shards_store_exactly_what_one_export_stores() {
 
 #[test]
 fn rerunning_one_shard_updates_only_its_own_files() {
-    let sim = sim(6, 200, 0);
+    let sim = sim_with_samples(6, 200, 0);
     let dir = tempfile::tempdir().unwrap();
     for out in run_shards_concurrently(&sim, dir.path(), 2, &["--all-workflows"]) {
         assert_ok(&out);
@@ -347,7 +330,7 @@ fn rerunning_one_shard_updates_only_its_own_files() {
 
 #[test]
 fn a_shard_cleans_up_only_what_it_left_itself() {
-    let sim = sim(4, 50, 0);
+    let sim = sim_with_samples(4, 50, 0);
     let dir = tempfile::tempdir().unwrap();
     for out in run_shards_concurrently(&sim, dir.path(), 2, &["--all-workflows"]) {
         assert_ok(&out);
@@ -392,7 +375,7 @@ fn a_shard_cleans_up_only_what_it_left_itself() {
 
 #[test]
 fn explicit_ids_and_workflow_files_are_sharded_too() {
-    let sim = sim(8, 20, 0);
+    let sim = sim_with_samples(8, 20, 0);
     let ids = sim.ids();
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("workflows.txt");
@@ -446,7 +429,7 @@ fn explicit_ids_and_workflow_files_are_sharded_too() {
 
 #[test]
 fn mixing_layouts_in_one_dataset_is_refused_with_a_hint() {
-    let sim = sim(4, 30, 0);
+    let sim = sim_with_samples(4, 30, 0);
     // Sharded into unsharded: refused before anything is written.
     let single = tempfile::tempdir().unwrap();
     assert_ok(&export(&sim, single.path(), &["--all-workflows"]));

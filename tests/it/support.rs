@@ -492,3 +492,20 @@ pub fn assert_exports_overlapped(manifests: &[Value]) {
         "the shard exports did not overlap: {manifests:?}"
     );
 }
+
+/// A simulator of `workflows` × `runs` seeded runs, answering after `latency_ms`, plus two
+/// fixture workflows: the sample pages of odd shapes (one run has no start time, so the
+/// `__HIVE_DEFAULT_PARTITION__` folder is written too) and the docs' example (`data/samples/`).
+pub fn sim_with_samples(workflows: usize, runs: u64, latency_ms: u64) -> Sim {
+    let odd: Vec<Value> =
+        serde_json::from_str(include_str!("../../data/samples/varied-shapes.json")).unwrap();
+    let docs: Vec<Value> =
+        serde_json::from_str(include_str!("../../data/samples/docs-example.json")).unwrap();
+    Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: runs,
+        latency: std::time::Duration::from_millis(latency_ms),
+        fixtures: vec![fixture("odd-shapes", odd), fixture("docs-example", docs)],
+        ..SimConfig::default()
+    })
+}
