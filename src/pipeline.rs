@@ -279,7 +279,9 @@ pub async fn export(
         for state in outcomes.iter().filter_map(|o| o.new_state.as_ref()) {
             state::save(storage.as_ref(), &state_dir, state)?;
         }
-        storage.remove_dir_all(&staging)?;
+        // The whole staging root is this export's (cleared at the start, under the lock): a
+        // shard's `_staging/shard-KK-of-NN` goes too instead of staying as an empty folder.
+        storage.remove_dir_all(&staging_root)?;
 
         let stats = client.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

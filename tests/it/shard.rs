@@ -179,8 +179,17 @@ fn four_concurrent_shards_store_exactly_what_one_export_stores() {
         strip(read_table(sharded.path(), "workflows").1)
     );
 
-    // Lock, marker, state, manifests, staging: each shard's own, nothing left behind.
+    // Lock, marker, state, manifests, staging: each shard's own, nothing left behind (not even
+    // an empty staging folder).
     let files = relative_files(sharded.path());
+    let staging = sharded.path().join("_staging");
+    assert!(
+        !staging.exists() || staging.read_dir().unwrap().next().is_none(),
+        "{:?}",
+        staging
+            .read_dir()
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
     for k in 0..4 {
         let t = tag(k, 4);
         for name in [format!("_lock.{t}"), format!("_SUCCESS.{t}")] {
