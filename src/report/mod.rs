@@ -343,19 +343,19 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let mut tables = vec![
         (
             "workflow_summary",
-            summary.collect().map_err(polars_err("workflow_summary"))?,
+            aggregate(summary).map_err(polars_err("workflow_summary"))?,
         ),
         (
             "daily_trends",
-            daily.collect().map_err(polars_err("daily_trends"))?,
+            aggregate(daily).map_err(polars_err("daily_trends"))?,
         ),
         (
             "error_groups",
-            errors.collect().map_err(polars_err("error_groups"))?,
+            aggregate(errors).map_err(polars_err("error_groups"))?,
         ),
         (
             "node_stats",
-            nodes.collect().map_err(polars_err("node_stats"))?,
+            aggregate(nodes).map_err(polars_err("node_stats"))?,
         ),
         (
             "slowest_runs",
@@ -449,6 +449,17 @@ pub fn fingerprint(message: Expr) -> Expr {
     masks.into_iter().fold(message, |expr, (pattern, with)| {
         expr.str().replace_all(lit(pattern), lit(with), false)
     })
+}
+
+/// Collects an aggregation with Polars' streaming engine: it reads the Parquet files in
+/// batches instead of whole columns (`node_stats` reads every node output's text only to measure
+/// it). On 5M runs in 8 shards it halved the report's time (21.4 s to 11.0 s) and lowered its peak
+/// memory by 1.3 GB, with byte-identical tables (BENCHMARKS.md). `slowest_runs` (a sort with a
+/// limit) stays on the in-memory engine: under streaming its top rows differed (Polars 0.55).
+fn aggregate(frame: LazyFrame) -> PolarsResult<DataFrame> {
+    Ok(frame
+        .collect_with_engine(Engine::Streaming)?
+        .unwrap_single())
 }
 
 /// Last 7 days against the 7 before, per workflow, relative to the newest day in the data (so a
