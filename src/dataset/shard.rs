@@ -262,9 +262,10 @@ impl Layout {
     /// file and both stop). A lock file that this export created and then was refused for is
     /// removed, while still held, so that it does not stand for a layout that wrote nothing.
     pub fn lock(self, storage: &dyn Storage, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
-        self.check_root(storage)?;
+        let names = storage.list("")?;
+        self.check_root_names(storage, &names)?;
         let lock_file = self.lock_file();
-        let had_lock_file = storage.list("")?.contains(&lock_file);
+        let had_lock_file = names.contains(&lock_file);
         let guard = storage.lock(&lock_file, holder)?;
         if let Err(conflict) = self.check_root(storage) {
             if !had_lock_file {
@@ -283,9 +284,13 @@ impl Layout {
     /// again after (so two exports of different layouts started at the same instant both see
     /// the other's lock file and both stop); [`Layout::check_partition`] backs it up at commit.
     pub fn check_root(self, storage: &dyn Storage) -> Result<(), DatasetError> {
-        let names = storage.list("")?;
+        self.check_root_names(storage, &storage.list("")?)
+    }
+
+    /// [`Layout::check_root`] on the root's names, listed already.
+    fn check_root_names(self, storage: &dyn Storage, names: &[String]) -> Result<(), DatasetError> {
         for base in [LOCK_FILE, SUCCESS_MARKER] {
-            for name in &names {
+            for name in names {
                 // `Some(None)`: unsharded; `Some(Some(shard))`; `None`: another file.
                 let found = name
                     .strip_prefix(base)
