@@ -252,10 +252,14 @@ struct SimulateArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "RPS",
           value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_max_rps))]
     rate_limit: Option<f64>,
-    /// Change histories while they are paged: `insert=N,purge=N,jitter=MS` (runs added at the
-    /// head and purged from the tail after each page request, and a random delay per request).
+    /// Change histories while they are paged: `insert=N,delete=N,purge=N,jitter=MS` (runs added
+    /// at the head, deleted above the offset asked for and purged from the tail after each page
+    /// request, and a random delay per request).
     #[arg(long, value_name = "SPEC", value_parser = |t: &str| t.parse::<simulate::Drift>())]
     drift: Option<simulate::Drift>,
+    /// Refuse (400) page requests whose `offset` is not a multiple of `limit`.
+    #[arg(long)]
+    aligned_offsets: bool,
 }
 
 /// Simulated workflows: at least one, at most what fits in memory comfortably.
@@ -825,6 +829,7 @@ async fn run_simulate(args: SimulateArgs) -> i32 {
             http_date: false,
         }),
         drift: args.drift,
+        aligned_offsets: args.aligned_offsets,
         ..SimConfig::default()
     };
     let server = match SimServer::start(sim_config, args.listen).await {

@@ -46,11 +46,11 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         sum(|w| w.vanished),
         sum(|w| w.refresh_failed),
     );
-    let (page_retries, shifts, rereads, unresolved) = (
+    let (page_retries, shifts, rereads, vanished_upstream) = (
         sum(|w| w.page_retries),
         sum(|w| w.drift_shifts),
         sum(|w| w.drift_rereads),
-        sum(|w| w.drift_unresolved),
+        sum(|w| w.drift_vanished),
     );
     if s.throttled + page_retries > 0 {
         let _ = writeln!(
@@ -59,10 +59,23 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             s.throttled
         );
     }
-    if shifts + rereads + unresolved > 0 {
+    if shifts + rereads + vanished_upstream > 0 {
         let _ = writeln!(
             text,
-            "  drift: {shifts} pages shifted by runs arriving, {rereads} page boundaries re-read, {unresolved} boundary runs gone upstream"
+            "  drift: {shifts} pages shifted by runs arriving, {rereads} pages re-read, {vanished_upstream} runs vanished upstream while paging"
+        );
+    }
+    let aligned: Vec<&str> = s
+        .workflows
+        .iter()
+        .filter(|w| w.stats.aligned_offsets)
+        .map(|w| w.workflow_id.as_str())
+        .collect();
+    if !aligned.is_empty() {
+        let _ = writeln!(
+            text,
+            "  aligned paging: the API refused offsets that are not a multiple of `limit` for {} workflows; they were paged with aligned pages",
+            aligned.len()
         );
     }
     if refreshed + abandoned + vanished + failed > 0 {

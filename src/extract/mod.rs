@@ -1,21 +1,13 @@
 //! Extract: pages through every workflow's run history and hands flattened rows to the writer.
 //!
-//! It owns paging (offsets, page-size discovery, end of history), the fan-out across workflows
-//! and across the pages of one long workflow, and de-duplication of runs by id. It does not
-//! build HTTP requests (`api`) or rows (`flatten`), and never touches files (`dataset`).
-//!
-//! Paging is drift-safe. Each page is requested one record short of the previous page's end, so
-//! consecutive pages overlap by one record, the *anchor*: the last record of the part of the
-//! history known to be complete. A page that holds the anchor joins up (records before it were
-//! pushed down by runs arriving at the head: a *shift*, harmless, their repeats are skipped). A
-//! page that does not hold it but brings unseen runs may have left a gap — runs that slid past
-//! between two answers — so the boundary is *re-read* from the anchor's offset before going on.
-//! The next offset is always derived from the records actually received, so a server that caps
-//! `limit` loses nothing; history ends on a short page that brings nothing past the anchor, or
-//! an empty one. Once pages come back full, the following pages are requested ahead of the
-//! answers, the window doubling up to the concurrency budget (like TCP slow start); a page of an
-//! unexpected size or a re-read cancels the speculation.
+//! It owns the fan-out across workflows and across the pages of one long workflow, the
+//! reconciliation of unfinished runs, and the per-workflow tally. Every paging decision (offsets,
+//! page-size discovery, drift, the end of history) is [`paging`]'s, a state machine this module
+//! drives; fetching and flattening one page is `fetch`'s. It does not build HTTP requests
+//! (`api`) or rows (`flatten`), and never touches files (`dataset`).
 
+mod fetch;
+pub mod paging;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -24,28 +16,19 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use futures_util::stream::{self, FuturesOrdered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiError};
 use crate::dataset::PartitionDate;
 use crate::flatten::{
-    self, FlatPage, KeySet, PageContext, PageError, PartitionRows, Rejected, RunInfo,
-    format_timestamp,
+    self, FlatPage, KeySet, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
 };
 use crate::progress::Reporter;
+use fetch::{Fetched, Fetcher, RunSteps, Spawned};
+pub use paging::DEFAULT_MAX_WINDOW;
+use paging::{Answer, Pager, PagerOptions, PagingError, Poll, Refusal};
 use state::{UnfinishedRun, WorkflowState};
-
-/// Largest number of pages of one workflow requested ahead of the answers.
-pub const DEFAULT_MAX_WINDOW: usize = 16;
-
-/// Consecutive non-empty pages holding only runs already seen before a workflow is failed. New
-/// runs arriving during paging cause at most one such page per page size of arrivals.
-const MAX_PAGES_WITHOUT_NEWS: u32 = 5;
-
-/// Re-reads of the anchor's own offset that still do not join before the anchor is taken as
-/// deleted upstream (re-reads caused by pages requested ahead do not count).
-const MAX_REREADS: u32 = 3;
 
 /// What the extract stage sends to the writer.
 #[derive(Debug)]
@@ -102,10 +85,15 @@ pub struct WorkflowStats {
     pub stopped_at_cursor: bool,
     /// Pages whose start had shifted because runs arrived at the head during paging.
     pub drift_shifts: u64,
-    /// Page boundaries re-read because runs could have slid past between two answers.
+    /// Pages requested again because runs could have slid past between two answers.
     pub drift_rereads: u64,
-    /// Boundaries whose anchor never came back (deleted upstream); paging went on after it.
-    pub drift_unresolved: u64,
+    /// Runs found deleted upstream while paging (at least this many): the records after them
+    /// slid toward the head, and paging stepped back until it joined the runs already read.
+    pub drift_vanished: u64,
+    /// Page boundaries that could not be checked for drift (pages of one record).
+    pub unchecked_boundaries: u64,
+    /// The API refused offsets that are not multiples of `limit`: paged with aligned pages.
+    pub aligned_offsets: bool,
     /// Pages fetched again because their body was unreadable (truncated, not JSON).
     pub page_retries: u64,
 }
@@ -148,11 +136,9 @@ pub enum ExtractError {
     /// The id cannot be sent as a URL path segment.
     #[error("invalid workflow id: {reason}")]
     InvalidWorkflowId { reason: &'static str },
-    /// Page after page brought only runs already seen: the API ignores `offset`, or is looping.
-    #[error(
-        "{pages} pages in a row up to offset {offset} held only runs already seen; the API seems to ignore `offset`"
-    )]
-    NoProgress { pages: u32, offset: u64 },
+    /// Paging gave up: the API does not page, or runs vanished faster than paging could rejoin.
+    #[error(transparent)]
+    Paging(#[from] PagingError),
     /// A fetch task ended without an answer (a bug).
     #[error("a fetch task failed")]
     TaskFailed,
@@ -168,6 +154,17 @@ impl ExtractError {
             ExtractError::Api { source, .. } => Some(source),
             _ => None,
         }
+    }
+
+    /// Whether the API refused the request as invalid (400 or 422).
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self.api_error(),
+            Some(ApiError::Status {
+                status: 400 | 422,
+                ..
+            })
+        )
     }
 }
 
@@ -333,7 +330,11 @@ impl Extractor {
                 continue;
             }
             let url = self.client.run_url(workflow_id, &run.run_id);
-            let (_, bytes, fetched) = self.fetcher.clone().fetch(workflow.clone(), url, 0).await;
+            let (bytes, fetched) = self
+                .fetcher
+                .clone()
+                .fetch(workflow.clone(), url, 0, 0)
+                .await;
             let Fetched {
                 mut page, steps, ..
             } = match fetched {
@@ -366,7 +367,8 @@ impl Extractor {
                 }
             };
             tally.stats.refreshed += 1;
-            tally.keep_new_runs(&mut page);
+            let keep: Vec<bool> = page.keys.iter().map(|k| tally.seen.insert(*k)).collect();
+            tally.keep(&mut page, &keep);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
@@ -374,203 +376,96 @@ impl Extractor {
         Ok(())
     }
 
+    /// Pages through the history until the pager says it ended (or the workflow must fail);
+    /// what it stored is in `tally` either way.
     async fn page_through(
         &self,
         workflow_id: &str,
         stop_before: Option<i64>,
         tally: &mut Tally,
     ) -> Result<(), ExtractError> {
-        let limit = u64::from(self.options.page_size);
-        let max_window = self.options.max_window.max(1);
+        let mut pager = Pager::new(PagerOptions {
+            limit: u64::from(self.options.page_size),
+            max_window: self.options.max_window,
+            stop_before,
+        });
+        let result = self.drive(workflow_id, &mut pager, tally).await;
+        let paged = pager.stats();
+        let s = &mut tally.stats;
+        s.drift_shifts += paged.shifts;
+        s.drift_rereads += paged.rereads;
+        s.drift_vanished += paged.vanished;
+        s.unchecked_boundaries += paged.unchecked;
+        s.aligned_offsets |= paged.aligned;
+        s.stopped_at_cursor |= paged.stopped_at_cursor;
+        tally.seen = pager.into_seen();
+        result
+    }
+
+    /// The shell around the pager: sends what it asks for, hands it each answer in request
+    /// order, and stores and sends the records it keeps.
+    async fn drive(
+        &self,
+        workflow_id: &str,
+        pager: &mut Pager,
+        tally: &mut Tally,
+    ) -> Result<(), ExtractError> {
         let paging = Paging::enter(&self.paging);
         let workflow: Arc<str> = Arc::from(workflow_id);
-        // Records a full page holds: `limit`, or less when the server caps pages.
-        let mut stride = limit;
-        let mut next_offset = 0u64;
-        let mut window = 1usize;
-        let mut anchor: Option<Anchor> = None;
-        // The next page answered is a re-read of the anchor's offset, requested after the
-        // anchor's page was processed (not one requested ahead).
-        let mut rereading = false;
-        let mut largest_page = 0u64;
-        let mut pages_without_news = 0u32;
-        let mut previous_oldest: Option<i64> = None;
         let mut in_flight = FuturesOrdered::new();
         loop {
-            while in_flight.len() < window {
-                let url = self
-                    .client
-                    .runs_url(&workflow, self.options.page_size, next_offset);
-                let fetch = self
-                    .fetcher
-                    .clone()
-                    .fetch(workflow.clone(), url, next_offset);
-                in_flight.push_back(Spawned(tokio::spawn(fetch)));
-                next_offset += stride.saturating_sub(1).max(1);
+            // Requests ahead beyond this workflow's share of the concurrency only queue.
+            let share = self
+                .options
+                .parallel_workflows
+                .div_ceil(paging.count())
+                .max(1);
+            match pager.poll(share) {
+                Poll::Send(request) => {
+                    let fetch = self.fetcher.clone().page(workflow.clone(), request);
+                    in_flight.push_back(Spawned(tokio::spawn(fetch)));
+                    continue;
+                }
+                Poll::Done => return Ok(()),
+                Poll::Failed(e) => return Err(e.into()),
+                Poll::Wait => {}
             }
-            let Some(joined) = in_flight.next().await else {
-                return Ok(());
-            };
-            let (offset, bytes, fetched) = joined.map_err(|_| ExtractError::TaskFailed)?;
+            let joined = in_flight.next().await.ok_or(ExtractError::TaskFailed)?;
+            let (request, bytes, fetched) = joined.map_err(|_| ExtractError::TaskFailed)?;
+            tally.stats.pages += 1;
             let Fetched {
                 mut page,
                 mut steps,
                 retries,
-            } = fetched?;
-            tally.stats.pages += 1;
-            tally.stats.page_retries += retries;
-            let received = page.record_count as u64;
-            let was_reread = std::mem::take(&mut rereading);
-            if received == 0 {
-                match anchor.as_ref() {
-                    // An empty answer requested ahead may be stale: answered before runs arrived
-                    // that pushed older ones past it. Only an empty re-read of the anchor's own
-                    // offset ends the history (the anchor was purged at the tail).
-                    Some(a) if stride > 1 && !was_reread => {
-                        tally.stats.drift_rereads += 1;
-                        in_flight = FuturesOrdered::new();
-                        next_offset = a.offset;
-                        window = 1;
-                        rereading = true;
-                        continue;
-                    }
-                    Some(_) if stride > 1 => tally.stats.drift_unresolved += 1,
-                    _ => {}
-                }
-                return Ok(());
-            }
-            // Pages of one record cannot overlap: nothing to check them by.
-            let join = if stride > 1 {
-                Join::of(anchor.as_ref(), &page, &tally.seen, tally.newest_start)
-            } else {
-                Join::First
-            };
-            if let (Join::Before, true, Some(a)) = (join, was_reread, anchor.as_mut()) {
-                // The anchor is further on: runs arrived, none slid past.
-                a.rereads = 0;
-            }
-            if let (Join::Gap, Some(a)) = (join, anchor.as_mut()) {
-                // A page requested ahead that does not join may have been answered before runs
-                // arrived that pushed older ones past it: read on from the anchor again, one
-                // page at a time, and drop this page (its runs come again). Only a re-read
-                // that still does not join counts toward giving up: then the anchor itself was
-                // deleted upstream, and what follows it is what the re-read holds.
-                if was_reread {
-                    a.rereads += 1;
-                }
-                if !was_reread || a.rereads < MAX_REREADS {
-                    tally.stats.drift_rereads += 1;
-                    tracing::debug!(target: "extract", workflow_id, offset, anchor = a.offset, "page does not join the previous one: re-reading the boundary");
+            } = match fetched {
+                Err(e) if e.is_refusal() && pager.on_refused(request.id) == Refusal::Aligned => {
+                    tracing::warn!(target: "extract", workflow_id, offset = request.offset, limit = request.limit, error = %crate::error_chain(&e), "the API refuses offsets that are not a multiple of `limit`; paging this workflow with aligned pages");
                     in_flight = FuturesOrdered::new();
-                    next_offset = a.offset;
-                    window = 1;
-                    rereading = true;
                     continue;
                 }
-                tracing::warn!(target: "extract", workflow_id, offset = a.offset, "the run that ended the previous page is gone upstream; paging on after it");
-                tally.stats.drift_unresolved += 1;
+                fetched => fetched?,
+            };
+            tally.stats.page_retries += retries;
+            let answer = Answer {
+                keys: &page.keys,
+                starts: &page.starts,
+            };
+            let verdict = pager.on_page(request.id, answer);
+            if verdict.cancel {
+                in_flight = FuturesOrdered::new();
             }
-            let oldest = page.runs.iter().filter_map(|r| r.start_time).min();
-            let page_newest = page.runs.iter().filter_map(|r| r.start_time).max();
-            let next_anchor = Anchor::after(&page, offset);
-            let repeated = tally.keep_new_runs(&mut page);
+            if !verdict.keep.contains(&true) {
+                continue;
+            }
+            tally.stats.duplicates += verdict.repeats;
+            tally.keep(&mut page, &verdict.keep);
             if self.options.with_steps {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)
                     .await?;
             }
-            match join {
-                Join::At(i) => {
-                    // The anchor itself is the expected overlap, not a duplicate.
-                    tally.stats.duplicates += repeated.saturating_sub(1);
-                    tally.stats.drift_shifts += u64::from(i > 0);
-                }
-                Join::Before => {
-                    tally.stats.duplicates += repeated;
-                    tally.stats.drift_shifts += 1;
-                }
-                Join::First | Join::Gap => tally.stats.duplicates += repeated,
-            }
-            let news = page.runs.len() + page.rejected.len();
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
-            // Joined, and nothing new past the anchor (what follows it, if anything, is records
-            // without an id already stored): a short such page is the end of the history.
-            let nothing_past_anchor = matches!(join, Join::At(_)) && news == 0;
-            if join != Join::Before {
-                anchor = next_anchor.or(anchor);
-            }
-            let short = received < limit && received < largest_page;
-            if nothing_past_anchor && (received == 1 || short) {
-                return Ok(());
-            }
-            if join == Join::Before && short {
-                // The end of history, every run in it already seen: the anchor was purged
-                // upstream (runs deleted from the tail while paging).
-                tally.stats.drift_unresolved += 1;
-                return Ok(());
-            }
-            largest_page = largest_page.max(received);
-            // Stop once a whole page is older than the cursor minus the look-back (its newest
-            // run, not its oldest: one run with an odd old start must not end paging early).
-            if stop_before
-                .zip(page_newest)
-                .is_some_and(|(stop, newest)| newest < stop)
-            {
-                tally.stats.stopped_at_cursor = true;
-                return Ok(());
-            }
-            // A page before the anchor brings nothing new because runs arrived, not because the
-            // API ignores `offset` (that repeats the anchor's page): it does not count.
-            pages_without_news = match (news, join) {
-                (0, Join::Before) => pages_without_news,
-                (0, _) => pages_without_news + 1,
-                _ => 0,
-            };
-            if pages_without_news >= MAX_PAGES_WITHOUT_NEWS {
-                return Err(ExtractError::NoProgress {
-                    pages: pages_without_news,
-                    offset,
-                });
-            }
-            if received == stride && stride > 1 {
-                // Requests ahead beyond this workflow's share of the concurrency only queue, and
-                // past the end of a history they are wasted.
-                let share = self
-                    .options
-                    .parallel_workflows
-                    .div_ceil(paging.count())
-                    .max(1);
-                window = (window * 2).min(max_window).min(share);
-                if let (Some(stop), Some(oldest)) = (stop_before, oldest) {
-                    // Incremental: do not request far past the cursor. Estimate the pages left
-                    // from the time one page covered.
-                    let newest = page_newest.unwrap_or(oldest);
-                    let span = previous_oldest
-                        .map_or(newest - oldest, |p| p - oldest)
-                        .max(1);
-                    let pages_left = ((oldest - stop) / span).saturating_add(1);
-                    let pages_left = usize::try_from(pages_left).unwrap_or(usize::MAX);
-                    window = window.min(pages_left).max(1);
-                }
-            } else {
-                // Not the size the requests ahead assumed: drop them and continue from exactly
-                // what was received. A short first page reveals a server-side cap.
-                in_flight = FuturesOrdered::new();
-                if join == Join::First {
-                    stride = received;
-                } else {
-                    stride = stride.max(received.min(limit));
-                }
-                // Overlap on the anchor; pages of one record cannot overlap.
-                next_offset = match (&anchor, join) {
-                    _ if stride <= 1 => offset + received,
-                    (Some(a), j) if j != Join::Before => a.offset,
-                    _ => offset + received - 1,
-                };
-                window = 1;
-            }
-            previous_oldest = oldest.or(previous_oldest);
         }
     }
 
@@ -620,7 +515,6 @@ impl Extractor {
         Ok(())
     }
 }
-
 /// Counts a workflow as paging while alive.
 struct Paging<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -638,250 +532,6 @@ impl<'a> Paging<'a> {
 impl Drop for Paging<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// The last record of the part of a workflow's history known to be complete.
-#[derive(Debug)]
-struct Anchor {
-    /// Its fingerprint (`FlatPage::keys`).
-    key: u128,
-    /// The offset it was received at.
-    offset: u64,
-    /// Times the boundary after it was re-read.
-    rereads: u32,
-}
-
-impl Anchor {
-    /// The anchor after a page that joined (or was accepted): its last record; `None` for an
-    /// empty page.
-    fn after(page: &FlatPage, offset: u64) -> Option<Self> {
-        let index = page.keys.len().checked_sub(1)?;
-        Some(Self {
-            key: page.keys[index],
-            offset: offset + index as u64,
-            rereads: 0,
-        })
-    }
-}
-
-/// How a page relates to the anchor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Join {
-    /// The first page: nothing to join.
-    First,
-    /// The anchor is record `i` of the page: what follows it continues the history.
-    At(usize),
-    /// Every record was seen already: the page lies before the anchor (many runs arrived).
-    Before,
-    /// The anchor is missing and unseen runs are present: runs may have slid past unseen.
-    Gap,
-}
-
-impl Join {
-    /// How `page` relates to `anchor`, given the records `seen` so far and the newest start
-    /// time among them.
-    fn of(anchor: Option<&Anchor>, page: &FlatPage, seen: &KeySet, newest: Option<i64>) -> Self {
-        let Some(anchor) = anchor else {
-            return Join::First;
-        };
-        if let Some(i) = page.keys.iter().position(|k| *k == anchor.key) {
-            return Join::At(i);
-        }
-        // Runs that start after every run seen arrived during the export: they push the page
-        // before the anchor, they are not a gap.
-        let arrived: HashSet<u128> = page
-            .runs
-            .iter()
-            .filter(|r| r.start_time.is_some() && r.start_time > newest)
-            .map(|r| flatten::id_key(&r.id))
-            .collect();
-        if page
-            .keys
-            .iter()
-            .all(|k| seen.contains(k) || arrived.contains(k))
-        {
-            Join::Before
-        } else {
-            Join::Gap
-        }
-    }
-}
-
-/// The steps of one run.
-struct RunSteps {
-    run_id: String,
-    date: PartitionDate,
-    batch: RecordBatch,
-}
-
-/// A page and, when asked for, the steps of its runs.
-struct Fetched {
-    page: FlatPage,
-    steps: Vec<RunSteps>,
-    /// Times the page was fetched again because its body was unreadable.
-    retries: u64,
-}
-
-/// A fetch running as its own task, so it makes progress (and frees its slot of the shared
-/// concurrency budget) even while the workflow that asked for it is waiting on something else.
-/// Dropping it aborts the task (pages requested ahead that turned out not to be needed).
-struct Spawned<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for Spawned<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for Spawned<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-/// Flattens a page body on the rayon pool; `None` if the pool dropped the job.
-async fn flatten_on_rayon(
-    body: Vec<u8>,
-    workflow: Arc<str>,
-    offset: u64,
-) -> Option<Result<FlatPage, flatten::PageError>> {
-    let extracted_at_us = chrono::Utc::now().timestamp_micros();
-    let (tx, rx) = oneshot::channel();
-    rayon::spawn(move || {
-        let ctx = PageContext {
-            workflow_id: &workflow,
-            offset,
-            extracted_at_us,
-        };
-        let _ = tx.send(flatten::flatten_page(&body, ctx));
-    });
-    rx.await.ok()
-}
-
-/// Fetches and flattens pages (and steps); cheap to clone into tasks.
-#[derive(Clone)]
-struct Fetcher {
-    client: ApiClient,
-    with_steps: bool,
-    steps_at_once: usize,
-}
-
-impl Fetcher {
-    /// Fetches and flattens one page (`offset` is for messages and rows), then its runs'
-    /// steps when asked for: (offset, body bytes, result). A body that is not a JSON array (cut
-    /// short, an HTML error page from a proxy) is fetched again, within the retry limits.
-    async fn fetch(
-        self,
-        workflow: Arc<str>,
-        url: url::Url,
-        offset: u64,
-    ) -> (u64, u64, Result<Fetched, ExtractError>) {
-        let mut attempt = 0u32;
-        let (page, bytes) = loop {
-            attempt += 1;
-            let body = match self.client.get(&url).await {
-                Ok(body) => body,
-                Err(source) => return (offset, 0, Err(ExtractError::Api { offset, source })),
-            };
-            let bytes = body.len() as u64;
-            let page = match flatten_on_rayon(body, workflow.clone(), offset).await {
-                Some(Ok(page)) => page,
-                Some(Err(source)) => {
-                    let shown = crate::api::redact_url(&url);
-                    if self.client.may_retry(attempt, false).is_ok() {
-                        let cause = format!("unreadable page: {source}");
-                        self.client
-                            .wait_to_retry(&shown, attempt, None, &cause)
-                            .await;
-                        continue;
-                    }
-                    let error = ExtractError::Page {
-                        offset,
-                        url: shown,
-                        attempts: attempt,
-                        source,
-                    };
-                    return (offset, bytes, Err(error));
-                }
-                None => return (offset, bytes, Err(ExtractError::WriterStopped)),
-            };
-            break (page, bytes);
-        };
-        let steps = if self.with_steps {
-            // The first record of a page after the first is normally the previous page's last
-            // run, already fetched; if it is new after all, paging fetches its steps.
-            let skip = usize::from(offset > 0);
-            let runs = page.runs.iter().skip(skip).cloned().collect();
-            match self.steps(&workflow, runs).await {
-                Ok(steps) => steps,
-                Err(e) => return (offset, bytes, Err(e)),
-            }
-        } else {
-            Vec::new()
-        };
-        let retries = u64::from(attempt - 1);
-        (
-            offset,
-            bytes,
-            Ok(Fetched {
-                page,
-                steps,
-                retries,
-            }),
-        )
-    }
-
-    /// Fetches the steps of `runs`, several at once within the shared concurrency budget. A run
-    /// the API knows no steps for (404) has none; any other failure fails the workflow.
-    async fn steps(
-        &self,
-        workflow: &Arc<str>,
-        runs: Vec<RunInfo>,
-    ) -> Result<Vec<RunSteps>, ExtractError> {
-        stream::iter(runs.into_iter().map(|run| {
-            let (client, workflow) = (self.client.clone(), workflow.clone());
-            Self::run_steps(client, workflow, run)
-        }))
-        .buffered(self.steps_at_once.max(1))
-        .filter_map(|r| async move { r.transpose() })
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-    }
-
-    async fn run_steps(
-        client: ApiClient,
-        workflow: Arc<str>,
-        run: RunInfo,
-    ) -> Result<Option<RunSteps>, ExtractError> {
-        {
-            let url = client.steps_url(&workflow, &run.id);
-            let body = match client.get(&url).await {
-                Ok(body) => body,
-                Err(ApiError::Status { status: 404, .. }) => return Ok(None),
-                Err(source) => return Err(ExtractError::Api { offset: 0, source }),
-            };
-            let batch = flatten::flatten_steps(&body, &workflow, &run.id).map_err(|source| {
-                ExtractError::Page {
-                    offset: 0,
-                    url: crate::api::redact_url(&url),
-                    attempts: 1,
-                    source,
-                }
-            })?;
-            Ok(Some(RunSteps {
-                date: run.date(),
-                run_id: run.id,
-                batch,
-            }))
-        }
     }
 }
 
@@ -920,33 +570,30 @@ impl Tally {
         }
     }
 
-    /// Drops runs (and quarantined records) already received from an earlier page, with the
-    /// traces of dropped runs, and records what is left. Returns how many records repeated.
-    fn keep_new_runs(&mut self, page: &mut FlatPage) -> u64 {
-        let repeated: HashSet<String> = page
-            .runs
+    /// Keeps the records of `page` that `keep` selects (one flag per record, in page order):
+    /// runs with their child rows and traces, and quarantined records; then records what is
+    /// left.
+    fn keep(&mut self, page: &mut FlatPage, keep: &[bool]) {
+        let kept: HashSet<u128> = page
+            .keys
             .iter()
-            .filter(|run| !self.seen.insert(flatten::id_key(&run.id)))
-            .map(|run| run.id.clone())
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(key, _)| *key)
             .collect();
-        let keys = &page.keys;
-        let seen = &mut self.seen;
-        // Traces of repeated runs go with their runs (already counted); only quarantined
-        // records received again count as repeats.
-        let mut repeated_quarantined = 0u64;
-        page.rejected.retain(|r| {
-            let key = keys.get(r.index).copied().unwrap_or_default();
-            if r.kept {
-                !repeated.iter().any(|id| flatten::id_key(id) == key)
-            } else {
-                let new = seen.insert(key);
-                repeated_quarantined += u64::from(!new);
-                new
-            }
+        let (keys, flags) = (&page.keys, keep);
+        // A trace goes with its run; a quarantined record is kept on its own flag.
+        page.rejected.retain(|r| match r.kept {
+            true => keys.get(r.index).is_some_and(|key| kept.contains(key)),
+            false => flags.get(r.index).copied().unwrap_or(false),
         });
         let quarantined = page.rejected.iter().filter(|r| !r.kept).count();
-        if !repeated.is_empty() {
-            page.drop_runs(|id| repeated.contains(id));
+        if page
+            .runs
+            .iter()
+            .any(|run| !kept.contains(&flatten::id_key(&run.id)))
+        {
+            page.drop_runs(|id| !kept.contains(&flatten::id_key(id)));
         }
         for run in &page.runs {
             self.newest_start = self.newest_start.max(run.start_time);
@@ -959,7 +606,6 @@ impl Tally {
         s.runs += page.runs.len() as u64;
         s.rejected += quarantined as u64;
         s.unreadable_values += page.unreadable_values as u64;
-        repeated.len() as u64 + repeated_quarantined
     }
 
     /// The state to save once this export's data is committed.

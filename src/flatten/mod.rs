@@ -154,6 +154,9 @@ pub struct FlatPage {
     /// A fingerprint of each record, in page order: its run id's ([`id_key`]), or its text's
     /// when it has no usable id. Paging uses them to check that consecutive pages join up.
     pub keys: Vec<u128>,
+    /// Each record's start time when it is a run with a readable one, in page order (the
+    /// same length as `keys`): paging tells runs that arrived from runs that slid by it.
+    pub starts: Vec<Option<i64>>,
 }
 
 impl FlatPage {
@@ -266,6 +269,7 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             Element::Record(record) => record,
             Element::Quarantined { reason, text } => {
                 out.keys.push(text_key(&text));
+                out.starts.push(None);
                 out.rejected
                     .push(reject(reason, Value::String(text), false));
                 continue;
@@ -275,11 +279,13 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             Ok(run) => run,
             Err(reason) => {
                 out.keys.push(text_key(&record.to_string()));
+                out.starts.push(None);
                 out.rejected.push(reject(reason, record, false));
                 continue;
             }
         };
         out.keys.push(id_key(&run.id));
+        out.starts.push(run.start_time);
         if !ids_in_page.insert(run.id.clone()) {
             out.duplicates += 1;
             continue;

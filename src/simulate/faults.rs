@@ -472,12 +472,15 @@ impl Bucket {
 }
 
 /// History changing while it is paged: every page request of a generated workflow adds runs at
-/// its head and purges runs from its tail, after a pseudo-random delay that reorders concurrent
-/// requests (as a loaded server does).
+/// its head, deletes runs from its middle and purges runs from its tail, after a pseudo-random
+/// delay that reorders concurrent requests (as a loaded server does).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Drift {
     /// Runs inserted at the head after each page request is answered.
     pub insert_per_page: u64,
+    /// Runs deleted after each page request is answered, each picked (seeded) among the runs
+    /// at or above the requested offset: every run after it slides toward the head.
+    pub delete_per_page: u64,
     /// Oldest runs purged after each page request is answered.
     pub purge_per_page: u64,
     /// Each page request waits a seeded random time below this before it is answered.
@@ -487,24 +490,31 @@ pub struct Drift {
 impl FromStr for Drift {
     type Err = String;
 
-    /// `insert=N,purge=N,jitter=MS`, every part optional.
+    /// `insert=N,delete=N,purge=N,jitter=MS`, every part optional.
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut drift = Drift::default();
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
             match name {
                 "insert" => drift.insert_per_page = number(name, value)?,
+                "delete" => drift.delete_per_page = number(name, value)?,
                 "purge" => drift.purge_per_page = number(name, value)?,
                 "jitter" => drift.jitter = Duration::from_millis(number(name, value)?),
                 _ => {
                     return Err(format!(
-                        "unknown drift part `{part}`: expected insert=N, purge=N or jitter=MS"
+                        "unknown drift part `{part}`: expected insert=N, delete=N, purge=N or jitter=MS"
                     ));
                 }
             }
         }
         Ok(drift)
     }
+}
+
+/// A seeded number in `0..n` for request number `n`'s `k`-th pick.
+pub(super) fn pick(seed: u64, request: u64, k: u64, n: u64) -> u64 {
+    let stream = u64::MAX - 1 - k;
+    (unit_hash(seed, stream, request) * n as f64) as u64 % n.max(1)
 }
 
 /// The seeded delay of request number `n` under `drift`.

@@ -81,6 +81,8 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Serve every page from offset 0, as a broken API that ignores `offset` would.
     pub ignore_offset: bool,
+    /// Refuse (400) offsets that are not a multiple of `limit`, as page-numbered APIs do.
+    pub aligned_offsets: bool,
     /// A server-side rate limit (429 with `Retry-After` beyond it).
     pub rate_limit: Option<RateLimit>,
     /// Runs arriving and being purged while pages are requested.
@@ -106,6 +108,7 @@ impl Default for SimConfig {
             faults: Vec::new(),
             latency: Duration::ZERO,
             ignore_offset: false,
+            aligned_offsets: false,
             rate_limit: None,
             drift: None,
             prerendered: false,
@@ -167,6 +170,8 @@ struct LiveHistory {
     finished_below: AtomicU64,
     /// Every run numbered below this was purged.
     purged: AtomicU64,
+    /// Runs deleted from the middle, by number.
+    deleted: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl SimState {
@@ -231,17 +236,55 @@ impl SimState {
         self.live[i].purged.load(Ordering::SeqCst)
     }
 
+    /// The numbers of the runs of generated workflow `i` at positions `offset..offset+limit`
+    /// now (position 0 is the newest run, the one with the highest number), skipping runs
+    /// deleted or purged.
+    fn positions(&self, i: usize, offset: u64, limit: u64) -> Vec<u64> {
+        let (total, _) = self.history(i);
+        let purged = self.purged(i);
+        let deleted = self.live[i].deleted.lock().expect("deleted lock");
+        // The number at `offset`: each deleted run at or above it moves it one further down.
+        let Some(mut seq) = total.checked_sub(1 + offset) else {
+            return Vec::new();
+        };
+        for d in deleted.iter().rev() {
+            if *d < seq {
+                break;
+            }
+            match seq.checked_sub(1) {
+                Some(next) => seq = next,
+                None => return Vec::new(),
+            }
+        }
+        let mut out = Vec::with_capacity(limit.min(10_000) as usize);
+        let mut seq = Some(seq);
+        while let Some(s) = seq.filter(|s| *s >= purged && (out.len() as u64) < limit) {
+            if !deleted.contains(&s) {
+                out.push(s);
+            }
+            seq = s.checked_sub(1);
+        }
+        out
+    }
+
+    /// Whether run `seq` of generated workflow `i` is still served.
+    fn live_run(&self, i: usize, seq: u64) -> bool {
+        seq >= self.purged(i)
+            && !self.live[i]
+                .deleted
+                .lock()
+                .expect("deleted lock")
+                .contains(&seq)
+    }
+
     fn page(&self, source: &Source, offset: usize, limit: usize) -> Vec<Value> {
         match source {
             Source::Generated(i) => {
                 let wf = &self.generated[*i];
                 let (total, finished_below) = self.history(*i);
-                let end = (offset as u64)
-                    .saturating_add(limit as u64)
-                    .min(total.saturating_sub(self.purged(*i)));
-                // Position 0 is the newest run, the one with the highest sequence number.
-                (offset as u64..end)
-                    .map(|p| wf.run(total - 1 - p, total, finished_below))
+                self.positions(*i, offset as u64, limit as u64)
+                    .into_iter()
+                    .map(|seq| wf.run(seq, total, finished_below))
                     .collect()
             }
             Source::Fixture(i) => {
@@ -311,6 +354,13 @@ impl SimServer {
         }
     }
 
+    /// Whether generated workflow `index` ever had the run `run_id` (served now, arrived,
+    /// deleted or purged since).
+    pub fn knows_run(&self, index: usize, run_id: &str) -> bool {
+        let (total, _) = self.state.history(index);
+        self.state.generated[index].run_seq(run_id, total).is_some()
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.log.lock().expect("log lock").clone()
@@ -322,6 +372,19 @@ impl SimServer {
         self.state.live[index]
             .added
             .fetch_add(count, Ordering::SeqCst);
+    }
+
+    /// Deletes the runs at these positions (0 = newest) of generated workflow `index`, as a
+    /// user or a retention job deleting runs from the middle; returns their ids.
+    pub fn delete_runs(&self, index: usize, positions: &[u64]) -> Vec<String> {
+        let wf = &self.state.generated[index];
+        let seqs: Vec<u64> = positions
+            .iter()
+            .filter_map(|p| self.state.positions(index, *p, 1).first().copied())
+            .collect();
+        let mut deleted = self.state.live[index].deleted.lock().expect("deleted lock");
+        deleted.extend(&seqs);
+        seqs.into_iter().map(|seq| wf.run_id(seq)).collect()
     }
 
     /// Purges the `count` oldest runs of generated workflow `index`.
@@ -507,6 +570,13 @@ async fn list_runs(
             None,
         );
     };
+    if state.config.aligned_offsets && limit > 0 && !offset.is_multiple_of(limit) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "offset must be a multiple of limit",
+            None,
+        );
+    }
     let limit = state.config.page_cap.map_or(limit, |cap| limit.min(cap));
     if let (true, Source::Generated(i)) = (state.config.prerendered, source) {
         return prerendered_page(&state, *i, offset, limit);
@@ -562,6 +632,13 @@ async fn drifting_page(
     tokio::time::sleep(faults::jitter(state.config.seed, n, drift)).await;
     let page = state.page(&Source::Generated(i), offset, limit);
     let live = &state.live[i];
+    // Deleted above the offset asked for (or at it): every run after it slides up.
+    for k in 0..drift.delete_per_page {
+        let position = faults::pick(state.config.seed, n, k, offset as u64 + 1);
+        if let Some(seq) = state.positions(i, position, 1).first() {
+            live.deleted.lock().expect("deleted lock").insert(*seq);
+        }
+    }
     live.added
         .fetch_add(drift.insert_per_page, Ordering::SeqCst);
     let (total, _) = state.history(i);
@@ -581,7 +658,7 @@ fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<S
             let (total, finished_below) = state.history(*i);
             let seq = wf
                 .run_seq(run_id, total)
-                .filter(|seq| *seq >= state.purged(*i))?;
+                .filter(|seq| state.live_run(*i, *seq))?;
             let run = wf.run(seq, total, finished_below);
             let done = run["all_outputs"].as_object().map_or(0, |m| m.len());
             let failing = (run["status"] == "failed")

@@ -1,14 +1,11 @@
 //! A hostile API: one test per injected fault, drift, rate limit and resource limit, each
 //! asserting on the dataset's exact contents and on the simulator's request log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use orchestra_export::simulate::{
-    Drift, Fault, FaultKind, RateLimit, RetryAfter, Schedule, SimConfig,
-};
-use serde_json::Value;
+use orchestra_export::simulate::{Fault, FaultKind, RateLimit, RetryAfter, Schedule, SimConfig};
 
 use crate::support::*;
 
@@ -32,17 +29,6 @@ fn sim(workflows: usize, runs: u64, faults: Vec<Fault>) -> Sim {
     })
 }
 
-/// `export` of every generated workflow of `sim`, with quick retries.
-fn export_all(sim: &Sim, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ids: Vec<String> = sim.ids();
-    let mut args: Vec<&str> = vec!["--retry-delay", "0.001"];
-    for id in &ids {
-        args.extend(["--workflow", id.as_str()]);
-    }
-    args.extend_from_slice(extra);
-    export(sim, out, &args)
-}
-
 /// Every generated workflow's dataset equals what the simulator serves now, run for run.
 fn assert_exact(sim: &Sim, out: &Path) {
     for wf in sim.server.workflows() {
@@ -60,95 +46,12 @@ fn export_exact(sim: &Sim, extra: &[&str]) -> (tempfile::TempDir, std::process::
     (dir, out)
 }
 
-/// The number printed just before `label` in the summary, e.g. `number(out, " retries")`.
-fn number(text: &str, label: &str) -> u64 {
-    let end = text
-        .find(label)
-        .unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
-    let digits: String = text[..end]
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.chars().rev().collect::<String>().parse().unwrap()
-}
-
 fn answered(sim: &Sim, status: u16) -> usize {
     sim.server
         .requests()
         .iter()
         .filter(|r| r.status == status)
         .count()
-}
-
-/// Run ids in the `runs` table per workflow, failing on any run stored twice.
-fn stored_ids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let (_, runs) = read_table(out, "runs");
-    let mut by_workflow: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for row in &runs {
-        let wf = row["workflow_id"].text().unwrap().to_owned();
-        let id = row["run_id"].text().unwrap().to_owned();
-        assert!(
-            by_workflow.entry(wf).or_default().insert(id.clone()),
-            "run {id} stored twice"
-        );
-    }
-    by_workflow
-}
-
-/// A simulator whose histories drift while they are paged.
-fn drifting(workflows: usize, runs: u64, drift: Drift, page_cap: Option<usize>) -> Sim {
-    Sim::start(SimConfig {
-        workflows,
-        runs_per_workflow: runs,
-        page_cap,
-        drift: Some(drift),
-        ..SimConfig::default()
-    })
-}
-
-/// The run ids each generated workflow serves now.
-fn history_ids(sim: &Sim) -> Vec<(String, BTreeSet<String>)> {
-    sim.server
-        .workflows()
-        .iter()
-        .map(|w| (w.id.clone(), record_ids(&sim.server.records(&w.id))))
-        .collect()
-}
-
-fn record_ids(records: &[Value]) -> BTreeSet<String> {
-    records
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Prints one line for the fault table of the closing note and BENCHMARKS-style records
-/// (`cargo test --test it hostile:: -- --nocapture | grep fault-report`).
-fn report(name: &str, sim: &Sim, out: &Path, expected_runs: usize) {
-    let (_, runs) = read_table(out, "runs");
-    let distinct: BTreeSet<(String, String)> = runs
-        .iter()
-        .map(|r| {
-            let get = |c: &str| r[c].text().unwrap().to_owned();
-            (get("workflow_id"), get("run_id"))
-        })
-        .collect();
-    println!(
-        "fault-report | {name} | injected {} | runs expected {expected_runs} | exported {} | duplicates {} | requests {}",
-        sim.server.injected().iter().sum::<u64>(),
-        runs.len(),
-        runs.len() - distinct.len(),
-        sim.server.requests().len()
-    );
-}
-
-fn total_runs(sim: &Sim) -> usize {
-    sim.server
-        .workflows()
-        .iter()
-        .map(|w| sim.server.records(&w.id).len())
-        .sum()
 }
 
 #[test]
@@ -186,7 +89,7 @@ fn http_429_is_waited_out_whether_retry_after_is_seconds_or_a_date() {
     let text = stdout(&out);
     assert_eq!(number(&text, " answers were 429"), 2, "{text}");
     assert_eq!(number(&text, " retries"), 2, "{text}");
-    report(
+    fault_report(
         "429 with Retry-After (seconds and HTTP-date)",
         &sim,
         dir.path(),
@@ -220,7 +123,7 @@ fn server_errors_at_a_rate_are_retried_to_an_exact_dataset() {
         sim.server.requests().len() as u64,
         answered(&sim, 200) as u64 + injected
     );
-    report(
+    fault_report(
         "500/502/503/504 at 5% each",
         &sim,
         dir.path(),
@@ -242,7 +145,7 @@ fn connections_reset_mid_body_are_retried() {
         stdout(&out)
     );
     assert_stderr_contains(&out, "connection broken");
-    report(
+    fault_report(
         "connection reset mid-body at 15%",
         &sim,
         dir.path(),
@@ -265,7 +168,7 @@ fn bodies_cut_mid_json_are_fetched_again() {
     );
     assert_eq!(number(&text, " retries"), injected, "{text}");
     assert_stderr_contains(&out, "unreadable page");
-    report(
+    fault_report(
         "body truncated mid-JSON at 15%",
         &sim,
         dir.path(),
@@ -288,7 +191,7 @@ fn a_response_that_hangs_past_the_timeout_is_retried() {
     assert_eq!(sim.server.injected(), [2]);
     assert_eq!(number(&stdout(&out), " retries"), 2);
     assert_stderr_contains(&out, "timed out");
-    report(
+    fault_report(
         "response hangs 5 s past a 0.5 s timeout",
         &sim,
         dir.path(),
@@ -310,7 +213,7 @@ fn slow_bodies_are_read_to_the_end() {
     let (dir, out) = export_exact(&sim, &[]);
     assert!(sim.server.injected()[0] >= 2);
     assert_eq!(number(&stdout(&out), " retries"), 0);
-    report(
+    fault_report(
         "slow body (8 chunks, 15 ms apart) at 30%",
         &sim,
         dir.path(),
@@ -353,134 +256,12 @@ fn a_page_malformed_once_is_fetched_again_and_one_malformed_always_fails_alone()
     }
     assert!(!stored_ids(dir.path()).contains_key(&ids[1]));
     assert_eq!(number(&stdout(&out), " unreadable pages fetched again"), 1);
-    report(
+    fault_report(
         "malformed page once + always (that workflow fails alone)",
         &sim,
         dir.path(),
         600,
     );
-}
-
-/// What a drifting workflow served: its run ids when the export began and when it ended.
-struct Drifted {
-    id: String,
-    before: BTreeSet<String>,
-    after: BTreeSet<String>,
-}
-
-/// Exports `sim` while its histories drift, and checks what holds under any drift: every run
-/// that existed when the export began and still exists is stored, exactly once, and nothing is
-/// stored that the API never had.
-fn export_while_drifting(
-    sim: &Sim,
-    extra: &[&str],
-    name: &str,
-) -> (std::process::Output, Vec<Drifted>) {
-    let before = history_ids(sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = export_all(sim, dir.path(), extra);
-    assert_ok(&out);
-    let stored = stored_ids(dir.path());
-    let mut drifted = Vec::new();
-    for (id, existed) in before {
-        let now = record_ids(&sim.server.records(&id));
-        let got = &stored[&id];
-        let missing: Vec<_> = existed
-            .intersection(&now)
-            .filter(|run| !got.contains(*run))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{id}: {} runs lost: {missing:?}",
-            missing.len()
-        );
-        let invented: Vec<_> = got
-            .iter()
-            .filter(|run| !existed.contains(*run) && !now.contains(*run))
-            .collect();
-        assert!(
-            invented.is_empty(),
-            "{id}: runs the API never had: {invented:?}"
-        );
-        drifted.push(Drifted {
-            id,
-            before: existed,
-            after: now,
-        });
-    }
-    let existed = drifted.iter().map(|d| d.before.len()).sum();
-    report(name, sim, dir.path(), existed);
-    (out, drifted)
-}
-
-#[test]
-fn runs_arriving_during_the_export_are_all_exported_exactly_once() {
-    let drift = Drift {
-        insert_per_page: 3,
-        purge_per_page: 0,
-        jitter: Duration::from_millis(25),
-    };
-    let sim = drifting(3, 1200, drift, None);
-    let extra = ["--page-size", "50", "--concurrency", "8"];
-    let (out, drifted) = export_while_drifting(
-        &sim,
-        &extra,
-        "drift: 3 runs inserted per page, 25 ms jitter",
-    );
-    for d in &drifted {
-        assert!(d.after.len() > d.before.len(), "{}: no run arrived", d.id);
-    }
-    let text = stdout(&out);
-    assert!(
-        number(&text, " pages shifted by runs arriving") > 0,
-        "{text}"
-    );
-    // Re-reads happen when answers overtake each other; they are counted, whatever their number.
-    number(&text, " page boundaries re-read");
-    let drift_line = text
-        .lines()
-        .find(|l| l.contains("drift:"))
-        .unwrap_or_default();
-    println!("fault-report-detail | {}", drift_line.trim());
-}
-
-#[test]
-fn runs_purged_from_the_tail_during_the_export_are_never_duplicated() {
-    let drift = Drift {
-        insert_per_page: 1,
-        purge_per_page: 7,
-        jitter: Duration::from_millis(10),
-    };
-    let sim = drifting(2, 1500, drift, None);
-    let extra = ["--page-size", "50", "--concurrency", "4"];
-    let name = "drift: 7 runs purged + 1 inserted per page (runs existing at start)";
-    for d in export_while_drifting(&sim, &extra, name).1 {
-        assert!(
-            d.after.len() < d.before.len(),
-            "{}: nothing was purged",
-            d.id
-        );
-    }
-}
-
-#[test]
-fn a_history_purged_while_its_end_is_read_ends_cleanly() {
-    // Runs arrive at the head and leave from the tail on every request, pages are capped: the
-    // run that ended the last page read is purged before the next answer.
-    let drift = Drift {
-        insert_per_page: 3,
-        purge_per_page: 1,
-        jitter: Duration::from_millis(25),
-    };
-    let sim = drifting(4, 1000, drift, Some(50));
-    let name = "drift: 3 inserted + 1 purged per page, pages capped at 50";
-    for d in export_while_drifting(&sim, &["--concurrency", "8"], name).1 {
-        assert!(
-            !d.before.is_subset(&d.after),
-            "{}: nothing was purged",
-            d.id
-        );
-    }
 }
 
 #[test]
@@ -519,7 +300,7 @@ fn a_rate_limited_api_slows_the_whole_client_instead_of_storming_it() {
         number(&stdout(&out), " answers were 429") as usize,
         throttled
     );
-    report(
+    fault_report(
         &format!("server rate limit 20/s burst 5 ({throttled} answers 429)"),
         &sim,
         dir.path(),
@@ -559,7 +340,7 @@ fn max_rps_caps_the_request_rate_across_workflows() {
     let span = at[at.len() - 1] - at[0];
     let floor = Duration::from_secs_f64((at.len() - 1) as f64 / 40.0 * 0.9);
     assert!(span >= floor, "{} requests in {span:?}", at.len());
-    report("--max-rps 40", &sim, dir.path(), total_runs(&sim));
+    fault_report("--max-rps 40", &sim, dir.path(), total_runs(&sim));
 }
 
 #[test]
@@ -580,7 +361,7 @@ fn the_retry_budget_stops_a_failing_api_from_causing_a_retry_storm() {
     assert!(requests <= 300 + 100 + 60 + 8, "{requests} requests");
     assert_stderr_contains(&out, "not retried: the export already made");
     assert!(stored_ids(dir.path()).is_empty());
-    report(
+    fault_report(
         "503 always on 300 workflows (retry budget)",
         &sim,
         dir.path(),
@@ -615,7 +396,7 @@ fn a_response_larger_than_the_limit_fails_its_workflow_without_being_read() {
     assert!(sent < 64 << 20, "{sent} bytes were sent");
     assert_dataset_matches(dir.path(), &ids[1], &sim.server.records(&ids[1]), 0);
     assert!(!stored_ids(dir.path()).contains_key(&ids[0]));
-    report(
+    fault_report(
         "2 GB body vs --max-response-size 8MB",
         &sim,
         dir.path(),

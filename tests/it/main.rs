@@ -4,6 +4,7 @@
 
 mod badinput;
 mod cli;
+mod drift;
 mod export;
 mod faults;
 mod hostile;

@@ -509,3 +509,70 @@ pub fn sim_with_samples(workflows: usize, runs: u64, latency_ms: u64) -> Sim {
         ..SimConfig::default()
     })
 }
+
+/// `export` of every generated workflow of `sim`, with quick retries.
+pub fn export_all(sim: &Sim, out: &Path, extra: &[&str]) -> std::process::Output {
+    let ids: Vec<String> = sim.ids();
+    let mut args: Vec<&str> = vec!["--retry-delay", "0.001"];
+    for id in &ids {
+        args.extend(["--workflow", id.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    export(sim, out, &args)
+}
+
+/// The number printed just before `label` in the summary, e.g. `number(out, " retries")`.
+pub fn number(text: &str, label: &str) -> u64 {
+    let end = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
+    let digits: String = text[..end]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().unwrap()
+}
+
+/// Prints one line for the fault table of the closing note and BENCHMARKS-style records
+/// (`cargo test --test it hostile:: -- --nocapture | grep fault-report`).
+pub fn fault_report(name: &str, sim: &Sim, out: &Path, expected_runs: usize) {
+    let (_, runs) = read_table(out, "runs");
+    let distinct: BTreeSet<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            let get = |c: &str| r[c].text().unwrap().to_owned();
+            (get("workflow_id"), get("run_id"))
+        })
+        .collect();
+    println!(
+        "fault-report | {name} | injected {} | runs expected {expected_runs} | exported {} | duplicates {} | requests {}",
+        sim.server.injected().iter().sum::<u64>(),
+        runs.len(),
+        runs.len() - distinct.len(),
+        sim.server.requests().len()
+    );
+}
+
+pub fn total_runs(sim: &Sim) -> usize {
+    sim.server
+        .workflows()
+        .iter()
+        .map(|w| sim.server.records(&w.id).len())
+        .sum()
+}
+
+/// Run ids in the `runs` table per workflow, failing on any run stored twice.
+pub fn stored_ids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let (_, runs) = read_table(out, "runs");
+    let mut by_workflow: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in &runs {
+        let wf = row["workflow_id"].text().unwrap().to_owned();
+        let id = row["run_id"].text().unwrap().to_owned();
+        assert!(
+            by_workflow.entry(wf).or_default().insert(id.clone()),
+            "run {id} stored twice"
+        );
+    }
+    by_workflow
+}
