@@ -9,5 +9,6 @@ SELECT
     round(quantile_cont(duration_ms, 0.95) / 1000, 3)         AS p95_s
 FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
 WHERE start_time IS NOT NULL
+  AND deleted_upstream_at IS NULL   -- runs a --full export found deleted upstream
 GROUP BY ALL
 ORDER BY day, workflow_id;

@@ -8,5 +8,6 @@ SELECT
     round(count(*) FILTER (WHERE status = 'failed') / count(*), 4) AS error_rate
 FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
 WHERE start_time IS NOT NULL
+  AND deleted_upstream_at IS NULL   -- runs a --full export found deleted upstream
 GROUP BY ALL
 ORDER BY day, workflow_id;

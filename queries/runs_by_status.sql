@@ -7,5 +7,6 @@ SELECT
     round(median(duration_ms) / 1000, 3)          AS p50_s,
     round(quantile_cont(duration_ms, 0.95) / 1000, 3) AS p95_s
 FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
+WHERE deleted_upstream_at IS NULL   -- runs a --full export found deleted upstream
 GROUP BY ALL
 ORDER BY workflow_id, runs DESC;

@@ -3,5 +3,6 @@
 SELECT date_trunc('hour', start_time) AS hour, status, count(*) AS runs
 FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
 WHERE start_time IS NOT NULL
+  AND deleted_upstream_at IS NULL   -- runs a --full export found deleted upstream
 GROUP BY ALL
 ORDER BY hour, status;

@@ -12,7 +12,7 @@ WITH e AS (
             '\d+(\.\d+)?', '<n>', 'g'),
             '\s+', ' ', 'g') AS fingerprint
     FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
-    WHERE error IS NOT NULL
+    WHERE error IS NOT NULL AND deleted_upstream_at IS NULL
 )
 SELECT fingerprint, count(*) AS count, count(DISTINCT workflow_id) AS workflows,
        min(start_time) AS first_seen, max(start_time) AS last_seen, any_value(error) AS sample_error

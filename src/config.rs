@@ -435,6 +435,7 @@ impl ExportInputs {
                 page_size: self.page_size,
                 max_window: concurrency.min(DEFAULT_MAX_WINDOW),
                 parallel_workflows: concurrency,
+                keep_seen: self.full,
             },
         })
     }

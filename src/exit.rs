@@ -21,6 +21,8 @@ pub const DNS: i32 = 7;
 /// The TLS handshake with the API failed: certificate, protocol, or `https` to a plain-HTTP
 /// server.
 pub const TLS: i32 = 8;
+/// `verify`: the dataset differs from the API (each differing workflow is named on stderr).
+pub const DIFFERS: i32 = 9;
 /// Stopped by SIGINT/SIGTERM; what was fetched before is committed.
 pub const INTERRUPTED: i32 = 130;
 /// A bug: an invariant broke. Please report it.

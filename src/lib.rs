@@ -4,7 +4,7 @@
 //! The pipeline reads left to right, one module per stage: [`api`] (HTTP, retries) →
 //! [`extract`] (paging, fan-out, de-duplication) → [`flatten`] (JSON → Arrow rows) →
 //! [`dataset`] (Parquet files, partitions, atomic commits). [`report`] reads a dataset back with
-//! Polars. [`pipeline`] wires the stages for one export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
+//! Polars; [`verify`] proves a dataset against the API. [`pipeline`] wires the stages for one export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
 //! server for demos, tests and benchmarks.
 
 pub mod api;
@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod simulate;
+pub mod verify;
 
 /// An error and its causes on one line, joined by `: ` (for per-item failure lines and logs).
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -4,6 +4,7 @@
 //! It holds no stage logic of its own; it decides only what ends the export (a rejected key, an
 //! output that cannot be written) and what merely fails one workflow.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,12 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, Layout, Shard, Storage, Table, WriteSummary,
-    WriterOptions, write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, DeletionMarks, Layout, Shard, Storage, Table,
+    WriteSummary, WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
-use crate::flatten::{PageError, Rejected, flatten_workflows};
+use crate::flatten::{PageError, Rejected, WorkflowList, flatten_workflows};
 use crate::progress::Reporter;
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
@@ -189,28 +190,7 @@ pub async fn export(
                 hook_reporter.on_retry(url, attempt, delay, cause);
             }));
 
-        let mut workflow_ids = config.workflow_ids.clone();
-        let mut workflow_list = None;
-        if config.all_workflows {
-            let url = client.workflows_url();
-            let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
-            let list =
-                flatten_workflows(&body, chrono::Utc::now().timestamp_micros()).map_err(|source| {
-                    ExportError::WorkflowList {
-                        url: crate::api::redact_url(&url),
-                        source,
-                    }
-                })?;
-            if list.skipped > 0 {
-                tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
-            }
-            for id in &list.ids {
-                if !workflow_ids.contains(id) {
-                    workflow_ids.push(id.clone());
-                }
-            }
-            workflow_list = Some(list);
-        }
+        let (mut workflow_ids, workflow_list) = select_workflows(&client, &config).await?;
         let listed = workflow_ids.len();
         workflow_ids.retain(|id| layout.keeps(id));
         let shard = config.shard.map(|shard| ShardSelection {
@@ -249,7 +229,7 @@ pub async fn export(
             ..config.extract.clone()
         };
         let extractor = Extractor::new(client.clone(), options, tx, reporter.clone(), stopper);
-        let outcomes = extractor.run(work).await;
+        let mut outcomes = extractor.run(work).await;
         drop(extractor); // closes the queue so the writer finishes
         reporter.on_finish();
         let (staged, rejected) = tokio::task::spawn_blocking(move || writer.join())
@@ -265,8 +245,14 @@ pub async fn export(
             layout.check_partition(storage.as_ref(), Table::Workflows.name())?;
         }
         remove_if_present(storage.as_ref(), &success_marker)?;
-        let committed =
-            dataset::commit(storage.as_ref(), &staged, config.extract.with_steps, layout)?;
+        let marks = deletion_marks(&mut outcomes, started_at);
+        let committed = dataset::commit(
+            storage.as_ref(),
+            &staged,
+            config.extract.with_steps,
+            layout,
+            &marks,
+        )?;
         let workflows_table_rows = match &workflow_list {
             Some(list) => {
                 let rows = layout.keep_workflow_rows(&list.batch);
@@ -321,6 +307,52 @@ pub async fn export(
     result
 }
 
+/// The workflows named on the command line or in a file, then (with `--all-workflows`) every
+/// workflow `GET /workflows` lists, each once; and the list, for the `workflows` table.
+pub async fn select_workflows(
+    client: &ApiClient,
+    config: &ExportConfig,
+) -> Result<(Vec<String>, Option<WorkflowList>), ExportError> {
+    let mut workflow_ids = config.workflow_ids.clone();
+    if !config.all_workflows {
+        return Ok((workflow_ids, None));
+    }
+    let url = client.workflows_url();
+    let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
+    let list =
+        flatten_workflows(&body, chrono::Utc::now().timestamp_micros()).map_err(|source| {
+            ExportError::WorkflowList {
+                url: crate::api::redact_url(&url),
+                source,
+            }
+        })?;
+    if list.skipped > 0 {
+        tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
+    }
+    let mut known: HashSet<String> = workflow_ids.iter().cloned().collect();
+    for id in &list.ids {
+        if known.insert(id.clone()) {
+            workflow_ids.push(id.clone());
+        }
+    }
+    Ok((workflow_ids, Some(list)))
+}
+
+/// What a `--full` export found deleted upstream: the runs of each workflow paged to its end
+/// (outcomes carry them only in `--full` exports).
+fn deletion_marks(
+    outcomes: &mut [WorkflowOutcome],
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> DeletionMarks {
+    DeletionMarks {
+        at_us: started_at.timestamp_micros(),
+        upstream: outcomes
+            .iter_mut()
+            .filter_map(|o| Some((o.workflow_id.clone(), o.seen.take()?)))
+            .collect(),
+    }
+}
+
 fn remove_if_present(storage: &dyn Storage, path: &str) -> Result<(), DatasetError> {
     if storage.list("")?.iter().any(|name| name == path) {
         storage.remove(path)?;
@@ -356,6 +388,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
                         "rows_written": p.rows_staged,
                         "rows_replaced": p.rows_replaced,
                         "rows_after": p.rows_after,
+                        "rows_marked_deleted": p.rows_marked,
                         "file_replaced": p.rewrote,
                     })
                 })
@@ -407,6 +440,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
         "rejected": s.quarantined(),
         "rejected_lines": s.rejected,
         "files_replaced": s.committed.files_rewritten(),
+        "runs_marked_deleted_upstream": s.committed.runs_marked_deleted(),
         "workflows": workflows,
         "tables": tables,
         "workflows_table_rows": s.workflows_table_rows,

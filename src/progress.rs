@@ -26,12 +26,21 @@ pub struct Silent;
 impl Reporter for Silent {}
 
 /// Plain log lines through `tracing` (text or JSON, as the subscriber is set up).
-#[derive(Debug, Default)]
-pub struct LogReporter;
+#[derive(Debug)]
+pub struct LogReporter {
+    /// The command whose progress this is (`export`, `verify`), for the log lines.
+    pub command: &'static str,
+}
+
+impl Default for LogReporter {
+    fn default() -> Self {
+        Self { command: "export" }
+    }
+}
 
 impl Reporter for LogReporter {
     fn on_start(&self, workflows: usize) {
-        tracing::info!(target: "extract", workflows, "export started");
+        tracing::info!(target: "extract", workflows, "{} started", self.command);
     }
 
     fn on_retry(&self, url: &str, attempt: u32, delay: Duration, cause: &str) {
@@ -44,7 +53,7 @@ impl Reporter for LogReporter {
             None => tracing::info!(
                 target: "extract",
                 workflow_id = %outcome.workflow_id, runs = s.runs, pages = s.pages,
-                duplicates = s.duplicates, rejected = s.rejected, "workflow exported"
+                duplicates = s.duplicates, rejected = s.rejected, "workflow read to the end"
             ),
             Some(error) => tracing::warn!(
                 target: "extract",

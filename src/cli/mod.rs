@@ -23,6 +23,8 @@ macro_rules! say_raw {
     }};
 }
 
+mod verify;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +79,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// Compute trends, error groups, slow runs and regressions from an export.
     Report(ReportArgs),
+    /// Compare a dataset with what the API serves now, run by run; exit 0 only if they agree.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +107,9 @@ struct ReportArgs {
     top: usize,
 }
 
+/// Which API and workflows, shared by `export` and `verify`.
 #[derive(Debug, Args)]
-struct ExportArgs {
+struct ApiArgs {
     /// A TOML file with any of the settings below (see `export.example.toml`); flags win over it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -127,15 +132,28 @@ struct ExportArgs {
     /// A file with one workflow id per line (blank lines and `#` comments ignored).
     #[arg(long, value_name = "PATH")]
     workflows_file: Option<PathBuf>,
-    /// Export every workflow `GET /workflows` lists, and write the `workflows` table.
+    /// Every workflow `GET /workflows` lists (`export` also writes the `workflows` table).
     #[arg(long)]
     all_workflows: bool,
+    /// Only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose stable hash
+    /// modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the work with
+    /// no overlap and may write the same `--out` at the same time.
+    #[arg(long, env = "ORCHESTRA_SHARD", value_name = "K/N", allow_hyphen_values = true,
+          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
+    shard: Option<crate::dataset::Shard>,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    api: ApiArgs,
     /// Dataset folder, or an object store URL: `s3://bucket/prefix`, `gs://…`, `az://…`
     /// (credentials from the store's environment variables). [default: data/export]
     #[arg(long, value_name = "DIR|URL")]
     out: Option<PathBuf>,
     /// Ignore what earlier exports stored and page every history to its end (rows are still
-    /// merged, never duplicated). By default only what is new since the last export is fetched.
+    /// merged, never duplicated), and mark stored runs the API no longer has in
+    /// `runs.deleted_upstream_at`. By default only what is new since the last export is fetched.
     #[arg(long)]
     full: bool,
     /// How far before the newest stored run an incremental export re-reads (`30m`, `1h`, `2d`).
@@ -148,12 +166,21 @@ struct ExportArgs {
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     unfinished_horizon: Option<Duration>,
-    /// Export only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose
-    /// stable hash modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the
-    /// work with no overlap and may write the same `--out` at the same time.
-    #[arg(long, env = "ORCHESTRA_SHARD", value_name = "K/N", allow_hyphen_values = true,
-          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
-    shard: Option<crate::dataset::Shard>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The dataset to verify: the `--out` of the exports (a folder or an object store URL).
+    /// [default: data/export]
+    #[arg(long, value_name = "DIR|URL")]
+    out: Option<PathBuf>,
+    /// Print the result as one JSON document on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -308,6 +335,7 @@ pub fn run() -> i32 {
             Command::Demo(args) => run_demo(args, bars).await,
             Command::Simulate(args) => run_simulate(args).await,
             Command::Report(args) => run_report(args),
+            Command::Verify(args) => verify::run_verify(args, bars).await,
         }
     })
 }
@@ -331,10 +359,15 @@ fn init_logging(format: LogFormat, verbose: u8) {
 }
 
 fn reporter(bars: bool) -> Arc<dyn Reporter> {
+    reporter_for(bars, "export")
+}
+
+/// Progress of `command`: bars on a terminal, log lines otherwise.
+fn reporter_for(bars: bool, command: &'static str) -> Arc<dyn Reporter> {
     if bars {
         Arc::new(bars::BarReporter::new())
     } else {
-        Arc::new(LogReporter)
+        Arc::new(LogReporter { command })
     }
 }
 
@@ -375,16 +408,22 @@ fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> Ex
     }
 }
 
-async fn run_export(args: ExportArgs, bars: bool) -> i32 {
-    let file = match args.config.as_deref().map(ConfigFile::load).transpose() {
+/// The inputs shared by `export` and `verify`: the config file, then flags over it; or the exit
+/// code of a bad config file.
+fn api_inputs(
+    api: ApiArgs,
+    tuning: &Tuning,
+    out: Option<PathBuf>,
+) -> Result<(ExportInputs, ConfigFile), i32> {
+    let file = match api.config.as_deref().map(ConfigFile::load).transpose() {
         Ok(file) => file.unwrap_or_default(),
-        Err(e) => return usage_error(&e),
+        Err(e) => return Err(usage_error(&e)),
     };
     // A selection on the command line replaces the file's.
     let cli_selects =
-        !args.workflows.is_empty() || args.workflows_file.is_some() || args.all_workflows;
+        !api.workflows.is_empty() || api.workflows_file.is_some() || api.all_workflows;
     let (workflows, workflows_file, all_workflows) = if cli_selects {
-        (args.workflows, args.workflows_file, args.all_workflows)
+        (api.workflows, api.workflows_file, api.all_workflows)
     } else {
         (
             file.workflows.clone().unwrap_or_default(),
@@ -392,23 +431,34 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
             file.all_workflows.unwrap_or(false),
         )
     };
-    let base = export_inputs(&args.tuning, &file, args.out);
+    let base = export_inputs(tuning, &file, out);
     let inputs = ExportInputs {
-        base_url: args
+        base_url: api
             .base_url
             .or_else(|| file.base_url.clone())
             .unwrap_or_else(|| api::DEFAULT_BASE_URL.to_owned()),
-        api_key_file: args.api_key_file.or_else(|| file.api_key_file.clone()),
+        api_key_file: api.api_key_file.or_else(|| file.api_key_file.clone()),
         api_key_env: std::env::var(config::API_KEY_ENV).ok(),
         workflows,
         workflows_file,
         all_workflows,
+        shard: api.shard.or(file.shard),
+        ..base
+    };
+    Ok((inputs, file))
+}
+
+async fn run_export(args: ExportArgs, bars: bool) -> i32 {
+    let (inputs, file) = match api_inputs(args.api, &args.tuning, args.out) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
+    };
+    let inputs = ExportInputs {
         full: args.full,
         with_steps: args.with_steps || file.with_steps.unwrap_or(false),
-        lookback: args.lookback.unwrap_or(base.lookback),
-        unfinished_horizon: args.unfinished_horizon.unwrap_or(base.unfinished_horizon),
-        shard: args.shard.or(file.shard),
-        ..base
+        lookback: args.lookback.unwrap_or(inputs.lookback),
+        unfinished_horizon: args.unfinished_horizon.unwrap_or(inputs.unfinished_horizon),
+        ..inputs
     };
     let config = match inputs.validate() {
         Ok(config) => config,
@@ -425,19 +475,26 @@ async fn export_until_signalled(
     bars: bool,
 ) -> Result<ExportSummary, ExportError> {
     let stopper = Stopper::default();
-    let watcher = tokio::spawn({
-        let stopper = stopper.clone();
-        async move {
-            shutdown_signal().await;
-            eprintln!("interrupted: committing what was fetched (interrupt again to quit at once)");
-            stopper.stop(StopReason::Interrupted);
-            shutdown_signal().await;
-            std::process::exit(exit::INTERRUPTED);
-        }
-    });
+    let watcher = stop_on_signals(
+        &stopper,
+        "interrupted: committing what was fetched (interrupt again to quit at once)",
+    );
     let result = pipeline::export(config, reporter(bars), stopper).await;
     watcher.abort();
     result
+}
+
+/// The first SIGINT/SIGTERM prints `message` and stops `stopper`; a second one exits at once.
+/// Abort the handle when the command is done.
+fn stop_on_signals(stopper: &Stopper, message: &'static str) -> tokio::task::JoinHandle<()> {
+    let stopper = stopper.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("{message}");
+        stopper.stop(StopReason::Interrupted);
+        shutdown_signal().await;
+        std::process::exit(exit::INTERRUPTED);
+    })
 }
 
 async fn shutdown_signal() {
@@ -472,23 +529,30 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         }
         Err(e) => {
             let (code, hint) = failure_code(&e);
-            if [
-                exit::USAGE,
-                exit::OUTPUT,
-                exit::UNREACHABLE,
-                exit::DNS,
-                exit::TLS,
-            ]
-            .contains(&code)
-            {
-                // One line naming the path or URL, like the per-workflow failures.
-                eprintln!("error: {}", crate::error_chain(&e));
-                eprintln!("hint: {}", hint.unwrap_or_default());
-            } else {
-                report_error(&e, hint.as_deref());
-            }
+            report_failure(&e, code, hint.as_deref());
             code
         }
+    }
+}
+
+/// Prints why a command failed as a whole: one line naming the path or URL (like the
+/// per-workflow failures) for bad input and unreachable places, else the error with its causes.
+fn report_failure(e: &dyn std::error::Error, code: i32, hint: Option<&str>) {
+    if [
+        exit::USAGE,
+        exit::OUTPUT,
+        exit::UNREACHABLE,
+        exit::DNS,
+        exit::TLS,
+    ]
+    .contains(&code)
+    {
+        eprintln!("error: {}", crate::error_chain(e));
+        if let Some(hint) = hint {
+            eprintln!("hint: {hint}");
+        }
+    } else {
+        report_error(e, hint);
     }
 }
 

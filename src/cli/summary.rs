@@ -114,6 +114,13 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             s.committed.rows_updated(Table::Steps)
         );
     }
+    let marked = s.committed.runs_marked_deleted();
+    if marked > 0 {
+        let _ = writeln!(
+            text,
+            "  deleted upstream: {marked} stored runs no longer exist upstream; kept, marked in `runs.deleted_upstream_at`"
+        );
+    }
     if let Some(rows) = s.workflows_table_rows {
         let _ = writeln!(text, "  {:<13} {rows:>9} rows", Table::Workflows.name());
     }

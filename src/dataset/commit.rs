@@ -7,7 +7,9 @@
 //! the old rows or the new ones, never both, at every instant — also when the process is killed.
 //! Rows are keyed by (`workflow_id`, `run_id`); a run in the export replaces the stored run and
 //! all its child rows (`node_outputs`, `run_inputs`). Within a date, child tables are committed
-//! before `runs`.
+//! before `runs`. A `--full` export also visits every partition of `runs` to mark the stored
+//! runs the API no longer has ([`DeletionMarks`]); a partition in which nothing changes is left
+//! as it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,6 +20,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::DatasetError;
+use super::marks::{DeletionMarks, conform, mark_deleted};
 use super::schema::{PartitionDate, Table};
 use super::shard::Layout;
 use super::storage::Storage;
@@ -76,6 +79,8 @@ pub struct PartitionCommit {
     pub rows_replaced: usize,
     /// Rows stored after.
     pub rows_after: usize,
+    /// Stored runs marked as deleted upstream by this export (`runs` only).
+    pub rows_marked: usize,
     /// Whether an existing file was rewritten (as opposed to a new partition appearing).
     pub rewrote: bool,
 }
@@ -102,6 +107,11 @@ impl CommitSummary {
             .sum()
     }
 
+    /// Stored runs this export marked as deleted upstream.
+    pub fn runs_marked_deleted(&self) -> usize {
+        self.of(Table::Runs).map(|p| p.rows_marked).sum()
+    }
+
     /// Existing files rewritten.
     pub fn files_rewritten(&self) -> usize {
         self.partitions.iter().filter(|p| p.rewrote).count()
@@ -125,11 +135,15 @@ impl CommitSummary {
 /// Only the files `layout` owns are merged; every folder the commit touches is checked before
 /// the first one changes, so a partition holding files of another layout fails the commit with
 /// the dataset untouched.
+///
+/// With `marks` (a `--full` export), every partition of `runs` is visited, and stored runs of the
+/// workflows it paged to their end that the API no longer has get `deleted_upstream_at`.
 pub fn commit(
     storage: &dyn Storage,
     staged: &WriteSummary,
     steps_fetched: bool,
     layout: Layout,
+    marks: &DeletionMarks,
 ) -> Result<CommitSummary, DatasetError> {
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
@@ -164,6 +178,18 @@ pub fn commit(
             by_partition.entry(undated).or_default();
         }
     }
+    // Partitions visited only to mark runs deleted upstream: their other tables do not change.
+    let mut only_marks: HashSet<PartitionDate> = HashSet::new();
+    if !marks.is_empty() {
+        for dir in storage.list_dirs(Table::Runs.name())? {
+            if let Some(date) = PartitionDate::from_dir_name(&dir)
+                && !by_partition.contains_key(&date)
+            {
+                by_partition.insert(date, BTreeMap::new());
+                only_marks.insert(date);
+            }
+        }
+    }
     // Children first: a committed `runs` row always has its children committed.
     let order = [
         Table::NodeOutputs,
@@ -176,6 +202,9 @@ pub fn commit(
     let mut own: HashMap<(Table, PartitionDate), Vec<String>> = HashMap::new();
     for date in by_partition.keys() {
         for table in order.clone() {
+            if only_marks.contains(date) && table != Table::Runs {
+                continue;
+            }
             let dir = format!("{}/{}", table.name(), date.dir_name());
             let files = layout.check_partition(storage, &dir)?;
             let paths = files.into_iter().map(|n| format!("{dir}/{n}")).collect();
@@ -199,6 +228,9 @@ pub fn commit(
             replace.extend(&started);
         }
         for table in order.clone() {
+            if only_marks.contains(&date) && table != Table::Runs {
+                continue;
+            }
             let files = tables.get(&table).map(Vec::as_slice).unwrap_or_default();
             let partition = Partition {
                 table,
@@ -211,7 +243,18 @@ pub fn commit(
                     layout.partition_file()
                 ),
             };
-            if let Some(done) = commit_partition(storage, partition, files, &rows, &replace)? {
+            let marks = if table == Table::Runs {
+                marks
+            } else {
+                &DeletionMarks::default()
+            };
+            let change = Change {
+                staged: files,
+                staged_rows: &rows,
+                replace: &replace,
+                marks,
+            };
+            if let Some(done) = commit_partition(storage, partition, change)? {
                 summary.partitions.push(done);
             }
         }
@@ -269,12 +312,19 @@ struct Partition {
     target: String,
 }
 
+/// What a commit does to one partition: the staged files to add, the stored runs they replace,
+/// and the runs to mark deleted upstream.
+struct Change<'a> {
+    staged: &'a [String],
+    staged_rows: &'a HashMap<&'a str, usize>,
+    replace: &'a RunKeys,
+    marks: &'a DeletionMarks,
+}
+
 fn commit_partition(
     storage: &dyn Storage,
     partition: Partition,
-    staged: &[String],
-    staged_rows: &HashMap<&str, usize>,
-    replace: &RunKeys,
+    change: Change<'_>,
 ) -> Result<Option<PartitionCommit>, DatasetError> {
     let Partition {
         table,
@@ -282,12 +332,17 @@ fn commit_partition(
         existing,
         target,
     } = partition;
+    let staged = change.staged;
     if existing.is_empty() && staged.is_empty() {
         return Ok(None);
     }
     if existing.is_empty() && staged.len() == 1 {
         // A new partition: the staged file becomes it as it is.
-        let rows = staged_rows.get(staged[0].as_str()).copied().unwrap_or(0);
+        let rows = change
+            .staged_rows
+            .get(staged[0].as_str())
+            .copied()
+            .unwrap_or(0);
         storage.rename(&staged[0], &target)?;
         return Ok(Some(PartitionCommit {
             table,
@@ -296,6 +351,7 @@ fn commit_partition(
             rows_staged: rows,
             rows_replaced: 0,
             rows_after: rows,
+            rows_marked: 0,
             rewrote: false,
         }));
     }
@@ -303,15 +359,21 @@ fn commit_partition(
         path: target.clone(),
         source,
     };
+    let schema = table.schema();
     let sink = storage.create(&target)?;
-    let mut writer = ArrowWriter::try_new(sink, table.schema(), Some(writer_properties()))
+    let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties()))
         .map_err(parquet_err)?;
-    let (mut rows_before, mut rows_after, mut rows_staged) = (0, 0, 0);
+    let (mut rows_before, mut rows_after, mut rows_staged, mut rows_marked) = (0, 0, 0, 0);
+    // A file of an older schema (without a column added since) is rewritten in the current one.
+    let mut upgraded = false;
     for path in &existing {
         for batch in batches(storage, path, None)? {
-            let batch = batch?;
+            let (batch, changed) = conform(batch?, &schema, path)?;
+            upgraded |= changed;
             rows_before += batch.num_rows();
-            let kept = without_keys(&batch, replace, path)?;
+            let kept = without_keys(&batch, change.replace, path)?;
+            let (kept, marked) = mark_deleted(kept, change.marks);
+            rows_marked += marked;
             rows_after += kept.num_rows();
             writer.write(&kept).map_err(parquet_err)?;
         }
@@ -326,6 +388,12 @@ fn commit_partition(
     }
     rows_after += rows_staged;
     let staged_file = writer.into_inner().map_err(parquet_err)?;
+    let old_layout = existing.iter().any(|p| *p != target);
+    if staged.is_empty() && rows_replaced == 0 && rows_marked == 0 && !old_layout && !upgraded {
+        // Visited to mark runs, none was: the partition stays as it is.
+        drop(staged_file);
+        return Ok(None);
+    }
     if rows_after == 0 {
         // Every run left this partition: remove it rather than keep an empty file.
         drop(staged_file);
@@ -346,6 +414,7 @@ fn commit_partition(
         rows_staged,
         rows_replaced,
         rows_after,
+        rows_marked,
         rewrote: !existing.is_empty(),
     }))
 }

@@ -6,6 +6,7 @@
 //! through [`storage`] ([`LocalStorage`], [`ObjectStorage`]), picked by [`open`] from `--out`.
 
 mod commit;
+mod marks;
 pub mod object;
 pub mod schema;
 pub mod shard;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use url::Url;
 
 pub use commit::{CommitSummary, PartitionCommit, RunKeys, batches, commit};
+pub use marks::DeletionMarks;
 pub use object::{ObjectOptions, ObjectStorage, download_tables};
 pub use schema::{PartitionDate, Table};
 pub use shard::{Layout, Shard};

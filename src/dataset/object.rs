@@ -361,6 +361,25 @@ impl Storage for ObjectStorage {
         Ok(names)
     }
 
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+        let inner = &self.inner;
+        let prefix = inner.object(dir)?;
+        let store = inner.store.clone();
+        let listed = inner.run(async move {
+            let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+            store.list_with_delimiter(prefix.as_ref()).await
+        })?;
+        let mut names: Vec<String> = listed
+            .map_err(|e| inner.error("list", dir, e))?
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn read(&self, path: &str) -> Result<Bytes, DatasetError> {
         let location = self.inner.object(path)?;
         let store = self.inner.store.clone();

@@ -77,6 +77,17 @@ impl PartitionDate {
         )
     }
 
+    /// The partition a Hive folder name (`date=YYYY-MM-DD`, `date=__HIVE_DEFAULT_PARTITION__`)
+    /// names; `None` for any other folder.
+    pub fn from_dir_name(name: &str) -> Option<Self> {
+        match name.strip_prefix("date=")? {
+            HIVE_DEFAULT_PARTITION => Some(Self(None)),
+            day => NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .ok()
+                .map(|d| Self(Some(d))),
+        }
+    }
+
     /// The Hive folder name: `date=YYYY-MM-DD` or `date=__HIVE_DEFAULT_PARTITION__`.
     pub fn dir_name(self) -> String {
         match self.0 {
@@ -112,8 +123,13 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("node_count", DataType::Int32, false),
         text("inputs", true),
         timestamp("extracted_at", false),
+        timestamp(DELETED_UPSTREAM_AT, true),
     ]))
 });
+
+/// The `runs` column that marks a stored run the API no longer has: when a `--full` export
+/// found it gone (NULL for runs that exist upstream).
+pub const DELETED_UPSTREAM_AT: &str = "deleted_upstream_at";
 
 static NODE_OUTPUTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

@@ -496,6 +496,9 @@ mod tests {
         fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
             self.inner.list(dir)
         }
+        fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+            self.inner.list_dirs(dir)
+        }
         fn read(&self, path: &str) -> Result<bytes::Bytes, DatasetError> {
             self.inner.read(path)
         }

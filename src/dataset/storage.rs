@@ -25,6 +25,9 @@ pub trait Storage: Send + Sync {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError>;
     /// Names of the committed files directly inside folder `dir` (empty when it does not exist).
     fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
+    /// Names of the folders directly inside folder `dir` (empty when it does not exist), such as
+    /// a table's partitions; hidden ones (`.…`) are left out.
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
     /// The whole content of a committed file.
     fn read(&self, path: &str) -> Result<Bytes, DatasetError>;
     /// Moves a committed file to `to`, atomically replacing any file there, durably.
@@ -79,6 +82,31 @@ impl LocalStorage {
 
     fn full(&self, path: &str) -> PathBuf {
         self.root.join(path)
+    }
+
+    /// Sorted names of the entries of folder `dir` of a kind `keep` accepts, hidden ones left
+    /// out (empty when the folder does not exist).
+    fn entries(
+        &self,
+        dir: &str,
+        keep: impl Fn(fs::FileType) -> bool,
+    ) -> Result<Vec<String>, DatasetError> {
+        let full = self.full(dir);
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(DatasetError::io("list", &full, source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| DatasetError::io("list", &full, source))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.file_type().is_ok_and(&keep) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -142,22 +170,11 @@ impl Storage for LocalStorage {
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
-        let full = self.full(dir);
-        let entries = match fs::read_dir(&full) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(DatasetError::io("list", &full, source)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| DatasetError::io("list", &full, source))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+        self.entries(dir, |t| t.is_file())
+    }
+
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError> {
+        self.entries(dir, |t| t.is_dir())
     }
 
     fn read(&self, path: &str) -> Result<Bytes, DatasetError> {

@@ -58,6 +58,9 @@ pub struct ExtractOptions {
     pub max_window: usize,
     /// Workflows paged at the same time.
     pub parallel_workflows: usize,
+    /// Hand back the fingerprints of every run a workflow's paging received (for `--full`,
+    /// which marks the stored runs the API no longer has, and for `verify`).
+    pub keep_seen: bool,
 }
 
 /// Counters of one workflow's export.
@@ -109,6 +112,9 @@ pub struct WorkflowOutcome {
     pub new_state: Option<WorkflowState>,
     /// Why it failed, if it did.
     pub error: Option<ExtractError>,
+    /// With [`ExtractOptions::keep_seen`], the fingerprints (`flatten::id_key`) of every run
+    /// received, when the history was paged to its end.
+    pub seen: Option<KeySet>,
 }
 
 /// Why a workflow's export failed.
@@ -290,11 +296,14 @@ impl Extractor {
         let new_state = result
             .is_ok()
             .then(|| tally.next_state(&workflow_id, previous.as_ref(), &self.options));
+        let to_the_end = result.is_ok() && !tally.stats.stopped_at_cursor;
+        let seen = (self.options.keep_seen && to_the_end).then(|| std::mem::take(&mut tally.seen));
         WorkflowOutcome {
             workflow_id,
             stats: tally.stats,
             new_state,
             error: result.err(),
+            seen,
         }
     }
 

@@ -594,6 +594,7 @@ impl RowsBuilder {
 
     fn finish(self, date: PartitionDate) -> PartitionRows {
         let mut r = self.runs;
+        let rows = arrow::array::ArrayBuilder::len(&r.run_id);
         let utc =
             |b: &mut TimestampMicrosecondBuilder| Arc::new(b.finish().with_timezone(schema::UTC));
         let columns: Vec<ArrayRef> = vec![
@@ -609,6 +610,14 @@ impl RowsBuilder {
             Arc::new(r.node_count.finish()),
             Arc::new(r.inputs.finish()),
             utc(&mut r.extracted_at),
+            // Fetched now, so it exists upstream.
+            arrow::array::new_null_array(
+                &arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    Some(schema::UTC.into()),
+                ),
+                rows,
+            ),
         ];
         PartitionRows {
             date,

@@ -4,6 +4,7 @@
 //!
 //! It reads only the dataset's files; it never talks to the API and never changes the dataset.
 //! Definitions, shared with `queries/` and the interop check:
+//! - runs a `--full` export found deleted upstream (`deleted_upstream_at` set) are left out;
 //! - error rate = runs with status `failed` ÷ all runs (any status) in the group;
 //! - durations in seconds from `duration_ms` (runs without both timestamps are left out of them);
 //! - quantiles interpolate linearly (numpy's default, DuckDB's `quantile_cont`).
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use polars::prelude::*;
+
+use crate::dataset::schema::DELETED_UPSTREAM_AT;
 
 /// Slowest runs listed.
 pub const DEFAULT_TOP_N: usize = 20;
@@ -106,9 +109,56 @@ fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
         PlRefPath::new(glob),
         ScanArgsParquet {
             hive_options: HiveOptions::new_enabled(),
+            // Partitions written before a column was added lack it: NULL there.
+            allow_missing_columns: true,
             ..Default::default()
         },
     )
+}
+
+/// The `runs` table without the runs a `--full` export found deleted upstream (they stay in the
+/// dataset, but counting them would skew rates and trends), and the keys of those runs, for
+/// leaving their child rows out too (`None` when there are none).
+fn live_runs(data: &Path) -> PolarsResult<(LazyFrame, Option<Series>)> {
+    let mut runs = scan(data, "runs")?;
+    if !runs.collect_schema()?.contains(DELETED_UPSTREAM_AT) {
+        return Ok((runs, None));
+    }
+    let deleted = runs
+        .clone()
+        .filter(col(DELETED_UPSTREAM_AT).is_not_null())
+        .select([run_key().alias("key")])
+        .collect()?
+        .column("key")?
+        .as_materialized_series()
+        .clone();
+    runs = runs.filter(col(DELETED_UPSTREAM_AT).is_null());
+    Ok((runs, (!deleted.is_empty()).then_some(deleted)))
+}
+
+/// A run's key in one string column (workflow and run id, joined by a unit separator).
+fn run_key() -> Expr {
+    concat_str([col("workflow_id"), col("run_id")], "\u{1f}", false)
+}
+
+/// A child table (`node_outputs`, `steps`) in scope, without the rows of deleted runs.
+fn child_rows(
+    options: &ReportOptions,
+    table: &'static str,
+    deleted: Option<&Series>,
+) -> Result<LazyFrame, ReportError> {
+    let mut rows = in_scope(
+        scan(&options.data, table).map_err(polars_err(table))?,
+        options,
+    );
+    if let Some(keys) = deleted {
+        rows = rows.filter(
+            run_key()
+                .is_in(lit(keys.clone()).implode(true), false)
+                .not(),
+        );
+    }
+    Ok(rows)
 }
 
 fn has_files(dir: &Path) -> bool {
@@ -190,11 +240,10 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
             path: options.data.clone(),
         });
     }
-    let runs = in_scope(
-        scan(&options.data, "runs").map_err(polars_err("runs"))?,
-        options,
-    )
-    .with_column((col("duration_ms").cast(DataType::Float64) / lit(1000.0)).alias("duration_s"));
+    let (runs, deleted) = live_runs(&options.data).map_err(polars_err("runs"))?;
+    let runs = in_scope(runs, options).with_column(
+        (col("duration_ms").cast(DataType::Float64) / lit(1000.0)).alias("duration_s"),
+    );
     let names = if has_files(&options.data.join("workflows")) {
         scan(&options.data, "workflows")
             .map_err(polars_err("workflows"))?
@@ -292,34 +341,31 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
             SortMultipleOptions::default().with_order_descending_multi([true, false]),
         );
 
-    let nodes = in_scope(
-        scan(&options.data, "node_outputs").map_err(polars_err("node_outputs"))?,
-        options,
-    )
-    .with_column(
-        col("value")
-            .str()
-            .len_bytes()
-            .cast(DataType::Float64)
-            .alias("bytes"),
-    )
-    .group_by([col("workflow_id"), col("node")])
-    .agg([
-        len().cast(DataType::Int64).alias("rows"),
-        col("node_index").min().alias("position"),
-        col("value_type")
-            .unique()
-            .sort(SortOptions::default())
-            .str()
-            .join(",", true)
-            .alias("value_types"),
-        quantile("bytes", 0.5).alias("output_bytes_p50"),
-        quantile("bytes", 0.95).alias("output_bytes_p95"),
-    ])
-    .sort(
-        ["workflow_id", "position", "node"],
-        SortMultipleOptions::default(),
-    );
+    let nodes = child_rows(options, "node_outputs", deleted.as_ref())?
+        .with_column(
+            col("value")
+                .str()
+                .len_bytes()
+                .cast(DataType::Float64)
+                .alias("bytes"),
+        )
+        .group_by([col("workflow_id"), col("node")])
+        .agg([
+            len().cast(DataType::Int64).alias("rows"),
+            col("node_index").min().alias("position"),
+            col("value_type")
+                .unique()
+                .sort(SortOptions::default())
+                .str()
+                .join(",", true)
+                .alias("value_types"),
+            quantile("bytes", 0.5).alias("output_bytes_p50"),
+            quantile("bytes", 0.95).alias("output_bytes_p95"),
+        ])
+        .sort(
+            ["workflow_id", "position", "node"],
+            SortMultipleOptions::default(),
+        );
 
     let slowest = runs
         .clone()
@@ -365,11 +411,7 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let regressions = regressions(&runs).map_err(polars_err("regressions"))?;
     tables.push(("regressions", regressions));
     if has_files(&options.data.join("steps")) {
-        let steps = in_scope(
-            scan(&options.data, "steps").map_err(polars_err("steps"))?,
-            options,
-        )
-        .with_column(
+        let steps = child_rows(options, "steps", deleted.as_ref())?.with_column(
             (col("duration_ms").cast(DataType::Float64) / lit(1000.0)).alias("duration_s"),
         );
         let slowest_nodes = steps

@@ -21,7 +21,7 @@ DUCK_TYPES = {
         "workflow_id": "VARCHAR", "run_id": "VARCHAR", "status": "VARCHAR", "start_time": TS,
         "end_time": TS, "elapsed_time": "BIGINT", "duration_ms": "BIGINT", "error": "VARCHAR",
         "outputs": "VARCHAR", "node_count": "INTEGER", "inputs": "VARCHAR", "extracted_at": TS,
-        "date": "DATE",
+        "deleted_upstream_at": TS, "date": "DATE",
     },
     "node_outputs": {
         "workflow_id": "VARCHAR", "run_id": "VARCHAR", "start_time": TS, "node": "VARCHAR",

@@ -119,7 +119,7 @@ CREATE TABLE orchestra_runs (
   workflow_id STRING, run_id STRING, status STRING,
   start_time TIMESTAMP, end_time TIMESTAMP, elapsed_time BIGINT, duration_ms BIGINT,
   error STRING, outputs STRING, node_count INT, inputs STRING, extracted_at TIMESTAMP,
-  date DATE
+  deleted_upstream_at TIMESTAMP, date DATE
 )
 USING parquet
 PARTITIONED BY (date)

@@ -39,13 +39,17 @@ fn records(id: &str, records: Vec<Value>) -> SimConfig {
     }
 }
 
-/// Rows of `table` keyed by run id (and node/name for child tables), `extracted_at` checked and
-/// left out.
+/// Rows of `table` keyed by run id (and node/name for child tables), `extracted_at` and
+/// `deleted_upstream_at` checked and left out.
 fn table(dir: &Path, name: &str) -> Vec<Row> {
     let (_, mut rows) = read_table(dir, name);
     for row in &mut rows {
         if let Some(extracted) = row.remove("extracted_at") {
             assert!(matches!(extracted, Cell::Micros(_)), "{extracted:?}");
+        }
+        // Every run here exists upstream.
+        if let Some(deleted) = row.remove("deleted_upstream_at") {
+            assert_eq!(deleted, Cell::Null);
         }
     }
     rows.sort();

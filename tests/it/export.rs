@@ -94,6 +94,7 @@ fn tables_have_the_documented_types() {
             ("node_count", Int32),
             ("inputs", Utf8),
             ("extracted_at", ts.clone()),
+            ("deleted_upstream_at", ts.clone()),
         ],
     );
     expect(

@@ -98,6 +98,7 @@ fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
                     ("start_time", "timestamp"),
                     ("end_time", "timestamp"),
                     ("extracted_at", "timestamp"),
+                    ("deleted_upstream_at", "timestamp"),
                     ("elapsed_time", "bigint"),
                     ("duration_ms", "bigint"),
                     ("node_count", "int"),

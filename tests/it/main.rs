@@ -14,3 +14,4 @@ mod rerun;
 mod shard;
 mod store;
 mod support;
+mod verify;

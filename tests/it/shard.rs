@@ -56,20 +56,7 @@ fn relative_files(dir: &Path) -> Vec<String> {
 
 /// Workflow ids stored in one Parquet file.
 fn workflows_in(file: &Path) -> BTreeSet<String> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(file).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
-    let mut ids = BTreeSet::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let column = batch.column_by_name("workflow_id").unwrap();
-        let column = arrow::array::AsArray::as_string::<i32>(column);
-        ids.extend(column.iter().flatten().map(str::to_owned));
-    }
-    ids
+    column_values(file, "workflow_id")
 }
 
 fn manifest(out: &Path, tag: &str) -> Value {

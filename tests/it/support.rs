@@ -576,3 +576,18 @@ pub fn stored_ids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
     }
     by_workflow
 }
+
+/// The distinct values of text column `column` in one Parquet file.
+pub fn column_values(file: &Path, column: &str) -> BTreeSet<String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut values = BTreeSet::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let strings = batch.column_by_name(column).unwrap().as_string::<i32>();
+        values.extend(strings.iter().flatten().map(str::to_owned));
+    }
+    values
+}
