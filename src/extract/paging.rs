@@ -374,11 +374,13 @@ impl Pager {
         if full <= 1 {
             return (at + 1, self.options.limit, true);
         }
-        let at = at.saturating_sub(margin);
         if !self.aligned {
-            return (at, self.options.limit, false);
+            return (at.saturating_sub(margin), self.options.limit, false);
         }
-        match aligned_request(at, full) {
+        // With the margin, as long as the page still reaches past `at`.
+        let with_margin = aligned_request(at.saturating_sub(margin), full)
+            .filter(|(offset, limit)| offset + limit > at + 1);
+        match with_margin.or_else(|| aligned_request(at, full)) {
             Some((offset, limit)) => (offset, limit, false),
             // Every aligned page starts or ends at this boundary: read past it unchecked.
             None => (at + 1, full, true),

@@ -413,16 +413,21 @@ fn changing_histories_are_stored_exactly_once_whatever_the_api_and_answer_order(
             },
         ),
     ];
+    // `PAGING_SEEDS=3000 cargo test --release --lib extract::paging` for a longer run.
+    let seeds: u64 = std::env::var("PAGING_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     for (name, setup) in cases {
         let mut requests = 0;
-        for seed in 0..24 {
+        for seed in 0..seeds {
             let run = drive(*setup, seed, |_, _| {});
             assert_complete(&run, &format!("{name}, seed {seed}"));
             assert!(run.stats.unchecked == 0, "{name}: {:?}", run.stats);
             requests += run.requests;
         }
         // Drift costs re-reads, never a runaway: within 3× a steady history's requests.
-        let steady = 24
+        let steady = seeds
             * (setup.runs as u64 / (setup.limit.min(setup.api.cap.map_or(u64::MAX, |c| c.0)) - 1)
                 + 2);
         assert!(
