@@ -3,8 +3,10 @@
 //! with a conditional PUT on its ETag, taken over with one when it expired, and marked released
 //! when the export ends.
 //!
-//! It owns the lease's life and the checks that this process still holds it ([`Inner::check_lease`]);
-//! it never decides which lock a layout takes.
+//! It owns the lease's life and the checks that this process still holds it
+//! ([`Inner::check_lease`]); it never decides which lock a layout takes, and it does not fence the
+//! dataset's objects themselves: that is [`super::fence`], which the lease only starts (the
+//! snapshot is taken once the lock is ours).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -357,7 +359,8 @@ async fn still_ours(
     }
 }
 
-/// Takes the lock object `name` for `holder` (see [`crate::dataset::Storage::lock`]).
+/// Takes the lock object `name` for `holder` (see [`crate::dataset::Storage::lock`]) and, once
+/// it is ours, the snapshot that every visible write is then conditional on.
 pub(super) fn take(
     inner: &Arc<Inner>,
     name: &str,
@@ -370,11 +373,14 @@ pub(super) fn take(
     let heartbeat = inner
         .handle
         .spawn(heartbeat(inner.store.clone(), location, lease.clone()));
-    Ok(Box::new(LockGuard {
+    let guard = LockGuard {
         inner: inner.clone(),
         lease,
         heartbeat,
-    }))
+    };
+    // On failure the guard is dropped here, which releases the lock again.
+    inner.take_snapshot()?;
+    Ok(Box::new(guard))
 }
 
 /// Holds the lock; dropping it stops the renewals and, if the lock object is still ours, marks
@@ -389,7 +395,14 @@ struct LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        lock(&self.inner.leases).retain(|held| !Arc::ptr_eq(held, &self.lease));
+        let none_left = {
+            let mut leases = lock(&self.inner.leases);
+            leases.retain(|held| !Arc::ptr_eq(held, &self.lease));
+            leases.is_empty()
+        };
+        if none_left {
+            self.inner.forget_snapshot();
+        }
         if self.lease.check_local().is_err() {
             return;
         }

@@ -2,17 +2,21 @@
 //! `object_store` crate.
 //!
 //! It owns what local disk gives for free: atomic visibility (a staged file spools to a local
-//! temp file and is uploaded whole on commit, see `object/upload.rs`), replacement (`rename` is a
-//! server-side copy, which replaces the destination whole, then a delete) and the writer locks
-//! (each a lock object, e.g. `_lock` or a shard's `_lock.shard-03-of-08`, created with a
-//! conditional PUT and kept alive as a lease, see `object/lease.rs`). It never decides what is written where: layout, lock names and
-//! commit order stay in the rest of `dataset`.
+//! temp file and is uploaded whole on commit, see `object/upload.rs`), replacement that cannot
+//! undo another export's change (every write readers can see is conditional on what this export
+//! saw when it took its lock, see `object/fence.rs`; `rename` is a GET and a conditional PUT,
+//! then a delete) and the writer locks (each a lock object, e.g. `_lock` or a shard's
+//! `_lock.shard-03-of-08`, created with a conditional PUT and kept alive as a lease, see
+//! `object/lease.rs`). It never decides what is written where: layout, lock names and commit
+//! order stay in the rest of `dataset`.
 //!
 //! The [`Storage`] trait is synchronous and is called from async code and from the writer
 //! thread, so every request runs on a small tokio runtime the storage owns; callers wait on a
 //! channel, never with `block_on` inside their own runtime.
 
+mod fence;
 mod lease;
+mod s3;
 mod upload;
 
 use std::future::Future;
@@ -22,13 +26,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 use url::Url;
 
 use super::storage::{StagedFile, Storage};
 use super::{DatasetError, StoreFailure};
+use fence::{Snapshot, delete_checked};
 use lease::Lease;
+use s3::S3Direct;
+use upload::Job;
 
 /// How long a lock lease lasts unless renewed; a killed export blocks others at most this long.
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
@@ -96,6 +104,10 @@ pub struct ObjectStorage {
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is S3, for the requests `object_store` cannot make conditional.
+    s3: Option<S3Direct>,
+    /// The store conditions writes on generations, not ETags (GCS): learnt with a HEAD.
+    generations: bool,
     /// The export root inside the store (no leading or trailing `/`).
     root: ObjectPath,
     /// The root as the user wrote it (no secrets: credentials come from the environment).
@@ -105,6 +117,9 @@ struct Inner {
     options: ObjectOptions,
     /// The leases of the locks this process holds (one per export: `_lock` or a shard's).
     leases: Mutex<Vec<Arc<Lease>>>,
+    /// What the dataset held when the lock was taken, as this export changed it since (see
+    /// [`fence`]); `None` while no lock is held.
+    seen: Mutex<Option<Snapshot>>,
 }
 
 impl Drop for Inner {
@@ -133,34 +148,69 @@ impl ObjectStorage {
             retry_timeout: RETRY_TIMEOUT,
             ..RetryConfig::default()
         };
-        let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match url.scheme() {
-            "s3" | "s3a" => object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as _),
-            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as _),
-            _ => object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as _),
-        };
-        let store = built.map_err(|e| DatasetError::store("connect to", &shown, e))?;
+        let connect_err = |e| DatasetError::store("connect to", &shown, e);
         let root = ObjectPath::from_url_path(url.path()).map_err(|e| DatasetError::BadUrl {
             url: shown.clone(),
             reason: e.to_string(),
         })?;
-        Self::with_store(store, root, shown, options)
+        match url.scheme() {
+            "s3" | "s3a" => {
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(connect_err)?;
+                Self::with_s3(Arc::new(store), root, shown, options)
+            }
+            "gs" => {
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(connect_err)?;
+                Self::build(Arc::new(store), None, true, root, shown, options)
+            }
+            _ => {
+                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(connect_err)?;
+                Self::build(Arc::new(store), None, false, root, shown, options)
+            }
+        }
     }
 
     /// Storage below `root` of an existing store (tests use `object_store`'s in-memory store).
     pub fn with_store(
         store: Arc<dyn ObjectStore>,
+        root: ObjectPath,
+        url: String,
+        options: ObjectOptions,
+    ) -> Result<Self, DatasetError> {
+        Self::build(store, None, false, root, url, options)
+    }
+
+    /// Storage below `root` of an S3 bucket, whose uploads in parts and deletes are then
+    /// conditional too (see `object/fence.rs`).
+    pub fn with_s3(
+        store: Arc<AmazonS3>,
+        root: ObjectPath,
+        url: String,
+        options: ObjectOptions,
+    ) -> Result<Self, DatasetError> {
+        let direct = S3Direct::new(store.clone()).map_err(|e| DatasetError::Store {
+            action: "connect to",
+            url: url.clone(),
+            source: StoreFailure::other(&e.without_url().to_string()),
+        })?;
+        Self::build(store, Some(direct), false, root, url, options)
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore>,
+        s3: Option<S3Direct>,
+        generations: bool,
         root: ObjectPath,
         url: String,
         options: ObjectOptions,
@@ -180,12 +230,15 @@ impl ObjectStorage {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                s3,
+                generations,
                 root,
                 url,
                 handle: runtime.handle().clone(),
                 runtime: Mutex::new(Some(runtime)),
                 options,
                 leases: Mutex::new(Vec::new()),
+                seen: Mutex::new(None),
             }),
         })
     }
@@ -294,28 +347,38 @@ impl Storage for ObjectStorage {
             .map_err(|e| self.inner.error("read", path, e))
     }
 
+    /// A GET of `from` and a conditional PUT to `to` (in parts when large), then a delete of
+    /// `from`: no server-side copy, which S3 limits to 5 GiB and cannot make conditional.
     fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
         let inner = &self.inner;
         inner.check_lease(to)?;
         let (source, target) = (inner.object(from)?, inner.object(to)?);
+        let expect = inner.expect(to, &target);
+        let job = Job::new(inner, target.clone(), expect.clone());
+        let relayed = source.clone();
+        let version = inner
+            .run(async move { job.relay(&relayed).await })?
+            .map_err(|fail| inner.fail("move into place", to, fail))?;
+        inner.wrote(&target, &expect, version);
+        // The source goes only once the target holds its content.
         let store = inner.store.clone();
-        // A copy replaces the destination whole; the source goes only once the copy exists.
         inner
-            .run(async move {
-                store.copy(&source, &target).await?;
-                store.delete(&source).await
-            })?
-            .map_err(|e| inner.error("rename", from, e))
+            .run(async move { store.delete(&source).await })?
+            .map_err(|e| inner.error("remove", from, e))
     }
 
+    /// Removes `path` if it still is as this export saw it (see `object/fence.rs`).
     fn remove(&self, path: &str) -> Result<(), DatasetError> {
         let inner = &self.inner;
         inner.check_lease(path)?;
         let location = inner.object(path)?;
-        let store = inner.store.clone();
+        let expect = inner.expect(path, &location);
+        let (store, s3, target) = (inner.store.clone(), inner.s3.clone(), location.clone());
         inner
-            .run(async move { store.delete(&location).await })?
-            .map_err(|e| inner.error("remove", path, e))
+            .run(async move { delete_checked(&store, s3.as_ref(), &target, expect).await })?
+            .map_err(|fail| inner.fail("remove", path, fail))?;
+        inner.deleted(&location);
+        Ok(())
     }
 
     fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError> {
@@ -360,8 +423,9 @@ impl Storage for ObjectStorage {
     }
 
     /// Takes the lock object `name` (`_lock`, or a shard's `_lock.shard-03-of-08`): each name is
-    /// a lease of its own, so shards never wait for each other, and while held every change
-    /// this storage makes is checked against it.
+    /// a lease of its own, so shards never wait for each other; while held every change this
+    /// storage makes is checked against it, and every visible one is conditional on what the
+    /// dataset held when it was taken (see `object/fence.rs`).
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
         lease::take(&self.inner, name, holder)
     }

@@ -1,5 +1,7 @@
 //! Unit tests of object storage on `object_store`'s in-memory store: visibility, uploads in
-//! parts and the lease.
+//! parts, the lease, and the fence (writes and deletes conditional on the lock's snapshot).
+
+mod counting;
 
 use std::io::Write;
 
@@ -10,6 +12,7 @@ use object_store::memory::InMemory;
 use super::lease::LockRecord;
 use super::*;
 use crate::dataset::storage::LOCK_FILE;
+use counting::NoCopy;
 
 fn storage<S: ObjectStore>(store: &Arc<S>, options: ObjectOptions) -> ObjectStorage {
     ObjectStorage::with_store(
@@ -38,6 +41,32 @@ fn keys<S: ObjectStore>(store: &Arc<S>) -> Vec<String> {
     });
     keys.sort();
     keys
+}
+
+/// Another export's write, straight to the store, behind the writer's back.
+fn put_behind<S: ObjectStore>(store: &Arc<S>, key: &str, text: &str) {
+    let location = ObjectPath::parse(key).unwrap();
+    block_on(store.put(&location, PutPayload::from(text.to_owned()))).unwrap();
+}
+
+/// What the store holds at `key`, read straight from it.
+fn content<S: ObjectStore>(store: &Arc<S>, key: &str) -> Bytes {
+    let location = ObjectPath::parse(key).unwrap();
+    block_on(async { store.get(&location).await.unwrap().bytes().await.unwrap() })
+}
+
+/// Writes `content` to `path` through the storage, as the dataset writer does.
+fn write(storage: &ObjectStorage, path: &str, content: &[u8]) -> Result<u64, DatasetError> {
+    let mut staged = storage.create(path).unwrap();
+    staged.write_all(content).unwrap();
+    staged.commit()
+}
+
+/// The message of a lock lost because another export changed `path`.
+fn changed_message(path: &str) -> String {
+    format!(
+        "lost the lock `mem://bucket/pre/fix/_lock`: `{path}` was changed by another export after this one took the lock; stopped before changing more objects"
+    )
 }
 
 #[test]
@@ -266,4 +295,153 @@ fn each_named_lock_is_its_own_lease_and_guards_only_its_holder() {
         second.list("runs/date=2025-01-01").unwrap(),
         ["shard-01-of-02.parquet"]
     );
+}
+
+const PARTITION: &str = "runs/date=2025-03-11/part-0.parquet";
+const PARTITION_KEY: &str = "pre/fix/runs/date=2025-03-11/part-0.parquet";
+
+#[test]
+fn a_partition_changed_behind_the_writers_back_stays_as_the_other_wrote_it_and_nothing_more_changes()
+ {
+    let mem = Arc::new(InMemory::new());
+    put_behind(&mem, PARTITION_KEY, "before the lock");
+    let writer = storage(&mem, ObjectOptions::default());
+    let guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    let lock_record = content(&mem, "pre/fix/_lock");
+    put_behind(&mem, PARTITION_KEY, "the other export's");
+
+    let err = write(&writer, PARTITION, b"mine").unwrap_err();
+    assert!(matches!(err, DatasetError::LockLost { .. }), "{err}");
+    assert_eq!(err.to_string(), changed_message(PARTITION));
+    assert_eq!(content(&mem, PARTITION_KEY), "the other export's");
+    // The export stops: no other object changes, staged or visible, and the lock is not
+    // released (it may be another export's now).
+    assert!(matches!(
+        write(&writer, "_state/w.json", b"{}"),
+        Err(DatasetError::LockLost { .. })
+    ));
+    assert!(matches!(
+        write(&writer, "_staging/e/x", b"x"),
+        Err(DatasetError::LockLost { .. })
+    ));
+    drop(guard);
+    assert_eq!(keys(&mem), ["pre/fix/_lock", PARTITION_KEY]);
+    assert_eq!(content(&mem, "pre/fix/_lock"), lock_record);
+}
+
+#[test]
+fn an_object_created_behind_the_writers_back_blocks_its_create_and_its_rename() {
+    let mem = Arc::new(InMemory::new());
+    let writer = storage(&mem, ObjectOptions::default());
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    put_behind(&mem, "pre/fix/_SUCCESS", "theirs");
+    let err = write(&writer, "_SUCCESS", b"ours").unwrap_err();
+    assert_eq!(err.to_string(), changed_message("_SUCCESS"));
+    assert_eq!(content(&mem, "pre/fix/_SUCCESS"), "theirs");
+
+    // A new partition moved into place from staging: refused the same way, staged object kept.
+    let mem = Arc::new(InMemory::new());
+    let writer = storage(&mem, ObjectOptions::default());
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    write(&writer, "_staging/e/runs/p.parquet", b"ours").unwrap();
+    put_behind(&mem, PARTITION_KEY, "theirs");
+    let err = writer
+        .rename("_staging/e/runs/p.parquet", PARTITION)
+        .unwrap_err();
+    assert_eq!(err.to_string(), changed_message(PARTITION));
+    assert_eq!(content(&mem, PARTITION_KEY), "theirs");
+    assert!(keys(&mem).contains(&"pre/fix/_staging/e/runs/p.parquet".to_owned()));
+}
+
+#[test]
+fn the_writers_own_successive_changes_of_one_object_succeed() {
+    let mem = Arc::new(InMemory::new());
+    put_behind(&mem, "pre/fix/_state/w.json", "v0");
+    put_behind(&mem, "pre/fix/_staging/old/x", "left by a killed export");
+    let writer = storage(&mem, ObjectOptions::default());
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    for version in ["v1", "v2", "v3"] {
+        write(&writer, "_state/w.json", version.as_bytes()).unwrap();
+        write(&writer, "_manifest/m.json", version.as_bytes()).unwrap();
+    }
+    assert_eq!(writer.read("_state/w.json").unwrap(), "v3");
+    assert_eq!(writer.read("_manifest/m.json").unwrap(), "v3");
+    for round in ["new", "merged"] {
+        write(&writer, "_staging/e/p", round.as_bytes()).unwrap();
+        writer.rename("_staging/e/p", PARTITION).unwrap();
+        assert_eq!(writer.read(PARTITION).unwrap(), round);
+    }
+    // Removed, then written again; a file seen when the lock was taken, removed.
+    writer.remove(PARTITION).unwrap();
+    write(&writer, PARTITION, b"again").unwrap();
+    writer.remove("_state/w.json").unwrap();
+    // Staging is not fenced: what a killed export left there goes whatever it holds.
+    put_behind(&mem, "pre/fix/_staging/old/x", "changed");
+    writer.remove_dir_all("_staging").unwrap();
+    assert_eq!(
+        keys(&mem),
+        ["pre/fix/_lock", "pre/fix/_manifest/m.json", PARTITION_KEY]
+    );
+}
+
+#[test]
+fn a_staged_file_over_one_part_is_moved_into_place_by_an_upload_in_parts_not_a_copy() {
+    let mem = Arc::new(NoCopy::default());
+    let options = ObjectOptions {
+        single_put_max: 1000,
+        part_size: 300,
+        ..ObjectOptions::default()
+    };
+    let writer = storage(&mem, options);
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    for seed in [7u32, 11] {
+        let bytes: Vec<u8> = (0..10_007u32).map(|i| (i * seed % 251) as u8).collect();
+        write(&writer, "_staging/e/p", &bytes).unwrap();
+        let uploads = mem.multipart_uploads();
+        // The first round creates the partition, the second replaces it.
+        writer.rename("_staging/e/p", PARTITION).unwrap();
+        assert_eq!(mem.multipart_uploads(), uploads + 1);
+        assert_eq!(content(&mem, PARTITION_KEY), bytes);
+    }
+    assert_eq!(mem.copies(), 0);
+    assert_eq!(keys(&mem), ["pre/fix/_lock", PARTITION_KEY]);
+}
+
+#[test]
+fn deletes_are_checked_against_what_the_writer_saw() {
+    let (one, two) = ("runs/date=1/old.parquet", "runs/date=2/old.parquet");
+    let mem = Arc::new(InMemory::new());
+    put_behind(&mem, &format!("pre/fix/{one}"), "a");
+    put_behind(&mem, &format!("pre/fix/{two}"), "b");
+    let writer = storage(&mem, ObjectOptions::default());
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    writer.remove(one).unwrap();
+    put_behind(&mem, &format!("pre/fix/{two}"), "changed");
+    let err = writer.remove(two).unwrap_err();
+    assert_eq!(err.to_string(), changed_message(two));
+    assert_eq!(content(&mem, &format!("pre/fix/{two}")), "changed");
+
+    // Created after the lock was taken: not this export's to delete.
+    let mem = Arc::new(InMemory::new());
+    let writer = storage(&mem, ObjectOptions::default());
+    let _guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    put_behind(&mem, "pre/fix/_SUCCESS", "theirs");
+    let err = writer.remove("_SUCCESS").unwrap_err();
+    assert_eq!(err.to_string(), changed_message("_SUCCESS"));
+    assert_eq!(content(&mem, "pre/fix/_SUCCESS"), "theirs");
+}
+
+#[test]
+fn without_a_lock_writes_and_deletes_are_unconditional() {
+    let mem = Arc::new(InMemory::new());
+    let writer = storage(&mem, ObjectOptions::default());
+    let guard = writer.lock(LOCK_FILE, "pid 1").unwrap();
+    drop(guard);
+    // Taken and released: what it saw no longer holds.
+    put_behind(&mem, PARTITION_KEY, "theirs");
+    write(&writer, PARTITION, b"ours").unwrap();
+    assert_eq!(content(&mem, PARTITION_KEY), "ours");
+    put_behind(&mem, PARTITION_KEY, "theirs again");
+    writer.remove(PARTITION).unwrap();
+    assert_eq!(keys(&mem), ["pre/fix/_lock"]);
 }
