@@ -1,7 +1,11 @@
 //! Object storage output: exports to `s3://bucket/prefix` against a real S3-compatible server
 //! (moto, from PyPI, in the venv `scripts/test` creates) on 127.0.0.1, read back through the
 //! S3 API with the Arrow reader, pyarrow and Polars; re-runs, the lock lease, kills in the
-//! middle of a commit, and the errors a user sees.
+//! middle of a commit, and the errors a user sees. Fenced writes (a writer whose lease lapsed
+//! with a request in flight, conditional uploads in parts and deletes) are in [`fence`].
+
+mod fence;
+mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -111,21 +115,26 @@ impl Moto {
 
     /// A client for reading the bucket back.
     fn bucket(&self, bucket: &str) -> Bucket {
-        let store = AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("test-key-id")
-            .with_secret_access_key(SECRET)
-            .build()
-            .unwrap();
+        let store = s3_client(&self.endpoint, bucket);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         Bucket { store, runtime }
     }
+}
+
+/// An S3 client of `bucket` at `endpoint` with the test key.
+fn s3_client(endpoint: &str, bucket: &str) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("test-key-id")
+        .with_secret_access_key(SECRET)
+        .build()
+        .unwrap()
 }
 
 impl Drop for Moto {
