@@ -6,6 +6,7 @@
 
 mod fence;
 mod proxy;
+mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
