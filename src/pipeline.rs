@@ -19,7 +19,7 @@ use crate::dataset::{
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
-use crate::flatten::{PageError, Rejected, WorkflowList, flatten_workflows};
+use crate::flatten::{KeySet, PageError, Rejected, WorkflowList, flatten_workflows};
 use crate::progress::Reporter;
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
@@ -77,6 +77,9 @@ pub struct ExportSummary {
     pub committed: CommitSummary,
     /// Rows in the `workflows` table (this shard's part of it), when it was written.
     pub workflows_table_rows: Option<usize>,
+    /// With `--full --all-workflows`: workflows earlier exports stored that the API no longer
+    /// lists nor serves (404); their stored runs were marked deleted upstream.
+    pub workflows_gone: Vec<String>,
     /// With `--shard`: how many of the workflows named and listed the shard kept.
     pub shard: Option<ShardSelection>,
     /// Lines written to `_rejected/`: quarantined records and the traces of runs kept with
@@ -215,6 +218,7 @@ pub async fn export(
             work.push((id, previous));
         }
         reporter.on_start(work.len());
+        let selected: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
 
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let writer = spawn_writer(
@@ -245,7 +249,15 @@ pub async fn export(
             layout.check_partition(storage.as_ref(), Table::Workflows.name())?;
         }
         remove_if_present(storage.as_ref(), &success_marker)?;
-        let marks = deletion_marks(&mut outcomes, started_at);
+        let mut marks = deletion_marks(&mut outcomes, started_at);
+        let mut workflows_gone = Vec::new();
+        if config.full && workflow_list.is_some() {
+            workflows_gone =
+                gone_workflows(&client, storage.as_ref(), &state_dir, &selected, layout).await?;
+            for id in &workflows_gone {
+                marks.upstream.insert(id.clone(), KeySet::default());
+            }
+        }
         let committed = dataset::commit(
             storage.as_ref(),
             &staged,
@@ -278,6 +290,7 @@ pub async fn export(
             staged,
             committed,
             workflows_table_rows,
+            workflows_gone,
             shard,
             rejected,
             requests: load(&stats.requests),
@@ -336,6 +349,33 @@ pub async fn select_workflows(
         }
     }
     Ok((workflow_ids, Some(list)))
+}
+
+/// Workflows that earlier exports of this layout stored (they have a state file) that are not
+/// among `selected` (what `GET /workflows` lists now) and whose history the API no longer knows
+/// (404): deleted upstream. One request each; a workflow that is still served is left alone.
+async fn gone_workflows(
+    client: &ApiClient,
+    storage: &dyn Storage,
+    state_dir: &str,
+    selected: &[String],
+    layout: Layout,
+) -> Result<Vec<String>, ExportError> {
+    let folder = state::StateFolder::list(storage, state_dir)?;
+    let others = folder.others(storage, selected.iter().map(String::as_str))?;
+    let mut gone = Vec::new();
+    for id in others.into_iter().filter(|id| layout.keeps(id)) {
+        match client.get(&client.runs_url(&id, 1, 0)).await {
+            Err(ApiError::Status { status: 404, .. }) => gone.push(id),
+            Ok(_) => {
+                tracing::warn!(target: "extract", workflow_id = %id, "a workflow stored earlier is no longer listed but still served; its runs are left as they are (pass it with `--workflow` to export it)")
+            }
+            Err(e) => {
+                tracing::warn!(target: "extract", workflow_id = %id, error = %crate::error_chain(&e), "cannot tell whether a workflow stored earlier still exists; its runs are left as they are")
+            }
+        }
+    }
+    Ok(gone)
 }
 
 /// What a `--full` export found deleted upstream: the runs of each workflow paged to its end
@@ -444,6 +484,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
         "workflows": workflows,
         "tables": tables,
         "workflows_table_rows": s.workflows_table_rows,
+        "workflows_gone_upstream": s.workflows_gone,
     });
     if let Some(sel) = s.shard {
         manifest["shard"] = json!({

@@ -114,6 +114,18 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             s.committed.rows_updated(Table::Steps)
         );
     }
+    if !s.workflows_gone.is_empty() {
+        let _ = writeln!(
+            text,
+            "  {} workflows stored earlier no longer exist upstream (not listed, 404): {}",
+            s.workflows_gone.len(),
+            s.workflows_gone
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let marked = s.committed.runs_marked_deleted();
     if marked > 0 {
         let _ = writeln!(

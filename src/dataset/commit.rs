@@ -20,7 +20,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::DatasetError;
-use super::marks::{DeletionMarks, conform, mark_deleted};
+use super::marks::{DeletionMarks, conform, mark_deleted, would_mark};
 use super::schema::{PartitionDate, Table};
 use super::shard::Layout;
 use super::storage::Storage;
@@ -360,6 +360,9 @@ fn commit_partition(
         source,
     };
     let schema = table.schema();
+    if staged.is_empty() && unchanged(storage, &existing, &target, &schema, &change)? {
+        return Ok(None);
+    }
     let sink = storage.create(&target)?;
     let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties()))
         .map_err(parquet_err)?;
@@ -417,6 +420,43 @@ fn commit_partition(
         rows_marked,
         rewrote: !existing.is_empty(),
     }))
+}
+
+/// Whether a partition visited with nothing staged stays as it is: one file, the partition
+/// file, in the current schema, and no stored run to replace or to mark. Reads only the key
+/// columns (and the marks), so a `--full` export does not re-encode every partition.
+fn unchanged(
+    storage: &dyn Storage,
+    existing: &[String],
+    target: &str,
+    schema: &arrow::datatypes::SchemaRef,
+    change: &Change<'_>,
+) -> Result<bool, DatasetError> {
+    if existing.iter().any(|p| p != target) {
+        return Ok(false);
+    }
+    for path in existing {
+        let parquet_err = |source| DatasetError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(storage.read(path)?).map_err(parquet_err)?;
+        if builder.schema().fields() != schema.fields() {
+            return Ok(false);
+        }
+        let columns = ["workflow_id", "run_id", super::schema::DELETED_UPSTREAM_AT];
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
+        for batch in builder.with_projection(mask).build().map_err(parquet_err)? {
+            let batch = batch.map_err(|e| parquet_err(e.into()))?;
+            if without_keys(&batch, change.replace, path)?.num_rows() != batch.num_rows()
+                || would_mark(&batch, change.marks)
+            {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Streams a Parquet file's batches, optionally only some columns.

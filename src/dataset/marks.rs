@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, new_null_array,
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
 };
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 
@@ -68,20 +68,39 @@ pub fn conform(
     Ok((batch, true))
 }
 
+/// The `workflow_id` and `run_id` columns of a `runs` batch, when it has them as strings.
+fn run_keys(batch: &RecordBatch) -> Option<(&StringArray, &StringArray)> {
+    let column = |name| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+    };
+    Some((column("workflow_id")?, column("run_id")?))
+}
+
+/// Whether [`mark_deleted`] would mark any row of `batch` (which needs `workflow_id`, `run_id`
+/// and, when the file has it, `deleted_upstream_at`).
+pub fn would_mark(batch: &RecordBatch, marks: &DeletionMarks) -> bool {
+    let Some((workflow, run)) = run_keys(batch) else {
+        return false;
+    };
+    let marked = batch
+        .column_by_name(DELETED_UPSTREAM_AT)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+    (0..batch.num_rows()).any(|i| {
+        !marked.is_some_and(|m| m.is_valid(i)) && marks.gone(workflow.value(i), run.value(i))
+    })
+}
+
 /// Sets `deleted_upstream_at` of the rows of a `runs` batch (in the current schema) that
 /// `marks` finds gone and that are not marked yet; returns the batch and how many it marked.
 pub fn mark_deleted(batch: RecordBatch, marks: &DeletionMarks) -> (RecordBatch, usize) {
     if marks.is_empty() {
         return (batch, 0);
     }
-    let (Some(workflow), Some(run), Some(index)) = (
-        batch
-            .column_by_name("workflow_id")
-            .and_then(|c| c.as_string_opt::<i32>()),
-        batch
-            .column_by_name("run_id")
-            .and_then(|c| c.as_string_opt::<i32>()),
-        batch.schema().index_of(DELETED_UPSTREAM_AT).ok(),
+    let (Some((workflow, run)), Ok(index)) = (
+        run_keys(&batch),
+        batch.schema().index_of(DELETED_UPSTREAM_AT),
     ) else {
         return (batch, 0);
     };

@@ -296,8 +296,17 @@ impl Extractor {
         let new_state = result
             .is_ok()
             .then(|| tally.next_state(&workflow_id, previous.as_ref(), &self.options));
-        let to_the_end = result.is_ok() && !tally.stats.stopped_at_cursor;
-        let seen = (self.options.keep_seen && to_the_end).then(|| std::mem::take(&mut tally.seen));
+        // Every run the API has now, only when that is certain: paged to the end, every
+        // boundary checked, and no record without a readable id (it may be a stored run).
+        let s = &tally.stats;
+        let complete = result.is_ok()
+            && !s.stopped_at_cursor
+            && s.rejected == 0
+            && s.unchecked_boundaries == 0;
+        if self.options.keep_seen && result.is_ok() && !complete {
+            tracing::warn!(target: "extract", workflow_id, quarantined = s.rejected, unchecked = s.unchecked_boundaries, "runs deleted upstream are not marked for this workflow: its history was not read with every run's id");
+        }
+        let seen = (self.options.keep_seen && complete).then(|| std::mem::take(&mut tally.seen));
         WorkflowOutcome {
             workflow_id,
             stats: tally.stats,
@@ -458,15 +467,16 @@ impl Extractor {
             let answer = Answer {
                 keys: &page.keys,
                 starts: &page.starts,
+                has_id: &page.has_id,
             };
             let verdict = pager.on_page(request.id, answer);
             if verdict.cancel {
                 in_flight = FuturesOrdered::new();
             }
+            tally.stats.duplicates += verdict.repeats;
             if !verdict.keep.contains(&true) {
                 continue;
             }
-            tally.stats.duplicates += verdict.repeats;
             tally.keep(&mut page, &verdict.keep);
             if self.options.with_steps {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)

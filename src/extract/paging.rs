@@ -8,9 +8,11 @@
 //! History is newest first and changes while it is paged: runs arrive at the head (every later
 //! offset shifts down) and are deleted anywhere (every later offset shifts up). The pager keeps
 //! the *anchor*, the last record of the part of the history known to be complete, and requests
-//! each page so that it overlaps the anchor. A record is stored only when the answer that holds
-//! it also holds, just before it, a record already stored that existed when paging began: such a
-//! page is one snapshot in which nothing lies between the two, so nothing slid past unseen.
+//! each page so that it overlaps the anchor. The part known to be complete grows only by the
+//! records that follow, in one answer, a record already stored that existed when paging began
+//! (and has a unique run id): that answer is one snapshot with nothing between the two, so
+//! nothing slid past unseen. Other new records (runs that arrived at the head) are stored too,
+//! but never trusted as a boundary.
 //!
 //! - A page holding the anchor *joins*; records before it that are new arrived during paging.
 //! - A page holding only records already stored lies before the anchor (runs arrived): paging
@@ -21,13 +23,18 @@
 //!   page joins a stored record — an anchor deleted upstream joins on the stored record before
 //!   it. Runs found to have *vanished upstream* are counted. If no page joins within
 //!   [`MAX_PROBES`] re-reads the workflow fails: a gap that was seen is never exported as done.
-//! - The history ends on a short page whose last record is stored, or an empty first page.
+//! - The history ends on a page asked for at a stored record that holds only it (once the API's
+//!   page size was seen to vary, the third such page in a row), on two short pages in a row that
+//!   end on the anchor (three when the size varies), or on an empty first page.
+//! - Paging that reaches no further for [`MAX_STALLED`] answers fails the workflow.
 //! - An API that refuses offsets that are not multiples of `limit` gets pages whose offset is a
 //!   multiple of their own `limit`, still overlapping the anchor ([`aligned_request`]).
 //!
 //! Once pages come back full, the following pages are requested ahead of the answers, the
 //! window doubling up to the caller's share of the concurrency; anything unexpected cancels the
 //! requests ahead and paging continues from what is known.
+
+mod answers;
 
 use std::collections::VecDeque;
 
@@ -44,6 +51,11 @@ pub const MAX_PAGES_WITHOUT_NEWS: u32 = 5;
 /// bisect back to a page's width.
 pub const MAX_PROBES: u32 = 28;
 
+/// Answers in a row after which the history reached no further before a workflow is failed:
+/// runs arriving as fast as pages are read, or an API that loops. A burst of arrivals costs a
+/// page per page of arrivals, a re-read search at most [`MAX_PROBES`].
+pub const MAX_STALLED: u32 = 64;
+
 /// One page to request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
@@ -57,6 +69,8 @@ pub struct PageRequest {
     /// fetched).
     pub overlap: u64,
     kind: Kind,
+    /// Records the page was expected to hold when it was planned.
+    expect: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +85,16 @@ enum Kind {
     Blind,
 }
 
-/// What an answer held, in page order.
+/// What an answer held, in page order (three slices of one length).
 #[derive(Debug, Clone, Copy)]
 pub struct Answer<'a> {
     /// A fingerprint of each record (its run id's, or its text's).
     pub keys: &'a [u128],
-    /// Each record's start time, when readable (same length as `keys`).
+    /// Each record's start time, when readable.
     pub starts: &'a [Option<i64>],
+    /// Whether each record has a run id (its fingerprint is the id's); records without one are
+    /// never joined on, since identical broken records share a fingerprint.
+    pub has_id: &'a [bool],
 }
 
 /// What to do with an answer.
@@ -128,9 +145,19 @@ pub enum PagingError {
         /// Offset of the last of them.
         offset: u64,
     },
+    /// The history moved faster than it could be paged.
+    #[error(
+        "{pages} pages in a row reached no further into the history (past offset {offset}): runs arrive as fast as pages are read, or the API loops; this workflow's export is incomplete"
+    )]
+    Stalled {
+        /// Answers in a row without reaching further.
+        pages: u32,
+        /// Offset of the last record known to be complete.
+        offset: u64,
+    },
     /// Runs vanished upstream and no re-read found where the history continues.
     #[error(
-        "runs vanished upstream while the history was paged, and {probes} re-reads back from offset {offset} found no page that continues from the runs already read; this workflow's export is incomplete"
+        "no page in {probes} re-reads around offset {offset} continued from the runs already read (runs vanished upstream, or arrived faster than pages are read); this workflow's export is incomplete"
     )]
     CannotRejoin {
         /// Offset of the last record known to be complete.
@@ -177,6 +204,11 @@ struct Anchor {
     key: u128,
     /// Where it was last seen.
     offset: u64,
+    /// Whether it can be joined on (it has a unique run id); else pages are joined on it all
+    /// the same, unchecked, since no record of the last page could be.
+    checked: bool,
+    /// Records after it in its page (without an id, so not anchors themselves).
+    tail: usize,
 }
 
 /// Looking for where the history continues: what the re-reads so far showed.
@@ -218,6 +250,8 @@ pub struct Pager {
     seen: KeySet,
     /// Records stored that arrived during paging (never join points).
     arrivals: KeySet,
+    /// Keys that are never join points: of records without an id, and ids seen twice in a page.
+    ambiguous: KeySet,
     /// Newest start among stored records that existed when paging began.
     newest_old_start: Option<i64>,
     anchor: Option<Anchor>,
@@ -233,8 +267,15 @@ pub struct Pager {
     /// Pages shorter than asked of different sizes were followed by records: the API's page
     /// size varies, so a short page ending on a stored record may be its cut, not the end.
     caps_vary: bool,
+    /// The smallest page shorter than asked that records followed: a page shorter still is
+    /// not a cut the API was seen to make.
+    floor: Option<u64>,
     /// The size of the last page that ended at the frontier, and the `limit` it was asked for.
     frontier_page: Option<(u64, u64)>,
+    /// A page shorter than asked that ended before the anchor's place (its size, its last
+    /// offset): the anchor was purged, or the API cut it — which the anchor seen again past
+    /// that offset shows.
+    cut_before_anchor: Option<(u64, u64)>,
     /// Short pages in a row that ended on a stored record with nothing after it.
     end_votes: u32,
     aligned: bool,
@@ -251,6 +292,12 @@ pub struct Pager {
     margin: u64,
     search: Option<Search>,
     pages_without_news: u32,
+    /// The last record of the previous answer: a page ending on it again did not move.
+    last_tail: Option<u128>,
+    /// The answer being handled took the history further.
+    advanced: bool,
+    /// Answers in a row that did not.
+    stalled: u32,
     previous_oldest: Option<i64>,
     outcome: Option<Result<(), PagingError>>,
     stats: PagingStats,
@@ -267,6 +314,7 @@ impl Pager {
             },
             seen: KeySet::default(),
             arrivals: KeySet::default(),
+            ambiguous: KeySet::default(),
             newest_old_start: None,
             anchor: None,
             trail: Vec::new(),
@@ -274,7 +322,9 @@ impl Pager {
             stride: None,
             cap: None,
             caps_vary: false,
+            floor: None,
             frontier_page: None,
+            cut_before_anchor: None,
             end_votes: 0,
             aligned: false,
             next_id: 0,
@@ -285,6 +335,9 @@ impl Pager {
             margin: 0,
             search: None,
             pages_without_news: 0,
+            last_tail: None,
+            advanced: false,
+            stalled: 0,
             previous_oldest: None,
             outcome: None,
             stats: PagingStats::default(),
@@ -359,6 +412,7 @@ impl Pager {
             limit,
             overlap,
             kind,
+            expect: self.expected(limit),
         }
     }
 
@@ -372,10 +426,19 @@ impl Pager {
     fn plan(&self, at: u64, margin: u64) -> (u64, u64, bool) {
         let full = self.expected(self.options.limit);
         if full <= 1 {
-            return (at + 1, self.options.limit, true);
+            // One record per page: a `limit` of 1 is aligned at any offset.
+            return (at + 1, 1, true);
         }
         if !self.aligned {
             return (at.saturating_sub(margin), self.options.limit, false);
+        }
+        if self.end_votes > 0
+            && margin == 0
+            && let Some((offset, limit)) = confirming_request(at, full)
+        {
+            // Confirming an end: another page, the last record as near its start as can be, so
+            // that only a cut just after it could hide what follows.
+            return (offset, limit, false);
         }
         // With the margin, as long as the page still reaches past `at`.
         let with_margin = aligned_request(at.saturating_sub(margin), full)
@@ -442,6 +505,10 @@ impl Pager {
         }
         self.stats.pages += 1;
         let received = n as u64;
+        if self.cap.is_some_and(|cap| received > cap) {
+            // A page larger than the cap shown before: the API's page size varies.
+            self.caps_vary = true;
+        }
         if received > 0 {
             let capped = received.min(self.options.limit);
             self.stride = Some(match (self.stride, request.kind) {
@@ -450,6 +517,7 @@ impl Pager {
             });
         }
         let short = received < self.expected(request.limit);
+        self.note_ambiguous(answer);
         let class = match request.kind {
             Kind::First | Kind::Blind if n > 0 => Class::Join {
                 at: usize::MAX,
@@ -470,353 +538,19 @@ impl Pager {
             }
             Class::Empty | Class::Gap => self.lost_track(&request, n > 0, &mut verdict),
         }
+        self.last_tail = answer.keys.last().copied();
+        self.count_stall();
         verdict
     }
+}
 
-    fn is_old(&self, key: &u128) -> bool {
-        self.seen.contains(key) && !self.arrivals.contains(key)
-    }
-
-    fn classify(&self, answer: Answer<'_>) -> Class {
-        let keys = answer.keys;
-        if keys.is_empty() {
-            return Class::Empty;
-        }
-        if let Some(a) = self.anchor
-            && let Some(at) = keys.iter().position(|k| *k == a.key)
-        {
-            return Class::Join { at, anchor: true };
-        }
-        if let Some(at) = keys.iter().rposition(|k| self.is_old(k)) {
-            return if at + 1 == keys.len() {
-                Class::AllSeen
-            } else {
-                Class::Join { at, anchor: false }
-            };
-        }
-        let arrived = |s: &Option<i64>| match (s, self.newest_old_start) {
-            (Some(s), Some(newest)) => *s > newest,
-            _ => false,
-        };
-        if answer.starts.iter().all(arrived) {
-            Class::Arrivals
-        } else {
-            Class::Gap
-        }
-    }
-
-    /// Stores the new records of a page that joins at record `at` (`usize::MAX`: the first page,
-    /// or a page that cannot overlap, all of whose records continue the history).
-    fn accept_join(
-        &mut self,
-        request: &PageRequest,
-        answer: Answer<'_>,
-        at: usize,
-        at_anchor: bool,
-        short: bool,
-        verdict: &mut Verdict,
-    ) {
-        let n = answer.keys.len();
-        let o = request.offset;
-        let (first_new, join_offset) = if at == usize::MAX {
-            (0, None)
-        } else {
-            (at + 1, Some(o + at as u64))
-        };
-        if request.kind == Kind::Blind {
-            self.stats.unchecked += 1;
-        }
-        if let Some(observed) = join_offset {
-            let vanished = self.count_drift(answer.keys[at], observed, at_anchor, request.kind);
-            let width = self.expected(self.options.limit);
-            self.margin = if vanished > 0 {
-                (self.margin.max(2 * vanished)).min(width / 4)
-            } else {
-                self.margin / 2
-            };
-        }
-        let searched = self.search.take();
-        let was_searching = searched.is_some();
-        // Before the join record: runs that arrived during paging (stored, never joined on).
-        let mut news = 0u64;
-        let mut seen_before = 0u64;
-        for i in 0..n {
-            let key = answer.keys[i];
-            if !self.seen.insert(key) {
-                seen_before += 1;
-                continue;
-            }
-            verdict.keep[i] = true;
-            news += 1;
-            if i < first_new {
-                self.arrivals.insert(key);
-            } else if let Some(start) = answer.starts[i] {
-                self.newest_old_start = Some(self.newest_old_start.map_or(start, |s| s.max(start)));
-            }
-        }
-        verdict.repeats = match request.kind {
-            Kind::Next { anchor_at } => seen_before.saturating_sub(anchor_at + 1 - o),
-            Kind::Probe => 0,
-            _ => seen_before,
-        };
-        // The anchor: the page's last record, where it was seen.
-        if n > 0 {
-            let last = n - 1;
-            self.anchor = Some(Anchor {
-                key: answer.keys[last],
-                offset: o + last as u64,
-            });
-            if first_new < n {
-                let from = first_new.saturating_sub(1).min(at);
-                self.trail = answer.keys[from..].to_vec();
-                self.trail_base = o + from as u64;
-            } else {
-                // Nothing new: the stored stretch was seen again, ending here.
-                self.trail_base = (o + last as u64 + 1).saturating_sub(self.trail.len() as u64);
-            }
-        }
-        if first_new >= n {
-            // Records were seen past the frontier while looking for it: not the end.
-            let more = searched.is_some_and(|s| s.beyond);
-            if !more && self.ends_here(n, request.limit) {
-                self.outcome = Some(Ok(()));
-                return;
-            }
-            // Nothing new: ask at the last record itself, which ends the history or goes on.
-            self.margin = 0;
-        } else {
-            self.records_follow();
-        }
-        self.frontier_page = Some((n as u64, request.limit));
-        if self.no_progress(news, o) {
-            return;
-        }
-        let starts = || answer.starts.iter().flatten().copied();
-        let (oldest, newest) = (starts().min(), starts().max());
-        if self
-            .options
-            .stop_before
-            .zip(newest)
-            .is_some_and(|(stop, newest)| newest < stop)
-        {
-            // Incremental: a whole page older than the cursor minus the look-back (its newest
-            // run, not its oldest: one odd old start must not end paging early).
-            self.stats.stopped_at_cursor = true;
-            self.outcome = Some(Ok(()));
-            return;
-        }
-        let full = !short;
-        // Pages of one record are read one at a time, as before anything was known.
-        let expected_join = self.expected(self.options.limit) > 1
-            && (request.kind == Kind::First
-                || (matches!(request.kind, Kind::Next { .. }) && at_anchor));
-        if full && expected_join && !was_searching {
-            self.window = (self.window * 2).min(self.options.max_window);
-            self.estimate_pages_left(oldest, newest);
-            if self.in_flight.is_empty() {
-                // Nothing requested ahead: go on from what is known, not from a prediction.
-                self.cursor = self.anchor.map_or(0, |a| a.offset);
-            }
-        } else {
-            verdict.cancel = self.restart_from_anchor();
-        }
-        self.previous_oldest = oldest.or(self.previous_oldest);
-    }
-
-    /// Counts how the join record moved since it was stored: down (runs arrived above it) or up
-    /// (runs above it were deleted), and anchors deleted; returns how many runs vanished.
-    fn count_drift(&mut self, key: u128, observed: u64, at_anchor: bool, kind: Kind) -> u64 {
-        let Some(anchor) = self.anchor else {
-            return 0;
-        };
-        let vanished = if at_anchor {
-            if observed > anchor.offset && kind != Kind::Probe {
-                self.stats.shifts += 1;
-            }
-            anchor.offset.saturating_sub(observed)
-        } else {
-            // The anchor is gone: joined on a stored record before it.
-            match self.trail.iter().position(|k| *k == key) {
-                Some(k) => {
-                    let deleted_after = (self.trail.len() - 1 - k) as u64;
-                    let was_at = self.trail_base + k as u64;
-                    deleted_after + was_at.saturating_sub(observed)
-                }
-                None => self.trail.len().max(1) as u64,
-            }
-        };
-        self.stats.vanished += vanished;
-        vanished
-    }
-
-    /// A page of stored records (or of runs that arrived): the frontier is further on.
-    fn accept_before(
-        &mut self,
-        request: &PageRequest,
-        answer: Answer<'_>,
-        class: Class,
-        verdict: &mut Verdict,
-    ) {
-        let n = answer.keys.len();
-        let mut news = 0;
-        for (i, key) in answer.keys.iter().enumerate() {
-            // Unseen records here are runs that arrived (or an API that reorders): stored, but
-            // never joined on.
-            if self.seen.insert(*key) {
-                self.arrivals.insert(*key);
-                verdict.keep[i] = true;
-                news += 1;
-            }
-        }
-        if class == Class::AllSeen && request.kind != Kind::Probe {
-            self.stats.shifts += 1;
-            verdict.repeats = (n as u64 - news).saturating_sub(request.overlap);
-        }
-        let more = self.search.is_some_and(|s| s.beyond);
-        if !more && self.ends_here(n, request.limit) {
-            // Nothing after these records: the history ends before the anchor, which was
-            // deleted (purged from the tail) with what followed it.
-            self.stats.vanished += 1;
-            self.outcome = Some(Ok(()));
-            return;
-        }
-        self.margin = 0;
-        let end = request.offset + n as u64 - 1;
-        match &mut self.search {
-            Some(search) => {
-                search.lo = Some(search.lo.map_or(end, |lo| lo.max(end)));
-                if search.hi.is_some_and(|hi| hi <= end) {
-                    search.hi = None;
-                }
-                self.search_budget(request);
-            }
-            None => {
-                if self.no_progress(news, request.offset) {
-                    return;
-                }
-                verdict.cancel = !self.in_flight.is_empty();
-                self.in_flight.clear();
-                self.cursor = end;
-                self.window = 1;
-            }
-        }
-    }
-
-    /// A page that does not join (or nothing where the history should go on): drop it and
-    /// look for where the history continues.
-    fn lost_track(&mut self, request: &PageRequest, held_records: bool, verdict: &mut Verdict) {
-        verdict.cancel = !self.in_flight.is_empty();
-        self.in_flight.clear();
-        if held_records {
-            self.records_follow();
-        }
-        let width = self.expected(self.options.limit);
-        let search = self.search.get_or_insert(Search {
-            back: (width / 2).max(1),
-            ..Search::default()
-        });
-        search.beyond |= held_records;
-        let o = request.offset;
-        if request.kind == Kind::Probe && search.lo.is_none() && search.probes > 0 {
-            // Stepping back found nothing stored yet: step back twice as far next time.
-            search.back = search.back.saturating_mul(2);
-        }
-        if search.hi.is_none_or(|hi| o < hi) {
-            search.hi = Some(o);
-        }
-        if search.lo.is_some_and(|lo| Some(lo) >= search.hi) {
-            search.lo = None;
-        }
-        self.search_budget(request);
-    }
-
-    /// Fails the workflow once re-reads are used up, or when even offset 0 held nothing stored.
-    fn search_budget(&mut self, request: &PageRequest) {
-        let Some(search) = &mut self.search else {
-            return;
-        };
-        if request.kind == Kind::Probe {
-            search.probes += 1;
-        }
-        let head_lost = search.lo.is_none() && search.hi == Some(0);
-        if search.probes >= MAX_PROBES || head_lost {
-            self.outcome = Some(Err(PagingError::CannotRejoin {
-                offset: self.anchor.map_or(0, |a| a.offset),
-                probes: search.probes,
-            }));
-        }
-    }
-
-    /// Whether a page of `n` records asked with `limit`, ending on a stored record with nothing
-    /// new after it, shows that the history ends there. A page of that one record does. A page
-    /// shorter than asked (and than the API's cap, once shown) may still be the API's cut: runs
-    /// arriving at the head push the last record down a page started at it, so the second such
-    /// page in a row does, or the third when the API's page size was seen to vary.
-    fn ends_here(&mut self, n: usize, limit: u64) -> bool {
-        if n == 1 {
-            return true;
-        }
-        if n as u64 >= limit.min(self.cap.unwrap_or(u64::MAX)) {
-            self.end_votes = 0;
-            return false;
-        }
-        self.end_votes += 1;
-        self.end_votes >= if self.caps_vary { 3 } else { 2 }
-    }
-
-    /// Records were seen after the frontier: the page that ended there, if shorter than asked,
-    /// was the API's cut, and no page so far showed the end.
-    fn records_follow(&mut self) {
-        if let Some((len, limit)) = self.frontier_page.take()
-            && len < limit
-        {
-            self.caps_vary |= self.cap.is_some_and(|cap| cap != len);
-            self.cap = Some(self.cap.map_or(len, |cap| cap.max(len)));
-        }
-        self.end_votes = 0;
-    }
-
-    /// Counts a page that brought nothing new; fails the workflow after too many in a row.
-    fn no_progress(&mut self, news: u64, offset: u64) -> bool {
-        self.pages_without_news = if news == 0 {
-            self.pages_without_news + 1
-        } else {
-            0
-        };
-        if self.pages_without_news < MAX_PAGES_WITHOUT_NEWS {
-            return false;
-        }
-        self.outcome = Some(Err(PagingError::NoProgress {
-            pages: self.pages_without_news,
-            offset,
-        }));
-        true
-    }
-
-    /// Drops the pages in flight and continues from the anchor, one page at a time; returns
-    /// whether any was in flight.
-    fn restart_from_anchor(&mut self) -> bool {
-        let cancelled = !self.in_flight.is_empty();
-        self.in_flight.clear();
-        self.cursor = self.anchor.map_or(0, |a| a.offset);
-        self.window = 1;
-        cancelled
-    }
-
-    /// Incremental: do not request far past the cursor; estimate the pages left from the time
-    /// one page covered.
-    fn estimate_pages_left(&mut self, oldest: Option<i64>, newest: Option<i64>) {
-        let (Some(stop), Some(oldest)) = (self.options.stop_before, oldest) else {
-            return;
-        };
-        let newest = newest.unwrap_or(oldest);
-        let span = self
-            .previous_oldest
-            .map_or(newest - oldest, |p| p - oldest)
-            .max(1);
-        let left = ((oldest - stop) / span).saturating_add(1).max(1);
-        self.pages_left = usize::try_from(left).unwrap_or(usize::MAX);
-    }
+/// The aligned page (`limit` 2…`full`) that holds offset `at` nearest its start, and the most
+/// records after it: `(offset, limit)`.
+fn confirming_request(at: u64, full: u64) -> Option<(u64, u64)> {
+    (2..=full)
+        .filter(|limit| at % limit + 2 <= *limit)
+        .min_by_key(|limit| (at % limit, std::cmp::Reverse(*limit)))
+        .map(|limit| (at - at % limit, limit))
 }
 
 /// The page whose offset is a multiple of its `limit` (at most `full`) that holds offset `at`

@@ -130,6 +130,27 @@ impl StateFolder {
         })
     }
 
+    /// The workflows of the state files that belong to none of `known` (workflows earlier
+    /// exports stored that are not among them).
+    pub fn others<'a>(
+        &self,
+        storage: &dyn Storage,
+        known: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<String>, StateError> {
+        let mut names = self.names.clone();
+        for id in known {
+            let path = state_path(&self.dir, id);
+            names.remove(path.rsplit('/').next().unwrap_or_default());
+        }
+        let mut ids = Vec::new();
+        for name in names.iter().filter(|n| n.ends_with(".json")) {
+            let path = format!("{}/{name}", self.dir);
+            ids.push(read_state(storage, &path)?.workflow_id);
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Loads a workflow's state, as [`load`] does.
     pub fn load(
         &self,
@@ -141,14 +162,18 @@ impl StateFolder {
         if !self.names.contains(name) {
             return Ok(None);
         }
-        let bytes = storage.read(&path)?;
-        let state: WorkflowState =
-            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                path: storage.display(&path),
-                source,
-            })?;
+        let state = read_state(storage, &path)?;
         Ok((state.version == STATE_VERSION && state.workflow_id == workflow_id).then_some(state))
     }
+}
+
+/// Reads and parses one state file.
+fn read_state(storage: &dyn Storage, path: &str) -> Result<WorkflowState, StateError> {
+    let bytes = storage.read(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        path: storage.display(path),
+        source,
+    })
 }
 
 /// Saves a workflow's state in folder `dir` atomically and durably.

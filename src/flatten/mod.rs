@@ -157,6 +157,8 @@ pub struct FlatPage {
     /// Each record's start time when it is a run with a readable one, in page order (the
     /// same length as `keys`): paging tells runs that arrived from runs that slid by it.
     pub starts: Vec<Option<i64>>,
+    /// Whether each record has a usable run id (its key is the id's), in page order.
+    pub has_id: Vec<bool>,
 }
 
 impl FlatPage {
@@ -270,6 +272,7 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             Element::Quarantined { reason, text } => {
                 out.keys.push(text_key(&text));
                 out.starts.push(None);
+                out.has_id.push(false);
                 out.rejected
                     .push(reject(reason, Value::String(text), false));
                 continue;
@@ -280,12 +283,14 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             Err(reason) => {
                 out.keys.push(text_key(&record.to_string()));
                 out.starts.push(None);
+                out.has_id.push(false);
                 out.rejected.push(reject(reason, record, false));
                 continue;
             }
         };
         out.keys.push(id_key(&run.id));
         out.starts.push(run.start_time);
+        out.has_id.push(true);
         if !ids_in_page.insert(run.id.clone()) {
             out.duplicates += 1;
             continue;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use polars::prelude::*;
 
+use crate::dataset::Table;
 use crate::dataset::schema::DELETED_UPSTREAM_AT;
 
 /// Slowest runs listed.
@@ -109,11 +110,44 @@ fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
         PlRefPath::new(glob),
         ScanArgsParquet {
             hive_options: HiveOptions::new_enabled(),
-            // Partitions written before a column was added lack it: NULL there.
+            // The table's current columns, whatever file comes first: partitions written before
+            // a column was added lack it (NULL there), later ones have it.
+            schema: file_schema(table).map(Arc::new),
             allow_missing_columns: true,
             ..Default::default()
         },
     )
+}
+
+/// The columns of one of the dataset's tables (as `dataset::schema` declares them), in Polars'
+/// types; `None` for a folder that is not a table.
+fn file_schema(table: &str) -> Option<Schema> {
+    use arrow::datatypes::{DataType as Arrow, TimeUnit as ArrowUnit};
+    let table = [
+        Table::Runs,
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Workflows,
+    ]
+    .into_iter()
+    .find(|t| t.name() == table)?;
+    let schema = table.schema();
+    let fields = schema.fields().iter().map(|f| {
+        let dtype = match f.data_type() {
+            Arrow::Utf8 => DataType::String,
+            Arrow::Int64 => DataType::Int64,
+            Arrow::Int32 => DataType::Int32,
+            // Every timestamp column is UTC (`schema::UTC`).
+            Arrow::Timestamp(ArrowUnit::Microsecond, tz) => DataType::Datetime(
+                TimeUnit::Microseconds,
+                tz.is_some().then_some(TimeZone::UTC),
+            ),
+            other => unreachable!("no `{other}` column is declared in `dataset::schema`"),
+        };
+        Field::new(f.name().as_str().into(), dtype)
+    });
+    Some(fields.collect::<Schema>())
 }
 
 /// The `runs` table without the runs a `--full` export found deleted upstream (they stay in the

@@ -159,6 +159,8 @@ struct SimState {
     fixture_records: Mutex<Vec<Vec<Value>>>,
     /// Rendered pages by (workflow, offset, limit), when `prerendered`.
     rendered: Mutex<HashMap<(usize, usize, usize), bytes::Bytes>>,
+    /// Generated workflows deleted: no longer listed, their runs unknown (404).
+    deleted_workflows: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// How a generated workflow's history changed while the simulator ran.
@@ -218,6 +220,7 @@ impl SimState {
             live,
             fixture_records,
             rendered: Mutex::default(),
+            deleted_workflows: Mutex::default(),
         }
     }
 
@@ -265,6 +268,16 @@ impl SimState {
             seq = s.checked_sub(1);
         }
         out
+    }
+
+    /// What workflow `id` is, unless it does not exist (or was deleted).
+    fn source(&self, id: &str) -> Option<&Source> {
+        let source = self.by_id.get(id)?;
+        let deleted = self.deleted_workflows.lock().expect("deleted lock");
+        match source {
+            Source::Generated(i) if deleted.contains(i) => None,
+            source => Some(source),
+        }
     }
 
     /// Whether run `seq` of generated workflow `i` is still served.
@@ -352,6 +365,12 @@ impl SimServer {
             Some(source) => self.state.page(source, 0, usize::MAX),
             None => Vec::new(),
         }
+    }
+
+    /// Deletes generated workflow `index`: it is no longer listed, and its runs are unknown.
+    pub fn delete_workflow(&self, index: usize) {
+        let mut deleted = self.state.deleted_workflows.lock().expect("deleted lock");
+        deleted.insert(index);
     }
 
     /// Whether generated workflow `index` ever had the run `run_id` (served now, arrived,
@@ -540,7 +559,15 @@ struct PageQuery {
 }
 
 async fn list_workflows(State(state): State<Arc<SimState>>) -> Response {
-    let mut list: Vec<Value> = state.generated.iter().map(SimWorkflow::summary).collect();
+    let deleted = state
+        .deleted_workflows
+        .lock()
+        .expect("deleted lock")
+        .clone();
+    let mut list: Vec<Value> = (state.generated.iter().enumerate())
+        .filter(|(i, _)| !deleted.contains(i))
+        .map(|(_, wf)| wf.summary())
+        .collect();
     let fixture_ids = state.config.fixtures.iter().map(|f| &f.id);
     for id in fixture_ids.chain(state.config.raw_fixtures.iter().map(|f| &f.id)) {
         list.push(serde_json::json!({ "workflow_id": id, "name": id, "status": "active" }));
@@ -553,7 +580,7 @@ async fn list_runs(
     Path(id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let Some(source) = state.by_id.get(&id) else {
+    let Some(source) = state.source(&id) else {
         return error_response(StatusCode::NOT_FOUND, "Workflow not found", None);
     };
     let parse = |v: Option<&String>, default: usize| match v {
@@ -652,7 +679,7 @@ async fn drifting_page(
 
 /// A run by id, and the node that failed it when it failed (generated workflows know it).
 fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<String>)> {
-    match state.by_id.get(id)? {
+    match state.source(id)? {
         Source::Generated(i) => {
             let wf = &state.generated[*i];
             let (total, finished_below) = state.history(*i);

@@ -56,7 +56,8 @@ pub struct WorkflowCheck {
     pub duplicates: Vec<String>,
     /// The API's runs could not be read to the end: nothing was compared.
     pub error: Option<String>,
-    /// The API no longer lists the workflow (`--all-workflows`): every stored run is gone.
+    /// Stored, but the API no longer lists the workflow (`--all-workflows`); it was read all the
+    /// same, and when the API no longer knows it either, nothing is served upstream.
     pub unlisted: bool,
 }
 

@@ -101,6 +101,21 @@ pub async fn verify(
         }));
     let (mut ids, _) = pipeline::select_workflows(&client, &config).await?;
     ids.retain(|id| layout.keeps(id));
+    // With `--all-workflows`, stored workflows the API no longer lists are read too: one it no
+    // longer knows (404) has nothing upstream any more.
+    let unlisted: HashSet<String> = if config.all_workflows {
+        let selected: HashSet<&String> = ids.iter().collect();
+        stored
+            .keys()
+            .filter(|id| !selected.contains(id))
+            .cloned()
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let mut extra: Vec<String> = unlisted.iter().cloned().collect();
+    extra.sort();
+    ids.extend(extra);
     reporter.on_start(ids.len());
     let (tx, rx) = mpsc::channel(COLLECT_QUEUE_DEPTH);
     let collector = tokio::spawn(collect(rx));
@@ -123,30 +138,20 @@ pub async fn verify(
     for outcome in outcomes {
         let id = outcome.workflow_id;
         let runs = stored.remove(&id).unwrap_or_default();
+        let listed = !unlisted.contains(&id);
+        let gone = !listed && outcome.error.as_ref().is_some_and(unknown_workflow);
         match outcome.error {
-            Some(error) => {
+            Some(error) if !gone => {
                 let shown = crate::error_chain(&error);
                 workflows.push(WorkflowCheck::failed(&id, runs.len(), shown));
                 failures.push((id, error));
             }
-            None => {
+            _ => {
                 let served = upstream.remove(&id).unwrap_or_default();
-                workflows.push(compare::compare(&id, &served, &runs));
+                let mut check = compare::compare(&id, &served, &runs);
+                check.unlisted = !listed;
+                workflows.push(check);
             }
-        }
-    }
-    if config.all_workflows {
-        // Stored workflows the API no longer lists: every run of theirs is gone upstream.
-        let selected: HashSet<&String> = ids.iter().collect();
-        let mut unlisted: Vec<_> = stored
-            .into_iter()
-            .filter(|(id, _)| !selected.contains(id))
-            .collect();
-        unlisted.sort_by(|a, b| a.0.cmp(&b.0));
-        for (id, runs) in unlisted {
-            let mut check = compare::compare(&id, &HashMap::new(), &runs);
-            check.unlisted = true;
-            workflows.push(check);
         }
     }
     let stats = client.stats();
@@ -156,6 +161,14 @@ pub async fn verify(
         requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
+}
+
+/// Whether paging failed because the API does not know the workflow (404).
+fn unknown_workflow(error: &ExtractError) -> bool {
+    matches!(
+        error.api_error(),
+        Some(crate::api::ApiError::Status { status: 404, .. })
+    )
 }
 
 /// What the API serves, by workflow then run id, from the rows paging sends.

@@ -122,7 +122,7 @@ pub fn differences(w: &WorkflowCheck) -> String {
     );
     kind(quoted(&w.duplicates), "stored more than once");
     if w.unlisted {
-        parts.push("the API no longer lists this workflow".to_owned());
+        parts.push("the API no longer lists this workflow (`export --full --all-workflows` marks its runs once the API no longer knows it)".to_owned());
     }
     parts.join(", ")
 }

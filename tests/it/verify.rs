@@ -270,3 +270,145 @@ fn verify_of_a_folder_that_holds_no_dataset_is_a_usage_error() {
     );
     assert!(!missing.exists(), "verify created the folder");
 }
+
+#[test]
+fn a_workflow_deleted_upstream_is_found_by_verify_and_marked_by_a_full_export() {
+    let sim = sim(3, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let url = sim.url();
+    let all = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![
+            cmd,
+            "--base-url",
+            url.as_str(),
+            "--out",
+            out,
+            "--all-workflows",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    assert_ok(&all("export", &[]));
+    let gone = sim.ids()[1].clone();
+    sim.server.delete_workflow(1);
+
+    let differs = all("verify", &["--json"]);
+    assert_eq!(differs.status.code(), Some(9), "{}", stderr(&differs));
+    let doc: Value = serde_json::from_slice(&differs.stdout).unwrap();
+    let w = workflow(&doc, &gone);
+    assert_eq!(
+        (w["listed"].clone(), w["gone_upstream"].clone()),
+        (Value::Bool(false), Value::from(200))
+    );
+    assert_stderr_contains(
+        &differs,
+        &format!(
+            "error: workflow `{gone}` differs from the API: 200 runs stored but gone upstream"
+        ),
+    );
+
+    let full = all("export", &["--full"]);
+    assert_ok(&full);
+    assert!(
+        stdout(&full).contains(&format!(
+            "1 workflows stored earlier no longer exist upstream (not listed, 404): `{gone}`"
+        )),
+        "{}",
+        stdout(&full)
+    );
+    assert!(
+        stdout(&full).contains("deleted upstream: 200 stored runs"),
+        "{}",
+        stdout(&full)
+    );
+    let (_, runs) = read_table(dir.path(), "runs");
+    let marked: BTreeSet<&str> = runs
+        .iter()
+        .filter(|r| r["deleted_upstream_at"] != Cell::Null)
+        .map(|r| r["workflow_id"].text().unwrap())
+        .collect();
+    assert_eq!(marked, BTreeSet::from([gone.as_str()]));
+    assert_ok(&all("verify", &[]));
+}
+
+#[test]
+fn partitions_written_before_deleted_upstream_at_are_read_and_upgraded_by_a_full_export() {
+    let sim = sim(2, 300);
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export_all(&sim, dir.path(), &[]));
+    // The first partition as a version without the column wrote it.
+    let first = parquet_files(&dir.path().join("runs")).remove(0);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&first).unwrap(),
+    )
+    .unwrap();
+    let batches: Vec<_> = reader.build().unwrap().map(Result::unwrap).collect();
+    let keep: Vec<usize> = (0..batches[0].num_columns() - 1).collect();
+    let old_schema = std::sync::Arc::new(batches[0].schema().project(&keep).unwrap());
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&first).unwrap(),
+        old_schema,
+        None,
+    )
+    .unwrap();
+    for batch in &batches {
+        writer.write(&batch.project(&keep).unwrap()).unwrap();
+    }
+    writer.close().unwrap();
+    assert!(read_table(dir.path(), "runs").0.is_some());
+
+    // Read as it is, the column NULL there.
+    let report = run(&["report", "--data", dir.path().to_str().unwrap()]);
+    assert_ok(&report);
+    assert!(
+        stdout(&report).starts_with("report: 600 runs in "),
+        "{}",
+        stdout(&report)
+    );
+    assert_ok(&verify(&sim, dir.path(), &[]));
+    // A full export writes it in the current schema.
+    assert_ok(&export_all(&sim, dir.path(), &["--full"]));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&first).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        reader
+            .schema()
+            .field_with_name("deleted_upstream_at")
+            .is_ok()
+    );
+}
+
+#[test]
+fn runs_are_not_marked_deleted_when_records_came_without_a_readable_id() {
+    let good = |id: &str| serde_json::json!({"id": id, "status": "completed", "start_time": "2025-03-12T03:39:30Z", "end_time": "2025-03-12T03:39:36Z"});
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("fx", vec![good("a"), good("b"), good("c")])],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    // Upstream, `b` now comes back without its id (it could be any stored run).
+    sim.server.set_fixture_records(
+        "fx",
+        vec![
+            good("a"),
+            serde_json::json!({"status": "completed"}),
+            good("c"),
+        ],
+    );
+    let full = export(&sim, dir.path(), &["--workflow", "fx", "--full"]);
+    assert_ok(&full);
+    assert_stderr_contains(
+        &full,
+        "runs deleted upstream are not marked for this workflow",
+    );
+    let (_, runs) = read_table(dir.path(), "runs");
+    assert!(
+        runs.iter().all(|r| r["deleted_upstream_at"] == Cell::Null),
+        "{runs:?}"
+    );
+}

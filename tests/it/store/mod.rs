@@ -2,7 +2,8 @@
 //! (moto, from PyPI, in the venv `scripts/test` creates) on 127.0.0.1, read back through the
 //! S3 API with the Arrow reader, pyarrow and Polars; re-runs, the lock lease, kills in the
 //! middle of a commit, and the errors a user sees. Fenced writes (a writer whose lease lapsed
-//! with a request in flight, conditional uploads in parts and deletes) are in [`fence`].
+//! with a request in flight, conditional uploads in parts and deletes) are in [`fence`];
+//! `verify` of a dataset on S3 in [`verify`].
 
 mod fence;
 mod proxy;
