@@ -629,6 +629,27 @@ mod tests {
     }
 
     #[test]
+    fn a_workflows_file_of_a_million_ids_is_read_in_order_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("workflows.txt");
+        let mut text = String::from("# every workflow of the account\n");
+        for i in 0..1_000_000 {
+            text.push_str(&format!("wf-{i}\n"));
+        }
+        for i in (0..1_000_000).step_by(1000) {
+            text.push_str(&format!("wf-{i}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let mut i = inputs();
+        i.workflows = vec!["wf-999999".to_owned(), "first".to_owned()];
+        i.workflows_file = Some(path);
+        let ids = i.validate().unwrap().workflow_ids;
+        assert_eq!(ids.len(), 1_000_001);
+        assert_eq!(ids[..3], ["wf-999999", "first", "wf-0"]);
+        assert_eq!(ids.last().map(String::as_str), Some("wf-999998"));
+    }
+
+    #[test]
     fn key_file_wins_and_is_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");

@@ -13,6 +13,16 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// memory as it is used instead of up front. That cut peak RSS of a 200k-run export from 290 MB
 /// to 205 MB at no measurable CPU cost (BENCHMARKS.md); `MIMALLOC_ARENA_EAGER_COMMIT` in the
 /// environment still overrides it.
+#[cfg_attr(
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd"
+    )),
+    allow(dead_code)
+)]
 extern "C" fn tune_allocator() {
     if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
         // SAFETY: sets a plain integer option; valid at any time, also before mimalloc's init.
@@ -20,6 +30,15 @@ extern "C" fn tune_allocator() {
     }
 }
 
+/// ELF platforms run the functions in `.init_array` before `main`; elsewhere (macOS, Windows)
+/// the option keeps mimalloc's default.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd"
+))]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;

@@ -375,6 +375,10 @@ impl RunFields {
             None => return Err("`id` is missing".to_owned()),
             Some(Value::Null) => return Err("`id` is null".to_owned()),
             Some(Value::String(s)) if s.is_empty() => return Err("`id` is empty".to_owned()),
+            // URLs drop such segments: `…/runs/../steps` would be `…/steps`.
+            Some(Value::String(s)) if s == "." || s == ".." => {
+                return Err(format!("`id` is `{s}`, which cannot be a URL path segment"));
+            }
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => return Err(format!("`id` is a JSON {}", json_type(other))),

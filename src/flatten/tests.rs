@@ -254,6 +254,26 @@ fn records_that_cannot_be_runs_are_rejected_with_reasons() {
 }
 
 #[test]
+fn run_ids_that_urls_would_drop_are_rejected() {
+    let body = br#"[{"id": "."}, {"id": ".."}, {"id": "..."}, {"id": "a.b"}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    let reasons: Vec<(usize, &str)> = page
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (0, "`id` is `.`, which cannot be a URL path segment"),
+            (1, "`id` is `..`, which cannot be a URL path segment"),
+        ]
+    );
+    let kept: Vec<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(kept, ["...", "a.b"]);
+}
+
+#[test]
 fn page_errors_say_what_was_wrong() {
     let err = flatten_page(b"[{\"id\": 1},", ctx()).unwrap_err();
     assert!(matches!(err, PageError::Malformed { line: 1, .. }), "{err}");
