@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod simulate;
+pub mod terminal;
 pub mod verify;
 
 /// An error and its causes on one line, joined by `: ` (for per-item failure lines and logs).

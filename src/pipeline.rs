@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, DeletionMarks, Layout, Shard, Storage, Table,
-    WriteSummary, WriterOptions, write_jsonl, write_snapshot,
+    self, CommitSummary, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate,
+    Revisit, Shard, Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -219,6 +219,18 @@ pub async fn export(
         }
         reporter.on_start(work.len());
         let selected: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
+        // Where the runs fetched again (unfinished when stored) were stored: a start corrected
+        // to another day moves a run, and its older row must go.
+        let revisit = if config.full {
+            Revisit::All
+        } else {
+            Revisit::Dates(
+                work.iter()
+                    .flat_map(|(_, state)| state.iter().flat_map(|s| &s.unfinished))
+                    .map(|run| PartitionDate::from_micros(run.start_us()))
+                    .collect(),
+            )
+        };
 
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let writer = spawn_writer(
@@ -264,6 +276,7 @@ pub async fn export(
             config.extract.with_steps,
             layout,
             &marks,
+            &revisit,
         )?;
         let workflows_table_rows = match &workflow_list {
             Some(list) => {

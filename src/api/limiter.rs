@@ -115,14 +115,15 @@ impl RateLimiter {
     }
 
     /// A request started at `sent_at` got a 429: pause everyone for `retry_after` and, once per
-    /// pause, halve the rate.
-    pub fn throttled(&self, sent_at: Instant, retry_after: Option<Duration>) {
+    /// pause, halve the rate. Returns whether this 429 began a new pause (one sent before the
+    /// last cut belongs to that pause).
+    pub fn throttled(&self, sent_at: Instant, retry_after: Option<Duration>) -> bool {
         let now = Instant::now();
         let mut s = self.state();
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
         s.paused_until = s.paused_until.max(now + pause);
         if s.last_cut.is_some_and(|cut| sent_at < cut) {
-            return;
+            return false;
         }
         let sent = s
             .recent
@@ -135,6 +136,7 @@ impl RateLimiter {
         s.grown_at = s.paused_until;
         s.cuts += 1;
         tracing::info!(target: "api", rate = s.rate, ?pause, "rate limited by the API: slowing down");
+        true
     }
 
     /// Grows a cut rate back, after the pause.
@@ -197,9 +199,12 @@ mod tests {
         for _ in 0..40 {
             assert_eq!(limiter.try_start(t0), Ok(()));
         }
-        for _ in 0..40 {
-            limiter.throttled(t0, Some(Duration::from_secs(2)));
-        }
+        let began: Vec<bool> = (0..40)
+            .map(|_| limiter.throttled(t0, Some(Duration::from_secs(2))))
+            .collect();
+        // Only the first began a pause: the retry budget counts that one.
+        assert_eq!(began.iter().filter(|b| **b).count(), 1);
+        assert!(began[0]);
         let (rate, cuts) = limiter.current();
         assert_eq!(cuts, 1);
         assert_eq!(rate, Some(20.0));

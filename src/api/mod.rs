@@ -33,7 +33,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 /// Retries any export may make, whatever its size.
 pub const RETRY_BUDGET_RESERVE: u64 = 100;
-/// Further retries allowed per first attempt (429s do not count: the rate limiter owns them).
+/// Further retries allowed per first attempt (a 429 counts once per pause it begins).
 pub const RETRY_BUDGET_RATIO: f64 = 0.2;
 /// How much of an error response body is quoted in messages.
 const ERROR_BODY_SNIPPET: usize = 200;
@@ -216,6 +216,8 @@ pub struct ClientStats {
     pub bytes: AtomicU64,
     /// Answers that were 429 Too Many Requests.
     pub throttled: AtomicU64,
+    /// Of the retries, those of 429s within a pause another began: outside the retry budget.
+    pub paused_retries: AtomicU64,
 }
 
 /// Called before each retry wait, for progress reporting.
@@ -313,14 +315,17 @@ impl ApiClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(url, &shown).await {
+            let (error, retry_after, in_pause) = match self.attempt(url, &shown).await {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Final(error)) => return Err(error),
-                Err(Attempt::Transient { error, retry_after }) => (error, retry_after),
+                Err(Attempt::Transient {
+                    error,
+                    retry_after,
+                    in_pause,
+                }) => (error, retry_after, in_pause),
             };
-            let throttled = matches!(error, TransientError::Status { status: 429, .. });
             let cause = error.describe();
-            match self.may_retry(attempt, throttled) {
+            match self.may_retry(attempt, in_pause) {
                 Ok(()) => {}
                 Err(None) => return Err(error.into_api_error(shown, attempt, started.elapsed())),
                 Err(Some(retries)) => {
@@ -339,12 +344,20 @@ impl ApiClient {
 
     /// Whether attempt number `attempt` (1-based) may be followed by another: `Err(None)` when
     /// the per-request limit is reached, `Err(Some(retries))` when the export's retry budget is
-    /// spent. A granted retry is counted.
-    pub fn may_retry(&self, attempt: u32, throttled: bool) -> Result<(), Option<u64>> {
+    /// spent. A granted retry is counted. `in_pause`: a 429 within a pause that another 429
+    /// began, whose retry that one counted (a pause costs the budget once, not once per request
+    /// it held up).
+    pub fn may_retry(&self, attempt: u32, in_pause: bool) -> Result<(), Option<u64>> {
         if attempt > self.options.retry.max_retries {
             return Err(None);
         }
+        if in_pause {
+            self.stats.paused_retries.fetch_add(1, Ordering::Relaxed);
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let requests = self.stats.requests.load(Ordering::Relaxed);
+        let paused = self.stats.paused_retries.load(Ordering::Relaxed);
         let budget = |retries: u64| {
             let firsts = requests.saturating_sub(retries);
             RETRY_BUDGET_RESERVE + (firsts as f64 * RETRY_BUDGET_RATIO) as u64
@@ -353,9 +366,12 @@ impl ApiClient {
             self.stats
                 .retries
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |retries| {
-                    (throttled || retries < budget(retries)).then_some(retries + 1)
+                    let counted = retries.saturating_sub(paused);
+                    (counted < budget(retries)).then_some(retries + 1)
                 });
-        granted.map(|_| ()).map_err(Some)
+        granted
+            .map(|_| ())
+            .map_err(|retries| Some(retries.saturating_sub(paused)))
     }
 
     /// Reports and sleeps the backoff before retry number `attempt`.
@@ -400,6 +416,7 @@ impl ApiClient {
                     Attempt::Transient {
                         error: TransientError::Transport(e),
                         retry_after: None,
+                        in_pause: false,
                     }
                 }
             })?;
@@ -416,9 +433,10 @@ impl ApiClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+            let mut in_pause = false;
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                self.limiter.throttled(sent_at, retry_after);
+                in_pause = !self.limiter.throttled(sent_at, retry_after);
             }
             let body = read_limited(response, ERROR_BODY_SNIPPET as u64 * 4)
                 .await
@@ -429,7 +447,11 @@ impl ApiClient {
                 body,
             };
             return Err(if is_transient_status(status.as_u16()) {
-                Attempt::Transient { error, retry_after }
+                Attempt::Transient {
+                    error,
+                    retry_after,
+                    in_pause,
+                }
             } else {
                 Attempt::Final(error.into_api_error(shown.to_owned(), 1, Duration::ZERO))
             });
@@ -455,6 +477,7 @@ impl ApiClient {
             Err(e) => Err(Attempt::Transient {
                 error: TransientError::Transport(e),
                 retry_after: None,
+                in_pause: false,
             }),
         }
     }
@@ -480,6 +503,9 @@ enum Attempt {
     Transient {
         error: TransientError,
         retry_after: Option<Duration>,
+        /// A 429 sent before the pause another 429 began: its retry is that pause's, counted
+        /// once.
+        in_pause: bool,
     },
 }
 
@@ -688,6 +714,25 @@ mod tests {
             max_rps: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn retries_held_up_by_one_pause_cost_the_budget_once() {
+        let c = client("https://h.example/api/v1/workflow/");
+        // No first attempts made: the budget is its reserve.
+        for _ in 0..1000 {
+            assert_eq!(c.may_retry(1, true), Ok(()), "a 429 within a pause");
+        }
+        // ... and they leave the budget whole for other failures (a 429 that began a pause
+        // is one of those).
+        let granted = (0..200).filter(|_| c.may_retry(1, false).is_ok()).count();
+        assert_eq!(granted as u64, RETRY_BUDGET_RESERVE);
+        assert_eq!(c.may_retry(1, false), Err(Some(RETRY_BUDGET_RESERVE)));
+        assert_eq!(
+            c.may_retry(99, true),
+            Err(None),
+            "the per-request limit holds"
+        );
     }
 
     #[test]

@@ -70,8 +70,10 @@ impl Reporter for BarReporter {
     fn on_workflow_done(&self, outcome: &WorkflowOutcome) {
         self.workflows.inc(1);
         if outcome.error.is_some() {
-            self.workflows
-                .set_message(format!("last failure: {}", outcome.workflow_id));
+            self.workflows.set_message(format!(
+                "last failure: {}",
+                crate::terminal::safe(&outcome.workflow_id)
+            ));
         }
     }
 

@@ -11,7 +11,8 @@ mod summary;
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let text = format!($($arg)*);
+        let _ = writeln!(std::io::stdout(), "{}", $crate::terminal::safe(&text));
     }};
 }
 
@@ -19,7 +20,17 @@ macro_rules! say {
 macro_rules! say_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
+        let text = format!($($arg)*);
+        let _ = write!(std::io::stdout(), "{}", $crate::terminal::safe(&text));
+    }};
+}
+
+/// `eprintln!` with control characters escaped ([`crate::terminal::safe`]): error lines carry
+/// workflow ids, paths and API messages.
+macro_rules! shout {
+    ($($arg:tt)*) => {{
+        let text = format!($($arg)*);
+        eprintln!("{}", $crate::terminal::safe(&text));
     }};
 }
 
@@ -61,6 +72,10 @@ pub struct Cli {
     /// Show no progress bars even on a terminal.
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Create files readable by other users (0644, folders 0755, before the umask) instead of
+    /// by their owner only (0600 and 0700): for a dataset that other accounts read in place.
+    #[arg(long, global = true, env = "ORCHESTRA_EXPORT_SHARED_FILES")]
+    shared_files: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -163,6 +178,10 @@ struct ExportArgs {
     /// Also fetch each run's steps (one request per run) into the `steps` table.
     #[arg(long)]
     with_steps: bool,
+    /// Stop fetching after this long (`90s`, `30m`, `1h`) and commit what was fetched by then;
+    /// workflows not finished are reported as failed (exit 1) and fetched again next time.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    deadline: Option<Duration>,
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     unfinished_horizon: Option<Duration>,
@@ -316,6 +335,7 @@ pub fn run() -> i32 {
         }
     };
     init_logging(cli.log_format, cli.verbose);
+    crate::dataset::share_files(cli.shared_files);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -348,10 +368,11 @@ fn init_logging(format: LogFormat, verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal());
+        .with_writer(move || crate::terminal::SafeWriter::new(std::io::stderr(), ansi))
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.compact().try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -465,7 +486,10 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         Err(e) => return usage_error(&e),
     };
     let out = config.out.clone();
-    finish_export(export_until_signalled(config, bars).await, &out)
+    finish_export(
+        export_until_signalled(config, bars, args.deadline).await,
+        &out,
+    )
 }
 
 /// Runs an export; the first SIGINT/SIGTERM stops fetching and commits what was fetched, a
@@ -473,14 +497,27 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
 async fn export_until_signalled(
     config: ExportConfig,
     bars: bool,
+    deadline: Option<Duration>,
 ) -> Result<ExportSummary, ExportError> {
     let stopper = Stopper::default();
     let watcher = stop_on_signals(
         &stopper,
         "interrupted: committing what was fetched (interrupt again to quit at once)",
     );
+    // The deadline stops fetching as an interrupt does, for its own reason.
+    let timer = deadline.map(|after| {
+        let stopper = stopper.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::warn!(target: "extract", "the deadline was reached: committing what was fetched");
+            stopper.stop(StopReason::Deadline);
+        })
+    });
     let result = pipeline::export(config, reporter(bars), stopper).await;
     watcher.abort();
+    if let Some(timer) = timer {
+        timer.abort();
+    }
     result
 }
 
@@ -490,7 +527,7 @@ fn stop_on_signals(stopper: &Stopper, message: &'static str) -> tokio::task::Joi
     let stopper = stopper.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!("{message}");
+        shout!("{message}");
         stopper.stop(StopReason::Interrupted);
         shutdown_signal().await;
         std::process::exit(exit::INTERRUPTED);
@@ -518,7 +555,7 @@ fn finish_export(result: Result<ExportSummary, ExportError>, out: &std::path::Pa
         Ok(summary) => {
             for failed in summary.failed() {
                 let error = failed.error.as_ref().expect("failed() yields errors");
-                eprintln!(
+                shout!(
                     "error: workflow `{}` failed: {}",
                     failed.workflow_id,
                     crate::error_chain(error)
@@ -547,9 +584,9 @@ fn report_failure(e: &dyn std::error::Error, code: i32, hint: Option<&str>) {
     ]
     .contains(&code)
     {
-        eprintln!("error: {}", crate::error_chain(e));
+        shout!("error: {}", crate::error_chain(e));
         if let Some(hint) = hint {
-            eprintln!("hint: {hint}");
+            shout!("hint: {hint}");
         }
     } else {
         report_error(e, hint);
@@ -650,14 +687,14 @@ fn exit_code(summary: &ExportSummary) -> i32 {
         .iter()
         .any(|e| matches!(e, ApiError::Unauthorized { .. }))
     {
-        eprintln!("hint: {AUTH_HINT}");
+        shout!("hint: {AUTH_HINT}");
         return exit::AUTH;
     }
     if summary.runs() == 0
         && api_errors.len() == errors.len()
         && let Some((code, hint)) = unreachable(&api_errors)
     {
-        eprintln!("hint: {hint}");
+        shout!("hint: {hint}");
         return code;
     }
     exit::PARTIAL_FAILURE
@@ -666,26 +703,26 @@ fn exit_code(summary: &ExportSummary) -> i32 {
 /// Prints a bad command line, config or input file as one `error: …` line (causes joined by
 /// `: `) naming the flag, key or file, and returns [`exit::USAGE`].
 fn usage_error(error: &dyn std::error::Error) -> i32 {
-    eprintln!("error: {}", crate::error_chain(error));
+    shout!("error: {}", crate::error_chain(error));
     exit::USAGE
 }
 
 /// Prints `error: …`, a `caused by: …` line per cause, and an optional `hint: …`.
 pub fn report_error(error: &dyn std::error::Error, hint: Option<&str>) {
-    eprintln!("error: {error}");
+    shout!("error: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        shout!("  caused by: {cause}");
         source = cause.source();
     }
     if let Some(hint) = hint {
-        eprintln!("hint: {hint}");
+        shout!("hint: {hint}");
     }
 }
 
 async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
     if Location::is_url(&args.out) {
-        eprintln!(
+        shout!(
             "error: `demo` writes to a local folder, not to `{}`; `export --out URL` writes to object storage",
             crate::dataset::shown_url(&args.out.to_string_lossy())
         );
@@ -729,7 +766,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         }
     };
     let out = config.out.clone();
-    let code = finish_export(export_until_signalled(config, bars).await, &out);
+    let code = finish_export(export_until_signalled(config, bars, None).await, &out);
     if code == exit::SUCCESS {
         let code = write_report(&ReportOptions {
             data: out.clone(),
@@ -753,7 +790,7 @@ fn run_report(args: ReportArgs) -> i32 {
     if let (Some(since), Some(until)) = (args.since, args.until)
         && since > until
     {
-        eprintln!("error: `--since` {since} is after `--until` {until}");
+        shout!("error: `--since` {since} is after `--until` {until}");
         return exit::USAGE;
     }
     // An object store dataset is downloaded to a temporary folder first (removed on return).
@@ -786,7 +823,7 @@ fn run_report(args: ReportArgs) -> i32 {
 fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile::TempDir, i32> {
     let shown = crate::dataset::shown_url(&data.to_string_lossy());
     if !has_out {
-        eprintln!(
+        shout!(
             "error: `--data {shown}` is in an object store: pass `--out DIR`, the local folder for the reports"
         );
         return Err(exit::USAGE);
@@ -800,8 +837,8 @@ fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile
     })?;
     match dataset::download(data, dir.path()) {
         Ok(_) if !dir.path().join("runs").exists() => {
-            eprintln!("error: no `runs` table in `{shown}`: is it an orchestra-export dataset?");
-            eprintln!("hint: pass `--data URL`, the `--out` of an export");
+            shout!("error: no `runs` table in `{shown}`: is it an orchestra-export dataset?");
+            shout!("hint: pass `--data URL`, the `--out` of an export");
             Err(exit::USAGE)
         }
         Ok(files) => {
@@ -809,9 +846,9 @@ fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile
             Ok(dir)
         }
         Err(e) => {
-            eprintln!("error: {}", crate::error_chain(&e));
+            shout!("error: {}", crate::error_chain(&e));
             if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
+                shout!("hint: {hint}");
             }
             Err(exit::OUTPUT)
         }
@@ -899,7 +936,7 @@ async fn run_simulate(args: SimulateArgs) -> i32 {
     let server = match SimServer::start(sim_config, args.listen).await {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+            shout!("error: cannot listen on `{}`: {e}", args.listen);
             return exit::USAGE;
         }
     };

@@ -51,14 +51,14 @@ fn finish(v: &Verification, shown: &str, json: bool) -> i32 {
         say_raw!("{}", render::table(v, shown));
     }
     for w in v.differing() {
-        eprintln!(
+        shout!(
             "error: workflow `{}` differs from the API: {}",
             w.workflow_id,
             render::differences(w)
         );
     }
     for (id, error) in &v.failures {
-        eprintln!(
+        shout!(
             "error: workflow `{id}` could not be verified: {}",
             crate::error_chain(error)
         );
@@ -67,7 +67,7 @@ fn finish(v: &Verification, shown: &str, json: bool) -> i32 {
         return failures_code(&v.failures);
     }
     if v.differing().next().is_some() {
-        eprintln!("hint: {DIFFERS_HINT}");
+        shout!("hint: {DIFFERS_HINT}");
         return exit::DIFFERS;
     }
     exit::SUCCESS
@@ -91,13 +91,13 @@ fn failures_code(failures: &[(String, ExtractError)]) -> i32 {
         .iter()
         .any(|e| matches!(e, crate::api::ApiError::Unauthorized { .. }))
     {
-        eprintln!("hint: {AUTH_HINT}");
+        shout!("hint: {AUTH_HINT}");
         return exit::AUTH;
     }
     if api_errors.len() == failures.len()
         && let Some((code, hint)) = unreachable(&api_errors)
     {
-        eprintln!("hint: {hint}");
+        shout!("hint: {hint}");
         return code;
     }
     exit::PARTIAL_FAILURE

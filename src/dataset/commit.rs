@@ -6,12 +6,15 @@
 //! writing its merged content to a hidden temp file and renaming it over that file: readers see
 //! the old rows or the new ones, never both, at every instant — also when the process is killed.
 //! Rows are keyed by (`workflow_id`, `run_id`); a run in the export replaces the stored run and
-//! all its child rows (`node_outputs`, `run_inputs`). Within a date, child tables are committed
-//! before `runs`. A `--full` export also visits every partition of `runs` to mark the stored
-//! runs the API no longer has ([`DeletionMarks`]); a partition in which nothing changes is left
-//! as it is.
+//! all its child rows (`node_outputs`, `run_inputs`) in every partition it is found in: its own
+//! day, the undated partition, and the days where runs fetched again were stored before (a start
+//! corrected to another day moves a run; [`Revisit`]). Within a date, child tables are committed
+//! before `runs`; partitions that receive rows before those that only lose some. A `--full`
+//! export visits every partition of `runs`, to remove rows of runs staged under another day and
+//! to mark the stored runs the API no longer has ([`DeletionMarks`]); a partition in which
+//! nothing changes is left as it is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -46,6 +49,16 @@ impl RunKeys {
         self.0
             .get(workflow_id)
             .is_some_and(|runs| runs.contains(run_id))
+    }
+
+    /// Whether any key is in both sets.
+    pub fn intersects(&self, other: &RunKeys) -> bool {
+        self.0.iter().any(|(workflow, runs)| {
+            other
+                .0
+                .get(workflow)
+                .is_some_and(|theirs| runs.iter().any(|r| theirs.contains(r)))
+        })
     }
 
     /// Adds every key of `other`.
@@ -144,6 +157,7 @@ pub fn commit(
     steps_fetched: bool,
     layout: Layout,
     marks: &DeletionMarks,
+    revisit: &Revisit,
 ) -> Result<CommitSummary, DatasetError> {
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
@@ -156,38 +170,37 @@ pub fn commit(
                 .push(file.path.clone());
         }
     }
-    let undated = PartitionDate(None);
-    let waiting = stored_keys(storage, undated, layout)?;
-    let mut started = RunKeys::default();
-    if !waiting.is_empty() {
-        for (date, tables) in by_partition.iter().filter(|(d, _)| **d != undated) {
-            let _ = date;
-            for path in tables
-                .get(&Table::Runs)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                for_each_key(storage, path, |w, r| {
-                    if waiting.contains(w, r) {
-                        started.insert(w, r);
-                    }
-                })?;
-            }
-        }
-        if !started.is_empty() {
-            by_partition.entry(undated).or_default();
-        }
+    // Every stored row of a run staged now is obsolete, in whichever partition it is: the run
+    // may have moved (a start first missing, or corrected to another day).
+    let mut replace = RunKeys::default();
+    for tables in by_partition.values() {
+        let runs = tables.get(&Table::Runs).map(Vec::as_slice);
+        replace.extend(&staged_keys(storage, runs.unwrap_or_default())?);
     }
     // Partitions visited only to mark runs deleted upstream: their other tables do not change.
     let mut only_marks: HashSet<PartitionDate> = HashSet::new();
-    if !marks.is_empty() {
+    let everywhere = !marks.is_empty() || matches!(revisit, Revisit::All);
+    let mut candidates: BTreeSet<PartitionDate> = match revisit {
+        Revisit::Dates(dates) => dates.clone(),
+        Revisit::All => BTreeSet::new(),
+    };
+    candidates.insert(PartitionDate(None));
+    if everywhere {
         for dir in storage.list_dirs(Table::Runs.name())? {
-            if let Some(date) = PartitionDate::from_dir_name(&dir)
-                && !by_partition.contains_key(&date)
-            {
-                by_partition.insert(date, BTreeMap::new());
-                only_marks.insert(date);
-            }
+            candidates.extend(PartitionDate::from_dir_name(&dir));
+        }
+    }
+    for date in candidates {
+        if by_partition.contains_key(&date) {
+            continue;
+        }
+        let stored = stored_keys(storage, date, layout)?;
+        if stored.intersects(&replace) {
+            // An older row of a run staged elsewhere: rewritten without it, children too.
+            by_partition.insert(date, BTreeMap::new());
+        } else if !marks.is_empty() {
+            by_partition.insert(date, BTreeMap::new());
+            only_marks.insert(date);
         }
     }
     // Children first: a committed `runs` row always has its children committed.
@@ -217,16 +230,12 @@ pub fn commit(
         .map(|f| (f.path.as_str(), f.rows))
         .collect();
     let mut summary = CommitSummary::default();
-    // `BTreeMap` order puts the undated partition first.
-    for (date, tables) in by_partition {
-        let runs_staged = tables
-            .get(&Table::Runs)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut replace = staged_keys(storage, runs_staged)?;
-        if date == undated {
-            replace.extend(&started);
-        }
+    // Partitions that receive rows first, those that only lose some after: a commit that stops
+    // between them leaves a moved run twice for a moment (the next export removes it, as its
+    // state did not advance), never nowhere.
+    let (receiving, losing): (Vec<_>, Vec<_>) =
+        by_partition.into_iter().partition(|(_, t)| !t.is_empty());
+    for (date, tables) in receiving.into_iter().chain(losing) {
         for table in order.clone() {
             if only_marks.contains(&date) && table != Table::Runs {
                 continue;
@@ -260,6 +269,16 @@ pub fn commit(
         }
     }
     Ok(summary)
+}
+
+/// Partitions without staged rows that may hold older rows of the runs staged (the undated
+/// partition always may).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revisit {
+    /// These days: where runs fetched again were stored before.
+    Dates(BTreeSet<PartitionDate>),
+    /// Every partition (`--full`): a run found anywhere but in its current partition goes.
+    All,
 }
 
 /// Keys of the runs `layout` stored in one partition of `runs`.

@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use url::Url;
 
-pub use commit::{CommitSummary, PartitionCommit, RunKeys, batches, commit};
+pub use commit::{CommitSummary, PartitionCommit, Revisit, RunKeys, batches, commit};
 pub use marks::DeletionMarks;
 pub use object::{ObjectOptions, ObjectStorage, download_tables};
 pub use schema::{PartitionDate, Table};
 pub use shard::{Layout, Shard};
-pub use storage::{LocalStorage, StagedFile, Storage};
+pub use storage::{LocalStorage, StagedFile, Storage, share_files};
 pub use writer::{
     DatasetWriter, PARTITION_FILE, WriteSummary, WriterOptions, WrittenFile, write_jsonl,
     write_snapshot, writer_properties,
@@ -40,6 +40,12 @@ pub enum DatasetError {
         #[source]
         source: std::io::Error,
     },
+    /// A folder or file inside the dataset is a symbolic link (it could point anywhere).
+    #[error(
+        "`{}` is a symbolic link; folders and files inside a dataset must not be links (they could point outside it)",
+        path.display()
+    )]
+    Link { path: PathBuf },
     /// The export root exists and is not a folder.
     #[error("`{}` is not a directory", path.display())]
     NotADirectory { path: PathBuf },

@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -71,7 +71,7 @@ impl LocalStorage {
         if root.exists() && !root.is_dir() {
             return Err(DatasetError::NotADirectory { path: root });
         }
-        fs::create_dir_all(&root).map_err(|source| DatasetError::io("create", &root, source))?;
+        create_dir_durable(&root)?;
         Ok(Self { root })
     }
 
@@ -82,6 +82,25 @@ impl LocalStorage {
 
     fn full(&self, path: &str) -> PathBuf {
         self.root.join(path)
+    }
+
+    /// `path` (from the root) and the folders between it and the root, as far as they exist,
+    /// checked not to be symbolic links: a link planted in the dataset would have it write, or
+    /// remove, outside it. (The root itself may be a link.)
+    fn checked(&self, path: &str) -> Result<PathBuf, DatasetError> {
+        let mut at = self.root.clone();
+        for part in Path::new(path).components() {
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(DatasetError::Link { path: at });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(source) => return Err(DatasetError::io("inspect", &at, source)),
+            }
+        }
+        Ok(self.full(path))
     }
 
     /// Sorted names of the entries of folder `dir` of a kind `keep` accepts, hidden ones left
@@ -112,14 +131,58 @@ impl LocalStorage {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The name of the file a hidden temp file (`.{name}.{pid}-{seq}.tmp`) was to become.
+static SHARED_FILES: AtomicBool = AtomicBool::new(false);
+
+/// Files and folders created from now on are readable by other users (`0644`/`0755`, before the
+/// umask: `--shared-files`) instead of by their owner only (`0600`/`0700`, the default: the
+/// dataset holds run inputs and outputs, `_rejected/` raw records).
+pub fn share_files(shared: bool) {
+    SHARED_FILES.store(shared, Ordering::Relaxed);
+}
+
+/// The modes of new files and folders.
+fn modes() -> (u32, u32) {
+    if SHARED_FILES.load(Ordering::Relaxed) {
+        (0o644, 0o755)
+    } else {
+        (0o600, 0o700)
+    }
+}
+
+/// Opens a new file for writing: never an existing one, never through a link.
+fn create_file(path: &Path) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, modes().0);
+    options.open(path)
+}
+
+/// The name of the file a hidden temp file of ours (`.{name}.{pid}-{seq}.tmp`, both numbers
+/// decimal) was to become; `None` for any other name, which is never ours to remove.
 fn temp_target(temp: &str) -> Option<&str> {
-    let (name, _pid_seq) = temp
+    let (name, pid_seq) = temp
         .strip_prefix('.')?
         .strip_suffix(".tmp")?
         .rsplit_once('.')?;
-    (!name.is_empty()).then_some(name)
+    let (pid, seq) = pid_seq.split_once('-')?;
+    let decimal = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    (!name.is_empty() && decimal(pid) && decimal(seq)).then_some(name)
 }
+
+/// The folders an export writes under its root: the only ones start-up cleanup looks into
+/// (a root given by mistake, such as a home folder, keeps everything else).
+pub const DATASET_DIRS: [&str; 9] = [
+    "runs",
+    "node_outputs",
+    "run_inputs",
+    "steps",
+    "workflows",
+    "_state",
+    "_manifest",
+    "_rejected",
+    "_staging",
+];
 
 /// The lock file in the export root; see [`Storage::lock`].
 pub const LOCK_FILE: &str = "_lock";
@@ -135,7 +198,13 @@ fn create_dir_durable(dir: &Path) -> Result<(), DatasetError> {
             None => break,
         }
     }
-    fs::create_dir_all(dir).map_err(|source| DatasetError::io("create", dir, source))?;
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, modes().1);
+    builder
+        .create(dir)
+        .map_err(|source| DatasetError::io("create", dir, source))?;
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
@@ -153,14 +222,14 @@ fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
 
 impl Storage for LocalStorage {
     fn create(&self, path: &str) -> Result<Box<dyn StagedFile>, DatasetError> {
-        let target = self.full(path);
+        let target = self.checked(path)?;
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         create_dir_durable(&dir)?;
         let name = target.file_name().unwrap_or_default().to_string_lossy();
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{name}.{}-{seq}.tmp", std::process::id()));
         let file =
-            File::create(&temp).map_err(|source| DatasetError::io("create", &temp, source))?;
+            create_file(&temp).map_err(|source| DatasetError::io("create", &temp, source))?;
         Ok(Box::new(LocalStaged {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
             temp,
@@ -185,7 +254,7 @@ impl Storage for LocalStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
-        let (from, to) = (self.full(from), self.full(to));
+        let (from, to) = (self.checked(from)?, self.checked(to)?);
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
         create_dir_durable(&dir)?;
         fs::rename(&from, &to).map_err(|source| DatasetError::io("rename", &from, source))?;
@@ -193,8 +262,10 @@ impl Storage for LocalStorage {
     }
 
     fn remove(&self, path: &str) -> Result<(), DatasetError> {
-        let full = self.full(path);
-        fs::remove_file(&full).map_err(|source| DatasetError::io("remove", &full, source))
+        let full = self.checked(path)?;
+        fs::remove_file(&full).map_err(|source| DatasetError::io("remove", &full, source))?;
+        // The unlink is durable before the commit goes on (a crash must not bring it back).
+        sync_dir(full.parent().unwrap_or(&self.root))
     }
 
     fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError> {
@@ -225,11 +296,19 @@ impl Storage for LocalStorage {
                     "" => name.to_owned(),
                     _ => format!("{relative}/{name}"),
                 };
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((path, below(&name)));
-                } else if name.starts_with('.') && name.ends_with(".tmp") {
-                    // Judged by the file it was to become (by itself when that is unclear).
-                    if !owned(&below(temp_target(&name).unwrap_or(&name))) {
+                // `file_type` does not follow links: a link is never walked into nor removed.
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    if !relative.is_empty() || DATASET_DIRS.contains(&name.as_str()) {
+                        stack.push((path, below(&name)));
+                    }
+                } else if kind.is_file()
+                    && let Some(target) = temp_target(&name)
+                {
+                    // Judged by the file it was to become.
+                    if !owned(&below(target)) {
                         continue;
                     }
                     fs::remove_file(&path)
@@ -242,12 +321,16 @@ impl Storage for LocalStorage {
     }
 
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError> {
-        let path = self.root.join(name);
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let path = self.checked(name)?;
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Checked above, and refused here too should a link appear in between.
+            options.mode(modes().0).custom_flags(libc::O_NOFOLLOW);
+        }
+        let mut file = options
             .open(&path)
             .map_err(|source| DatasetError::io("open", &path, source))?;
         match file.try_lock() {
@@ -370,7 +453,7 @@ mod tests {
     fn abandoned_temp_files_are_removed_only_when_owned() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStorage::open(dir.path()).unwrap();
-        let part = dir.path().join("t/date=2025-01-01");
+        let part = dir.path().join("runs/date=2025-01-01");
         fs::create_dir_all(&part).unwrap();
         for name in [
             ".shard-00-of-02.parquet.11-0.tmp",
@@ -381,6 +464,10 @@ mod tests {
             fs::write(part.join(name), b"x").unwrap();
         }
         fs::write(dir.path().join(".x.json.13-4.tmp"), b"x").unwrap();
+        // Not ours: another program's temp file in a folder of ours, and a folder not ours.
+        fs::write(part.join(".cache.tmp"), b"x").unwrap();
+        fs::create_dir_all(dir.path().join("notes")).unwrap();
+        fs::write(dir.path().join("notes/.draft.txt.1-2.tmp"), b"x").unwrap();
         let seen = std::sync::Mutex::new(Vec::new());
         let owned = |path: &str| {
             seen.lock().unwrap().push(path.to_owned());
@@ -392,9 +479,8 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "t/date=2025-01-01/.odd.tmp",
-                "t/date=2025-01-01/shard-00-of-02.parquet",
-                "t/date=2025-01-01/shard-01-of-02.parquet",
+                "runs/date=2025-01-01/shard-00-of-02.parquet",
+                "runs/date=2025-01-01/shard-01-of-02.parquet",
                 "x.json"
             ]
         );
@@ -406,13 +492,79 @@ mod tests {
         assert_eq!(
             left,
             [
+                ".cache.tmp",
                 ".odd.tmp",
                 ".shard-00-of-02.parquet.11-0.tmp",
                 "shard-01-of-02.parquet"
             ]
         );
-        assert_eq!(store.remove_abandoned("t", &|_| true).unwrap(), 2);
+        assert_eq!(store.remove_abandoned("runs", &|_| true).unwrap(), 1);
         assert!(dir.path().join(".x.json.13-4.tmp").exists());
+        assert!(part.join(".cache.tmp").exists() && part.join(".odd.tmp").exists());
+        assert!(dir.path().join("notes/.draft.txt.1-2.tmp").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_and_folders_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path().join("out")).unwrap();
+        let mut file = store.create("runs/date=2025-01-01/part-0.parquet").unwrap();
+        file.write_all(b"x").unwrap();
+        file.commit().unwrap();
+        let _lock = store.lock(LOCK_FILE, "me").unwrap();
+        let mode = |p: &str| {
+            let path = dir.path().join("out").join(p);
+            fs::metadata(path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(""), 0o700);
+        assert_eq!(mode("runs"), 0o700);
+        assert_eq!(mode("runs/date=2025-01-01"), 0o700);
+        assert_eq!(mode("runs/date=2025-01-01/part-0.parquet"), 0o600);
+        assert_eq!(mode(LOCK_FILE), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_planted_in_the_dataset_are_refused_and_nothing_outside_changes() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("precious"), b"keep me").unwrap();
+        let root = dir.path().join("out");
+        let store = LocalStorage::open(&root).unwrap();
+        symlink(outside.join("precious"), root.join(LOCK_FILE)).unwrap();
+        symlink(&outside, root.join("_state")).unwrap();
+        fs::create_dir_all(root.join("runs")).unwrap();
+        symlink(&outside, root.join("runs/date=2025-01-01")).unwrap();
+
+        let link = |e: DatasetError| match e {
+            DatasetError::Link { path } => path.strip_prefix(&root).unwrap().to_owned(),
+            other => panic!("{other}"),
+        };
+        let err = store.lock(LOCK_FILE, "me").err().unwrap();
+        assert_eq!(link(err), Path::new(LOCK_FILE));
+        let err = store.create("_state/wf.json").err().unwrap();
+        assert_eq!(link(err), Path::new("_state"));
+        let err = store
+            .create("runs/date=2025-01-01/part-0.parquet")
+            .err()
+            .unwrap();
+        assert_eq!(link(err), Path::new("runs/date=2025-01-01"));
+        let err = store.remove("runs/date=2025-01-01/precious").unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        let err = store.rename("x", "_state/wf.json").unwrap_err();
+        assert!(matches!(err, DatasetError::Link { .. }), "{err}");
+
+        let mut names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["precious"]);
+        assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep me");
     }
 
     #[test]

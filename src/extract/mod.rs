@@ -193,6 +193,8 @@ pub enum StopReason {
     KeyRejected,
     /// SIGINT or SIGTERM.
     Interrupted,
+    /// `--deadline` passed.
+    Deadline,
 }
 
 impl std::fmt::Display for StopReason {
@@ -200,6 +202,7 @@ impl std::fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::KeyRejected => "the API key was rejected",
             StopReason::Interrupted => "interrupted",
+            StopReason::Deadline => "the `--deadline` was reached",
         })
     }
 }

@@ -331,6 +331,22 @@ fn drop_runs_removes_a_leading_run_a_middle_run_or_none() {
 }
 
 #[test]
+fn starts_in_implausible_years_open_no_partition_of_their_own() {
+    let body = br#"[{"id": "a", "start_time": "0001-01-01T00:00:00Z"},
+                    {"id": "b", "start_time": "9999-12-31T00:00:00Z"},
+                    {"id": "c", "start_time": "2025-01-01T00:00:00Z"}]"#;
+    let page = flatten_page(body, ctx()).unwrap();
+    let dates: Vec<String> = page.partitions.iter().map(|p| p.date.dir_name()).collect();
+    assert_eq!(
+        dates,
+        [format!("date={HIVE_DEFAULT}"), "date=2025-01-01".to_owned()]
+    );
+    assert_eq!(page.unreadable_fields, BTreeMap::from([("start_time", 2)]));
+    assert_eq!(page.rejected.len(), 2);
+    assert!(page.rejected.iter().all(|r| r.kept));
+}
+
+#[test]
 fn odd_numbers_and_timestamps_become_nulls_and_are_counted() {
     let body = br#"[{"id": "x", "start_time": "soon", "end_time": 5, "elapsed_time": "12.7"},
                     {"id": "y", "start_time": "2025-01-01T00:00:00Z", "elapsed_time": "n/a"}]"#;

@@ -28,11 +28,16 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
                     .map(|naive| naive.and_utc())
             })
         })?;
-    // Years outside 1–9999 are not timestamps any reader agrees on (and overflow arithmetic).
-    (1..=9999)
+    // A run started before 2000 or after 2099 is a broken value, not a run: stored as one it
+    // would open a partition of its own (3,000 such runs, 9,000 files).
+    PLAUSIBLE_YEARS
         .contains(&utc.year())
         .then(|| utc.timestamp_micros())
 }
+
+/// The years a timestamp is read in; others are unreadable values (stored as NULL, traced in
+/// `_rejected/`).
+pub const PLAUSIBLE_YEARS: std::ops::RangeInclusive<i32> = 2000..=2099;
 
 /// Formats microseconds since the epoch as RFC 3339 UTC with 6 fractional digits, as the API does.
 pub fn format_timestamp(micros: i64) -> String {
@@ -66,6 +71,15 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_timestamp(text), Some(want), "{text}");
         }
+        // The first and last instants read.
+        assert_eq!(
+            parse_timestamp("2000-01-01T00:00:00Z"),
+            Some(946_684_800_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2099-12-31T23:59:59.999999Z"),
+            Some(4_102_444_799_999_999)
+        );
     }
 
     #[test]
@@ -76,6 +90,10 @@ mod tests {
             "2025-13-12T00:00:00Z",
             "2025-03-12",
             "1741750770",
+            "0001-01-01T00:00:00Z",
+            "1999-12-31T23:59:59Z",
+            "2100-01-01T00:00:00Z",
+            "9999-12-31T00:00:00Z",
         ] {
             assert_eq!(parse_timestamp(text), None, "{text}");
         }

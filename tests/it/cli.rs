@@ -751,3 +751,50 @@ fn a_key_file_other_users_can_read_is_warned_about() {
         stderr(&out)
     );
 }
+
+#[test]
+fn control_characters_from_the_api_or_the_command_line_never_reach_the_terminal() {
+    use orchestra_export::simulate::RawFixture;
+    let evil = "wf-\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}";
+    // Listed by `GET /workflows`; its page is not an array, so it fails with its id in the
+    // log line and the error line.
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        raw_fixtures: vec![RawFixture {
+            id: evil.to_owned(),
+            body: b"{\"detail\": \"nope\"}".to_vec(),
+        }],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let listed = export(&sim, dir.path(), &["--all-workflows"]);
+    let given = export(&sim, dir.path(), &["--workflow", evil]);
+    for (what, out) in [("listed", &listed), ("given", &given)] {
+        assert_eq!(
+            out.status.code(),
+            Some(if what == "listed" { 1 } else { 2 })
+        );
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let raw = bytes
+                .iter()
+                .position(|b| matches!(b, 0x1b | 0x07 | 0x9b))
+                .or_else(|| String::from_utf8_lossy(bytes).find('\u{202e}'));
+            assert_eq!(
+                raw,
+                None,
+                "{what}, {stream}: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let err = stderr(out);
+        assert!(
+            err.contains(r"wf-\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}"),
+            "{what}: {err}"
+        );
+    }
+    assert!(
+        stderr(&listed).contains("error: workflow `wf-\\u{1b}"),
+        "{}",
+        stderr(&listed)
+    );
+}

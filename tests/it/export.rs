@@ -380,3 +380,58 @@ fn a_prerendered_simulator_serves_every_page_as_first_rendered() {
         }
     }
 }
+
+/// Modes (permission bits) of every file and folder under `root`, root left out.
+#[cfg(unix)]
+fn modes(root: &std::path::Path) -> BTreeSet<(bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            seen.insert((meta.is_dir(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    seen
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_private_to_their_owner_unless_shared_files_is_asked_for() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 30,
+        ..SimConfig::default()
+    });
+    let private = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, private.path(), &["--all-workflows"]));
+    assert_eq!(
+        modes(private.path()),
+        BTreeSet::from([(false, 0o600), (true, 0o700)])
+    );
+    assert!(private.path().join("_state").is_dir());
+    assert!(private.path().join("runs").is_dir());
+
+    // The umask still applies to shared files: this process's, which the export inherits.
+    // SAFETY: `umask` only swaps the process's file-mode mask; it is set back at once.
+    let mask = unsafe {
+        let mask = libc::umask(0o022);
+        libc::umask(mask);
+        mask
+    } as u32;
+    let shared = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        shared.path(),
+        &["--all-workflows", "--shared-files"],
+    ));
+    assert_eq!(
+        modes(shared.path()),
+        BTreeSet::from([(false, 0o644 & !mask), (true, 0o755 & !mask)])
+    );
+}

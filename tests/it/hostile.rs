@@ -464,3 +464,38 @@ fn a_full_disk_fails_with_exit_4_and_leaves_the_previous_dataset_intact() {
     assert!(changed.is_empty(), "changed or left behind: {changed:?}");
     assert_eq!(after.len(), previous.len());
 }
+
+#[test]
+fn a_deadline_commits_what_was_fetched_and_the_next_export_completes_it() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 1500,
+        latency: Duration::from_millis(30),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let slow = ["--page-size", "20", "--concurrency", "1"];
+    let started = std::time::Instant::now();
+    let out = export_all(
+        &sim,
+        dir.path(),
+        &[&slow[..], &["--deadline", "1s"]].concat(),
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the `--deadline` was reached"), "{err}");
+    assert!(took < Duration::from_secs(4), "stopped after {took:?}");
+    let stored: usize = stored_ids(dir.path()).values().map(|r| r.len()).sum();
+    assert!(
+        stored > 0 && stored < 3000,
+        "{stored} runs stored by the deadline"
+    );
+    assert_unique_keys(dir.path());
+    assert!(!dir.path().join("_SUCCESS").exists());
+
+    assert_ok(&export_all(&sim, dir.path(), &slow));
+    for id in sim.ids() {
+        assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
+    }
+}

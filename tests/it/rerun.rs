@@ -234,6 +234,126 @@ fn unfinished_runs_beyond_the_lookback_are_fetched_by_id_and_replaced() {
     );
 }
 
+/// A run queued before midnight whose start the API corrects to the next day once it ran.
+fn day_moving_runs(queued: bool) -> Vec<Value> {
+    let run = |id: &str, start: &str, end: Option<&str>, nodes: &[&str]| {
+        let outputs: serde_json::Map<String, Value> = nodes
+            .iter()
+            .map(|n| (n.to_string(), json!(format!("{n} of {id}"))))
+            .collect();
+        json!({"id": id, "status": if end.is_some() { "completed" } else { "running" },
+               "start_time": start, "end_time": end, "elapsed_time": end.map(|_| 60),
+               "error": null, "outputs": null, "all_outputs": outputs, "inputs": {"q": id}})
+    };
+    let moving = if queued {
+        run("q", "2025-03-11T23:59:00Z", None, &["a"])
+    } else {
+        run(
+            "q",
+            "2025-03-12T00:01:00Z",
+            Some("2025-03-12T00:02:00Z"),
+            &["a", "b"],
+        )
+    };
+    vec![
+        run(
+            "r2",
+            "2025-03-12T05:00:00Z",
+            Some("2025-03-12T05:01:00Z"),
+            &["a"],
+        ),
+        moving,
+        run(
+            "r1",
+            "2025-03-10T10:00:00Z",
+            Some("2025-03-10T10:01:00Z"),
+            &["a"],
+        ),
+    ]
+}
+
+/// The `date` partitions holding rows of run `q` in `table`.
+fn dates_of_q(out: &Path, table: &str) -> Vec<String> {
+    let (_, rows) = read_table(out, table);
+    let mut dates: Vec<String> = select(&rows, "run_id", "q")
+        .iter()
+        .map(|r| r["date"].text().unwrap().to_owned())
+        .collect();
+    dates.sort();
+    dates
+}
+
+#[test]
+fn a_run_whose_start_moves_to_another_day_is_stored_once() {
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("fx", day_moving_runs(true))],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    assert_eq!(dates_of_q(dir.path(), "runs"), ["2025-03-11"]);
+
+    let after = day_moving_runs(false);
+    sim.server.set_fixture_records("fx", after.clone());
+    let out = export(&sim, dir.path(), &["--workflow", "fx"]);
+    assert_ok(&out);
+    assert_eq!(dates_of_q(dir.path(), "runs"), ["2025-03-12"]);
+    assert_eq!(dates_of_q(dir.path(), "node_outputs"), ["2025-03-12"; 2]);
+    assert_eq!(dates_of_q(dir.path(), "run_inputs"), ["2025-03-12"]);
+    assert_dataset_matches(dir.path(), "fx", &after, 0);
+    assert_unique_keys(dir.path());
+    // `q` was all the old day held: its partitions are gone.
+    for table in ["runs", "node_outputs", "run_inputs"] {
+        let old = dir
+            .path()
+            .join(format!("{table}/date=2025-03-11/part-0.parquet"));
+        assert!(!old.exists(), "{table}");
+    }
+}
+
+#[test]
+fn a_full_export_removes_rows_of_runs_found_under_another_day() {
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("fx", day_moving_runs(false))],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    // Rows left under a day no run of the API has (by an older version of this tool, say):
+    // copies of 2025-03-12 (`q`, `r2`) under 2025-03-09.
+    for table in ["runs", "node_outputs", "run_inputs"] {
+        let planted = dir.path().join(format!("{table}/date=2025-03-09"));
+        std::fs::create_dir_all(&planted).unwrap();
+        let from = dir
+            .path()
+            .join(format!("{table}/date=2025-03-12/part-0.parquet"));
+        std::fs::copy(from, planted.join("part-0.parquet")).unwrap();
+    }
+    let planted_days = |out: &Path| {
+        let (_, rows) = read_table(out, "runs");
+        rows.iter()
+            .filter(|r| r["date"] == text("2025-03-09"))
+            .count()
+    };
+    // An incremental export cannot know of them.
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    assert_eq!(planted_days(dir.path()), 2);
+
+    let out = export(&sim, dir.path(), &["--workflow", "fx", "--full"]);
+    assert_ok(&out);
+    assert_eq!(planted_days(dir.path()), 0);
+    assert_eq!(dates_of_q(dir.path(), "runs"), ["2025-03-12"]);
+    assert_eq!(dates_of_q(dir.path(), "node_outputs"), ["2025-03-12"; 2]);
+    assert_dataset_matches(dir.path(), "fx", &day_moving_runs(false), 0);
+    assert_unique_keys(dir.path());
+    for table in ["runs", "node_outputs", "run_inputs"] {
+        let planted = dir.path().join(format!("{table}/date=2025-03-09"));
+        assert!(!planted.join("part-0.parquet").exists(), "{table}");
+    }
+}
+
 #[test]
 fn unfinished_runs_past_the_horizon_are_given_up_and_reported() {
     let old = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
