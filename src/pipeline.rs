@@ -15,7 +15,8 @@ use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
     self, CommitSummary, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate,
-    Revisit, Shard, Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
+    Revisit, Shard, StagedFile, Storage, Table, WriteSummary, WriterOptions, write_jsonl,
+    write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -477,6 +478,7 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
                 "unfinished_refreshed": w.stats.refreshed,
                 "unfinished_abandoned": w.stats.abandoned,
                 "unfinished_fetch_failed": w.stats.refresh_failed,
+                "unfinished_deferred": w.stats.refresh_deferred,
                 "cursor": w.new_state.as_ref().and_then(|st| st.cursor.clone()),
             })
         })
@@ -513,6 +515,19 @@ fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> ser
 
 type WriterResult = Result<(WriteSummary, u64), DatasetError>;
 
+/// One line of `_rejected/`.
+fn rejected_line(r: Rejected) -> String {
+    json!({
+        "workflow_id": r.workflow_id,
+        "offset": r.offset,
+        "index": r.index,
+        "reason": r.reason,
+        "kept": r.kept,
+        "record": r.record,
+    })
+    .to_string()
+}
+
 /// The writer runs on its own thread: Parquet encoding is CPU work that must not block the
 /// async runtime, and a single owner keeps the set of open files simple.
 fn spawn_writer(
@@ -525,36 +540,41 @@ fn spawn_writer(
         .name("dataset-writer".into())
         .spawn(move || {
             let mut writer = DatasetWriter::try_new(storage.clone(), options)?;
-            let mut rejected: Vec<Rejected> = Vec::new();
+            // `_rejected/` lines go to a staged file as they arrive: memory does not grow with
+            // bad data (every record of a format change, say).
+            let path = format!("_rejected/rejected-{export_id}.jsonl");
+            let mut rejected: Option<(Box<dyn StagedFile>, u64)> = None;
             while let Some(item) = rx.blocking_recv() {
                 match item {
                     SinkItem::Rows(rows) => writer.write(&rows)?,
-                    SinkItem::Rejected(list) => rejected.extend(list),
+                    SinkItem::Rejected(list) => {
+                        let (file, count) = match &mut rejected {
+                            Some(open) => open,
+                            None => rejected.insert((storage.create(&path)?, 0)),
+                        };
+                        for r in list {
+                            let line = rejected_line(r);
+                            file.write_all(line.as_bytes())
+                                .and_then(|()| file.write_all(b"\n"))
+                                .map_err(|e| {
+                                    DatasetError::io("write", std::path::Path::new(&path), e)
+                                })?;
+                            *count += 1;
+                        }
+                    }
                     SinkItem::Steps(date, batch) => {
                         writer.write_batch(Table::Steps, date, &batch)?
                     }
                 }
             }
             let summary = writer.close()?;
-            let count = rejected.len() as u64;
-            if !rejected.is_empty() {
-                let lines = rejected.into_iter().map(|r| {
-                    json!({
-                        "workflow_id": r.workflow_id,
-                        "offset": r.offset,
-                        "index": r.index,
-                        "reason": r.reason,
-                        "kept": r.kept,
-                        "record": r.record,
-                    })
-                    .to_string()
-                });
-                write_jsonl(
-                    storage.as_ref(),
-                    &format!("_rejected/rejected-{export_id}.jsonl"),
-                    lines,
-                )?;
-            }
+            let count = match rejected {
+                Some((file, count)) => {
+                    file.commit()?;
+                    count
+                }
+                None => 0,
+            };
             Ok((summary, count))
         })
         .expect("spawning a thread")

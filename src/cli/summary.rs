@@ -78,10 +78,18 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             aligned.len()
         );
     }
-    if refreshed + abandoned + vanished + failed > 0 {
+    let deferred = sum(|w| w.refresh_deferred);
+    if refreshed + abandoned + vanished + failed + deferred > 0 {
         let _ = writeln!(
             text,
             "  unfinished runs: {refreshed} fetched again, {failed} could not be fetched (kept for the next export), {abandoned} given up past the horizon, {vanished} no longer known to the API"
+        );
+    }
+    if deferred > 0 {
+        let _ = writeln!(
+            text,
+            "  unfinished runs: {deferred} left for the next export (at most {} fetched again a workflow per export)",
+            crate::extract::MAX_REFETCHES
         );
     }
     for table in Table::RUN_TABLES {

@@ -459,8 +459,8 @@ fn unchanged(
             path: path.clone(),
             source,
         };
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(storage.read(path)?).map_err(parquet_err)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(storage.read_parquet(path)?)
+            .map_err(parquet_err)?;
         if builder.schema().fields() != schema.fields() {
             return Ok(false);
         }
@@ -488,8 +488,8 @@ pub fn batches(
         path: path.to_owned(),
         source,
     };
-    let bytes = storage.read(path)?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
+    let source = storage.read_parquet(path)?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(parquet_err)?;
     if let Some(columns) = columns {
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
         builder = builder.with_projection(mask);

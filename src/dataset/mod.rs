@@ -60,6 +60,12 @@ pub enum DatasetError {
     /// This export's lock lease on object storage was lost; it stopped writing.
     #[error("lost the lock `{url}`: {reason}; stopped before changing more objects")]
     LockLost { url: String, reason: String },
+    /// The local lock file now names another export: the file lock did not hold.
+    #[error(
+        "the lock `{}` now names another export ({holder}); stopped before changing more files",
+        path.display()
+    )]
+    LockTaken { path: PathBuf, holder: String },
     /// The object store does not do conditional writes, which the lock needs.
     #[error(
         "`{url}` does not support conditional writes (`If-None-Match`/`If-Match`), which the lock that keeps two exports apart needs"
@@ -115,7 +121,10 @@ impl DatasetError {
 
     /// Whether another export holds, or took over, the dataset's lock.
     pub fn is_lock_conflict(&self) -> bool {
-        matches!(self, Self::Locked { .. } | Self::LockLost { .. })
+        matches!(
+            self,
+            Self::Locked { .. } | Self::LockLost { .. } | Self::LockTaken { .. }
+        )
     }
 
     /// What the user can do about it, when this error knows better than a generic hint.
@@ -132,6 +141,7 @@ impl DatasetError {
                 "wait for it to finish: the lock is released when that process exits".to_owned()
             }
             Self::LockLost { .. } => "this export was paused or cut off from the store for longer than its lease, and another may have taken the dataset over; run the export again: its state did not advance".to_owned(),
+            Self::LockTaken { .. } => "the file lock does not hold on this volume: on NFS, mount without `nolock` and without `local_lock=flock` or `local_lock=all` (NFSv4, or NFSv3 with a working lock manager), and never run two exports into one folder from hosts whose mounts differ; run the export again: its state did not advance".to_owned(),
             Self::NoConditionalWrites { .. } => "use a store with conditional writes (AWS S3, MinIO, Cloudflare R2, Google Cloud Storage, Azure Blob), and leave `AWS_CONDITIONAL_PUT` unset".to_owned(),
             Self::BadUrl { .. } => "`--out` takes a folder, `file:///abs/path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`".to_owned(),
             Self::Store { url, source, .. } => source.hint(url),

@@ -10,6 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -30,6 +31,11 @@ pub trait Storage: Send + Sync {
     fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DatasetError>;
     /// The whole content of a committed file.
     fn read(&self, path: &str) -> Result<Bytes, DatasetError>;
+    /// A committed Parquet file to read row group by row group: on a local disk the open file
+    /// (memory does not grow with the file), elsewhere its whole content.
+    fn read_parquet(&self, path: &str) -> Result<ParquetSource, DatasetError> {
+        self.read(path).map(ParquetSource::Bytes)
+    }
     /// Moves a committed file to `to`, atomically replacing any file there, durably.
     fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError>;
     /// Removes a committed file.
@@ -58,10 +64,124 @@ pub trait StagedFile: Write + Send {
     fn commit(self: Box<Self>) -> Result<u64, DatasetError>;
 }
 
+/// Fetches `length` bytes from `start` of a stored file (a ranged GET).
+pub type FetchRange = Arc<dyn Fn(u64, usize) -> Result<Bytes, String> + Send + Sync>;
+
+/// A Parquet file being read: an open local file, ranges fetched as they are needed, or bytes
+/// in memory.
+pub enum ParquetSource {
+    /// Read as it is needed.
+    File(File),
+    /// A file of `len` bytes fetched range by range (object storage).
+    Ranges { len: u64, fetch: FetchRange },
+    /// The whole file.
+    Bytes(Bytes),
+}
+
+/// Bytes fetched at a time by a reader of [`ParquetSource::Ranges`].
+const RANGE_BYTES: u64 = 8 * 1024 * 1024;
+
+impl parquet::file::reader::Length for ParquetSource {
+    fn len(&self) -> u64 {
+        match self {
+            Self::File(file) => file.len(),
+            Self::Ranges { len, .. } => *len,
+            Self::Bytes(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
+impl parquet::file::reader::ChunkReader for ParquetSource {
+    type T = Box<dyn io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Self::File(file) => Box::new(file.get_read(start)?),
+            Self::Ranges { len, fetch } => Box::new(RangeReader {
+                fetch: fetch.clone(),
+                at: start,
+                end: *len,
+                buffer: Bytes::new(),
+            }),
+            Self::Bytes(bytes) => Box::new(bytes.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Self::File(file) => file.get_bytes(start, length),
+            Self::Ranges { fetch, .. } => {
+                fetch(start, length).map_err(parquet::errors::ParquetError::General)
+            }
+            Self::Bytes(bytes) => bytes.get_bytes(start, length),
+        }
+    }
+}
+
+/// Reads a [`ParquetSource::Ranges`] from `at` to its end, [`RANGE_BYTES`] per request.
+struct RangeReader {
+    fetch: FetchRange,
+    at: u64,
+    end: u64,
+    buffer: Bytes,
+}
+
+impl io::Read for RangeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.buffer.is_empty() && self.at < self.end {
+            let length = RANGE_BYTES.min(self.end - self.at) as usize;
+            self.buffer = (self.fetch)(self.at, length).map_err(io::Error::other)?;
+            self.at += self.buffer.len() as u64;
+        }
+        let n = out.len().min(self.buffer.len());
+        out[..n].copy_from_slice(&self.buffer.split_to(n));
+        Ok(n)
+    }
+}
+
 /// A folder on the local file system.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// The lock files this process holds and what it wrote into each (a token of its own):
+    /// checked before every visible change, so that a lock the volume did not honour (NFS
+    /// with `nolock`, a lost NFSv4 lease) stops the export instead of two writing at once.
+    held: Arc<Mutex<Vec<(PathBuf, String)>>>,
+}
+
+/// Fails when a lock file this process holds no longer holds what it wrote.
+fn check_held(held: &Mutex<Vec<(PathBuf, String)>>) -> Result<(), DatasetError> {
+    let held = held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (path, ours) in held.iter() {
+        let now = fs::read_to_string(path).unwrap_or_default();
+        if now != *ours {
+            let holder = now.lines().next().unwrap_or("nobody").to_owned();
+            return Err(DatasetError::LockTaken {
+                path: path.clone(),
+                holder,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A held local lock: the open file (whose kernel lock dies with it) and its entry in `held`.
+struct LocalLock {
+    _file: File,
+    path: PathBuf,
+    held: Arc<Mutex<Vec<(PathBuf, String)>>>,
+}
+
+impl Drop for LocalLock {
+    fn drop(&mut self) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.retain(|(path, _)| *path != self.path);
+    }
 }
 
 impl LocalStorage {
@@ -72,7 +192,10 @@ impl LocalStorage {
             return Err(DatasetError::NotADirectory { path: root });
         }
         create_dir_durable(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            held: Arc::default(),
+        })
     }
 
     /// The export root.
@@ -235,6 +358,7 @@ impl Storage for LocalStorage {
             temp,
             target,
             dir,
+            held: self.held.clone(),
         }))
     }
 
@@ -253,8 +377,16 @@ impl Storage for LocalStorage {
             .map_err(|source| DatasetError::io("read", &full, source))
     }
 
+    fn read_parquet(&self, path: &str) -> Result<ParquetSource, DatasetError> {
+        let full = self.checked(path)?;
+        File::open(&full)
+            .map(ParquetSource::File)
+            .map_err(|source| DatasetError::io("read", &full, source))
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<(), DatasetError> {
         let (from, to) = (self.checked(from)?, self.checked(to)?);
+        check_held(&self.held)?;
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
         create_dir_durable(&dir)?;
         fs::rename(&from, &to).map_err(|source| DatasetError::io("rename", &from, source))?;
@@ -263,6 +395,7 @@ impl Storage for LocalStorage {
 
     fn remove(&self, path: &str) -> Result<(), DatasetError> {
         let full = self.checked(path)?;
+        check_held(&self.held)?;
         fs::remove_file(&full).map_err(|source| DatasetError::io("remove", &full, source))?;
         // The unlink is durable before the commit goes on (a crash must not bring it back).
         sync_dir(full.parent().unwrap_or(&self.root))
@@ -340,7 +473,7 @@ impl Storage for LocalStorage {
                 let _ = io::Read::read_to_string(&mut file, &mut text);
                 return Err(DatasetError::Locked {
                     path,
-                    holder: text.trim().to_owned(),
+                    holder: text.lines().next().unwrap_or_default().trim().to_owned(),
                     lease_until: None,
                 });
             }
@@ -349,12 +482,23 @@ impl Storage for LocalStorage {
             }
         }
         // The lock is the kernel's (released when the process dies, so never stale); the
-        // content only tells others who holds it.
+        // content tells others who holds it, and its token tells this process that nobody
+        // else took it (where the volume does not honour the kernel's lock).
+        let content = format!("{holder}\ntoken {:032x}\n", rand::random::<u128>());
         file.set_len(0)
             .and_then(|()| io::Seek::seek(&mut file, io::SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(holder.as_bytes()))
+            .and_then(|_| file.write_all(content.as_bytes()))
+            .and_then(|()| file.sync_all())
             .map_err(|source| DatasetError::io("write", &path, source))?;
-        Ok(Box::new(file))
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((path.clone(), content));
+        Ok(Box::new(LocalLock {
+            _file: file,
+            path,
+            held: self.held.clone(),
+        }))
     }
 
     fn display(&self, path: &str) -> String {
@@ -367,6 +511,7 @@ struct LocalStaged {
     temp: PathBuf,
     target: PathBuf,
     dir: PathBuf,
+    held: Arc<Mutex<Vec<(PathBuf, String)>>>,
 }
 
 impl Write for LocalStaged {
@@ -409,6 +554,7 @@ impl LocalStaged {
             .map_err(|source| DatasetError::io("stat", &self.temp, source))?
             .len();
         drop(file);
+        check_held(&self.held)?;
         fs::rename(&self.temp, &self.target)
             .map_err(|source| DatasetError::io("rename", &self.target, source))?;
         sync_dir(&self.dir)?;
@@ -426,153 +572,4 @@ impl Drop for LocalStaged {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staged_file_is_invisible_until_commit_and_gone_if_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStorage::open(dir.path()).unwrap();
-        let mut staged = store.create("t/date=2025-01-01/a.parquet").unwrap();
-        staged.write_all(b"hello").unwrap();
-        assert!(store.list("t/date=2025-01-01").unwrap().is_empty());
-        assert_eq!(staged.commit().unwrap(), 5);
-        assert_eq!(store.list("t/date=2025-01-01").unwrap(), ["a.parquet"]);
-
-        let mut dropped = store.create("t/date=2025-01-01/b.parquet").unwrap();
-        dropped.write_all(b"partial").unwrap();
-        drop(dropped);
-        let names: Vec<_> = fs::read_dir(dir.path().join("t/date=2025-01-01"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, ["a.parquet"]);
-    }
-
-    #[test]
-    fn abandoned_temp_files_are_removed_only_when_owned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStorage::open(dir.path()).unwrap();
-        let part = dir.path().join("runs/date=2025-01-01");
-        fs::create_dir_all(&part).unwrap();
-        for name in [
-            ".shard-00-of-02.parquet.11-0.tmp",
-            ".shard-01-of-02.parquet.12-0.tmp",
-            "shard-01-of-02.parquet",
-            ".odd.tmp",
-        ] {
-            fs::write(part.join(name), b"x").unwrap();
-        }
-        fs::write(dir.path().join(".x.json.13-4.tmp"), b"x").unwrap();
-        // Not ours: another program's temp file in a folder of ours, and a folder not ours.
-        fs::write(part.join(".cache.tmp"), b"x").unwrap();
-        fs::create_dir_all(dir.path().join("notes")).unwrap();
-        fs::write(dir.path().join("notes/.draft.txt.1-2.tmp"), b"x").unwrap();
-        let seen = std::sync::Mutex::new(Vec::new());
-        let owned = |path: &str| {
-            seen.lock().unwrap().push(path.to_owned());
-            path.ends_with("shard-01-of-02.parquet")
-        };
-        assert_eq!(store.remove_abandoned("", &owned).unwrap(), 1);
-        let mut seen = seen.into_inner().unwrap();
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                "runs/date=2025-01-01/shard-00-of-02.parquet",
-                "runs/date=2025-01-01/shard-01-of-02.parquet",
-                "x.json"
-            ]
-        );
-        let mut left: Vec<_> = fs::read_dir(&part)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [
-                ".cache.tmp",
-                ".odd.tmp",
-                ".shard-00-of-02.parquet.11-0.tmp",
-                "shard-01-of-02.parquet"
-            ]
-        );
-        assert_eq!(store.remove_abandoned("runs", &|_| true).unwrap(), 1);
-        assert!(dir.path().join(".x.json.13-4.tmp").exists());
-        assert!(part.join(".cache.tmp").exists() && part.join(".odd.tmp").exists());
-        assert!(dir.path().join("notes/.draft.txt.1-2.tmp").exists());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn files_and_folders_are_created_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStorage::open(dir.path().join("out")).unwrap();
-        let mut file = store.create("runs/date=2025-01-01/part-0.parquet").unwrap();
-        file.write_all(b"x").unwrap();
-        file.commit().unwrap();
-        let _lock = store.lock(LOCK_FILE, "me").unwrap();
-        let mode = |p: &str| {
-            let path = dir.path().join("out").join(p);
-            fs::metadata(path).unwrap().permissions().mode() & 0o777
-        };
-        assert_eq!(mode(""), 0o700);
-        assert_eq!(mode("runs"), 0o700);
-        assert_eq!(mode("runs/date=2025-01-01"), 0o700);
-        assert_eq!(mode("runs/date=2025-01-01/part-0.parquet"), 0o600);
-        assert_eq!(mode(LOCK_FILE), 0o600);
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn links_planted_in_the_dataset_are_refused_and_nothing_outside_changes() {
-        use std::os::unix::fs::symlink;
-        let dir = tempfile::tempdir().unwrap();
-        let outside = dir.path().join("outside");
-        fs::create_dir_all(&outside).unwrap();
-        fs::write(outside.join("precious"), b"keep me").unwrap();
-        let root = dir.path().join("out");
-        let store = LocalStorage::open(&root).unwrap();
-        symlink(outside.join("precious"), root.join(LOCK_FILE)).unwrap();
-        symlink(&outside, root.join("_state")).unwrap();
-        fs::create_dir_all(root.join("runs")).unwrap();
-        symlink(&outside, root.join("runs/date=2025-01-01")).unwrap();
-
-        let link = |e: DatasetError| match e {
-            DatasetError::Link { path } => path.strip_prefix(&root).unwrap().to_owned(),
-            other => panic!("{other}"),
-        };
-        let err = store.lock(LOCK_FILE, "me").err().unwrap();
-        assert_eq!(link(err), Path::new(LOCK_FILE));
-        let err = store.create("_state/wf.json").err().unwrap();
-        assert_eq!(link(err), Path::new("_state"));
-        let err = store
-            .create("runs/date=2025-01-01/part-0.parquet")
-            .err()
-            .unwrap();
-        assert_eq!(link(err), Path::new("runs/date=2025-01-01"));
-        let err = store.remove("runs/date=2025-01-01/precious").unwrap_err();
-        assert!(err.to_string().contains("is a symbolic link"), "{err}");
-        let err = store.rename("x", "_state/wf.json").unwrap_err();
-        assert!(matches!(err, DatasetError::Link { .. }), "{err}");
-
-        let mut names: Vec<_> = fs::read_dir(&outside)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["precious"]);
-        assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep me");
-    }
-
-    #[test]
-    fn a_file_as_root_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        fs::write(&file, b"x").unwrap();
-        let err = LocalStorage::open(&file).unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
-    }
-}
+mod tests;

@@ -84,6 +84,9 @@ pub struct WorkflowStats {
     pub vanished: u64,
     /// Stored unfinished runs whose fetch failed this time (kept for the next export).
     pub refresh_failed: u64,
+    /// Stored unfinished runs beyond [`MAX_REFETCHES`] this export: left, first in line, for
+    /// the next.
+    pub refresh_deferred: u64,
     /// Paging stopped at the cursor (an incremental export) rather than at the end.
     pub stopped_at_cursor: bool,
     /// Pages whose start had shifted because runs arrived at the head during paging.
@@ -145,6 +148,11 @@ pub enum ExtractError {
     /// Paging gave up: the API does not page, or runs vanished faster than paging could rejoin.
     #[error(transparent)]
     Paging(#[from] PagingError),
+    /// The runs read span more days than one export writes for a workflow.
+    #[error(
+        "runs on more than {max} different days (one partition each): more than one export writes for a workflow; this workflow's export is incomplete"
+    )]
+    TooManyDays { max: usize },
     /// A fetch task ended without an answer (a bug).
     #[error("a fetch task failed")]
     TaskFailed,
@@ -342,6 +350,7 @@ impl Extractor {
         let horizon = micros(self.options.unfinished_horizon);
         let now = chrono::Utc::now().timestamp_micros();
         let workflow: Arc<str> = Arc::from(workflow_id);
+        let mut fetched_again = 0;
         for run in &previous.unfinished {
             if tally.seen.contains(&flatten::id_key(&run.run_id)) {
                 continue;
@@ -350,6 +359,13 @@ impl Extractor {
                 tally.stats.abandoned += 1;
                 continue;
             }
+            if fetched_again == MAX_REFETCHES {
+                // One request each: bounded per export; the next export starts with these.
+                tally.stats.refresh_deferred += 1;
+                tally.carried.push(run.clone());
+                continue;
+            }
+            fetched_again += 1;
             let url = self.client.run_url(workflow_id, &run.run_id);
             let (bytes, fetched) = self
                 .fetcher
@@ -390,6 +406,7 @@ impl Extractor {
             tally.stats.refreshed += 1;
             let keep: Vec<bool> = page.keys.iter().map(|k| tally.seen.insert(*k)).collect();
             tally.keep(&mut page, &keep);
+            tally.count_days(&page)?;
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
@@ -481,6 +498,7 @@ impl Extractor {
                 continue;
             }
             tally.keep(&mut page, &verdict.keep);
+            tally.count_days(&page)?;
             if self.options.with_steps {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)
                     .await?;
@@ -557,6 +575,14 @@ impl Drop for Paging<'_> {
     }
 }
 
+/// Stored unfinished runs fetched again by id per workflow and export at most (one request
+/// each); the rest wait, first in line, for the next export.
+pub const MAX_REFETCHES: usize = 1000;
+
+/// Days (partitions) one workflow's runs may span in one export: ten years of runs. Beyond it
+/// the workflow fails before its runs open thousands of files.
+pub const MAX_DAYS: usize = 3660;
+
 /// What one workflow's export has seen so far.
 struct Tally {
     stats: WorkflowStats,
@@ -570,6 +596,10 @@ struct Tally {
     stored_unfinished: HashMap<String, UnfinishedRun>,
     /// Stored unfinished runs that could not be fetched again this time: kept as they were.
     carried: Vec<UnfinishedRun>,
+    /// The days of the runs kept (their partitions).
+    days: HashSet<PartitionDate>,
+    /// [`MAX_DAYS`] (lower in tests).
+    max_days: usize,
 }
 
 impl Tally {
@@ -589,7 +619,19 @@ impl Tally {
             unfinished: Vec::new(),
             stored_unfinished,
             carried: Vec::new(),
+            days: HashSet::new(),
+            max_days: MAX_DAYS,
         }
+    }
+
+    /// Counts the days of a page's kept runs; fails past [`MAX_DAYS`] (before the page is
+    /// written).
+    fn count_days(&mut self, page: &FlatPage) -> Result<(), ExtractError> {
+        self.days.extend(page.partitions.iter().map(|p| p.date));
+        if self.days.len() > self.max_days {
+            return Err(ExtractError::TooManyDays { max: self.max_days });
+        }
+        Ok(())
     }
 
     /// Keeps the records of `page` that `keep` selects (one flag per record, in page order):
@@ -668,4 +710,40 @@ impl Tally {
 /// A duration in microseconds, saturating.
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flatten::{PageContext, flatten_records};
+
+    fn page_on_days(days: std::ops::Range<u32>) -> FlatPage {
+        let records = days
+            .map(|d| {
+                let start = format!("2020-01-{:02}T00:00:00Z", d + 1);
+                serde_json::json!({"id": format!("r{d}"), "start_time": start})
+            })
+            .collect();
+        let ctx = PageContext {
+            workflow_id: "wf",
+            offset: 0,
+            extracted_at_us: 0,
+        };
+        flatten_records(records, ctx)
+    }
+
+    #[test]
+    fn a_workflow_whose_runs_span_too_many_days_fails_before_writing_them() {
+        let mut tally = Tally::new(None);
+        tally.max_days = 3;
+        assert!(tally.count_days(&page_on_days(0..2)).is_ok());
+        // The same days again, and one more: three in all.
+        assert!(tally.count_days(&page_on_days(1..3)).is_ok());
+        let err = tally.count_days(&page_on_days(3..4)).unwrap_err();
+        assert!(matches!(err, ExtractError::TooManyDays { max: 3 }), "{err}");
+        assert!(
+            err.to_string().contains("more than 3 different days"),
+            "{err}"
+        );
+    }
 }

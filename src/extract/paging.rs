@@ -155,6 +155,14 @@ pub enum PagingError {
         /// Offset of the last record known to be complete.
         offset: u64,
     },
+    /// More pages than any history is paged with ([`MAX_PAGES`]): an API inventing runs.
+    #[error(
+        "{pages} pages read and the history has not ended: more than any export reads for one workflow (an API that never ends); this workflow's export is incomplete"
+    )]
+    TooManyPages {
+        /// Answers received.
+        pages: u64,
+    },
     /// Runs vanished upstream and no re-read found where the history continues.
     #[error(
         "no page in {probes} re-reads around offset {offset} continued from the runs already read (runs vanished upstream, or arrived faster than pages are read); this workflow's export is incomplete"
@@ -166,6 +174,10 @@ pub enum PagingError {
         probes: u32,
     },
 }
+
+/// Answers one workflow's paging reads at most: 100 million runs at pages of 100; beyond it
+/// the workflow fails ([`PagingError::TooManyPages`]).
+pub const MAX_PAGES: u64 = 1_000_000;
 
 /// Settings of one workflow's paging.
 #[derive(Debug, Clone, Copy)]
@@ -301,6 +313,8 @@ pub struct Pager {
     previous_oldest: Option<i64>,
     outcome: Option<Result<(), PagingError>>,
     stats: PagingStats,
+    /// [`MAX_PAGES`] (lower in tests).
+    max_pages: u64,
 }
 
 impl Pager {
@@ -341,6 +355,7 @@ impl Pager {
             previous_oldest: None,
             outcome: None,
             stats: PagingStats::default(),
+            max_pages: MAX_PAGES,
         }
     }
 
@@ -504,6 +519,12 @@ impl Pager {
             return verdict;
         }
         self.stats.pages += 1;
+        if self.stats.pages > self.max_pages {
+            self.outcome = Some(Err(PagingError::TooManyPages {
+                pages: self.stats.pages,
+            }));
+            return verdict;
+        }
         let received = n as u64;
         if self.cap.is_some_and(|cap| received > cap) {
             // A page larger than the cap shown before: the API's page size varies.

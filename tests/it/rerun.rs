@@ -784,3 +784,77 @@ fn an_unfinished_run_that_cannot_be_fetched_again_is_kept_for_the_next_export() 
         text("completed")
     );
 }
+
+#[test]
+fn unfinished_runs_are_fetched_again_at_most_a_thousand_per_export_and_the_rest_next_time() {
+    // 1,300 runs still running, hours older than the newest run: beyond the look-back, so each
+    // is fetched again by id.
+    let t = |minutes: i64| {
+        (chrono::DateTime::parse_from_rfc3339("2025-03-12T12:00:00Z").unwrap()
+            - chrono::Duration::minutes(minutes))
+        .to_rfc3339()
+    };
+    let mut records = vec![
+        json!({"id": "newest", "status": "completed", "start_time": t(0),
+                                  "end_time": t(0), "all_outputs": {}}),
+    ];
+    for i in 0..1300 {
+        records.push(json!({"id": format!("r{i:04}"), "status": "running",
+                            "start_time": t(180 + i), "all_outputs": {}}));
+    }
+    let sim = Sim::start(SimConfig {
+        workflows: 0,
+        fixtures: vec![fixture("fx", records)],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    let by_id = |paths: &[String]| {
+        paths
+            .iter()
+            .filter(|p| p.contains("/workflows/fx/runs/r"))
+            .count()
+    };
+    let from = sim.paths().len();
+    let out = export(&sim, dir.path(), &["--workflow", "fx"]);
+    assert_ok(&out);
+    let first = by_id(&sim.paths()[from..]);
+    assert_eq!(first, 1000, "fetched again by id");
+    let text = stdout(&out);
+    assert!(
+        text.contains("unfinished runs: 1000 fetched again"),
+        "{text}"
+    );
+    let deferred = number(&text, " left for the next export");
+    assert!(deferred > 0 && deferred + 1000 <= 1300, "{text}");
+    // `_SUCCESS` holds the manifest of the export that wrote it.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("_SUCCESS")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["workflows"][0]["unfinished_deferred"],
+        json!(deferred)
+    );
+
+    // The next export starts with those left over.
+    let from = sim.paths().len();
+    assert_ok(&export(&sim, dir.path(), &["--workflow", "fx"]));
+    let fetched: BTreeMap<String, ()> = sim.paths()[from..]
+        .iter()
+        .filter_map(|p| p.rsplit_once("/runs/").map(|(_, id)| (id.to_owned(), ())))
+        .filter(|(id, _)| id.starts_with('r'))
+        .collect();
+    let never_before: Vec<&String> = fetched
+        .keys()
+        .filter(|id| {
+            !sim.paths()[..from]
+                .iter()
+                .any(|p| p.ends_with(&format!("/runs/{id}")))
+        })
+        .collect();
+    assert_eq!(
+        never_before.len() as u64,
+        deferred,
+        "the deferred runs came first"
+    );
+}

@@ -28,10 +28,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig};
 use url::Url;
 
-use super::storage::{StagedFile, Storage};
+use super::storage::{FetchRange, ParquetSource, StagedFile, Storage};
 use super::{DatasetError, StoreFailure};
 use fence::{Snapshot, delete_checked};
 use lease::Lease;
@@ -52,6 +52,8 @@ const DOWNLOADS_IN_FLIGHT: usize = 8;
 const RUNTIME_THREADS: usize = 2;
 /// Releasing the lock at exit waits at most this long (the lease expires anyway).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stored files up to this size are read with one GET; larger ones range by range.
+const WHOLE_READ_BYTES: u64 = 64 * 1024 * 1024;
 /// Retries of a failed request: fewer and shorter than `object_store`'s defaults (10 over up to
 /// 3 minutes), so a wrong endpoint fails in seconds; S3's own throttling still gets backoff.
 const MAX_RETRIES: usize = 5;
@@ -67,6 +69,8 @@ pub struct ObjectOptions {
     pub single_put_max: u64,
     /// Part size of multipart uploads.
     pub part_size: usize,
+    /// Largest stored file read with one GET; larger ones are read range by range.
+    pub whole_read_max: u64,
 }
 
 impl Default for ObjectOptions {
@@ -75,6 +79,7 @@ impl Default for ObjectOptions {
             lease: DEFAULT_LOCK_LEASE,
             single_put_max: SINGLE_PUT_MAX_BYTES,
             part_size: PART_BYTES,
+            whole_read_max: WHOLE_READ_BYTES,
         }
     }
 }
@@ -360,6 +365,48 @@ impl Storage for ObjectStorage {
         self.inner
             .run(async move { store.get(&location).await?.bytes().await })?
             .map_err(|e| self.inner.error("read", path, e))
+    }
+
+    /// One GET, read whole when the file is at most `whole_read_max`; a larger file is
+    /// then read by ranged GETs, each conditional on the ETag that GET saw: a merge holds a
+    /// column chunk at a time, not the file, and never reads parts of two versions.
+    fn read_parquet(&self, path: &str) -> Result<ParquetSource, DatasetError> {
+        let location = self.inner.object(path)?;
+        let store = self.inner.store.clone();
+        let whole_max = self.inner.options.whole_read_max;
+        let first = {
+            let location = location.clone();
+            self.inner.run(async move {
+                let got = store.get(&location).await?;
+                if got.meta.size <= whole_max {
+                    got.bytes().await.map(Ok)
+                } else {
+                    Ok(Err(got.meta))
+                }
+            })?
+        };
+        let meta = match first.map_err(|e| self.inner.error("read", path, e))? {
+            Ok(bytes) => return Ok(ParquetSource::Bytes(bytes)),
+            Err(meta) => meta,
+        };
+        let (inner, shown) = (self.inner.clone(), self.inner.show(path));
+        let etag = meta.e_tag;
+        let fetch: FetchRange = Arc::new(move |start, length| {
+            let (store, location) = (inner.store.clone(), location.clone());
+            let options = GetOptions {
+                if_match: etag.clone(),
+                range: Some(GetRange::Bounded(start..start + length as u64)),
+                ..GetOptions::default()
+            };
+            inner
+                .run(async move { store.get_opts(&location, options).await?.bytes().await })
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read `{shown}`: {e}"))
+        });
+        Ok(ParquetSource::Ranges {
+            len: meta.size,
+            fetch,
+        })
     }
 
     /// A GET of `from` and a conditional PUT to `to` (in parts when large), then a delete of

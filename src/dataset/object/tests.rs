@@ -445,3 +445,50 @@ fn without_a_lock_writes_and_deletes_are_unconditional() {
     writer.remove(PARTITION).unwrap();
     assert_eq!(keys(&mem), ["pre/fix/_lock"]);
 }
+
+#[test]
+fn large_parquet_files_are_read_by_ranges_of_one_version() {
+    use arrow::array::{Int64Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::reader::ChunkReader;
+
+    let mem = Arc::new(InMemory::new());
+    let options = ObjectOptions {
+        whole_read_max: 100,
+        ..ObjectOptions::default()
+    };
+    let store = storage(&mem, options);
+    let batch =
+        RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from_iter_values(0..10_000)) as _)])
+            .unwrap();
+    let mut bytes = Vec::new();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(1000))
+        .build();
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    assert!(bytes.len() > 100);
+    let mut staged = store.create("t.parquet").unwrap();
+    staged.write_all(&bytes).unwrap();
+    staged.commit().unwrap();
+
+    let source = store.read_parquet("t.parquet").unwrap();
+    assert!(matches!(source, ParquetSource::Ranges { .. }), "read whole");
+    let rows: usize = crate::dataset::batches(&store, "t.parquet", None)
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 10_000);
+
+    // The file is replaced between two ranges: the second is refused, not read from the new one.
+    let mut read = source.get_read(0).unwrap();
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut read, &mut first).unwrap();
+    assert_eq!(&first, b"PAR1");
+    let location = ObjectPath::parse("pre/fix/t.parquet").unwrap();
+    block_on(mem.put(&location, PutPayload::from(bytes.clone()))).unwrap();
+    let err = source.get_bytes(0, 4).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}

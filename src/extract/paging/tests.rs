@@ -1028,3 +1028,43 @@ fn caps_that_vary_down_to_two_records_and_tiny_aligned_pages_never_lose_silently
         );
     }
 }
+
+#[test]
+fn an_api_that_never_ends_fails_after_the_most_pages_any_history_takes() {
+    // Every offset holds runs never seen, older and older: a history without end.
+    let mut pager = Pager::new(PagerOptions {
+        limit: 10,
+        max_window: 4,
+        stop_before: None,
+    });
+    pager.max_pages = 50;
+    let result = loop {
+        let request = match pager.poll(1) {
+            Poll::Send(r) => r,
+            Poll::Done => break Ok(()),
+            Poll::Failed(e) => break Err(e),
+            Poll::Wait => unreachable!("answered at once"),
+        };
+        let keys: Vec<u128> = (request.offset..request.offset + request.limit)
+            .map(|i| u128::from(u64::MAX - i))
+            .collect();
+        let starts: Vec<_> = keys.iter().map(|k| Some(*k as i64)).collect();
+        let ids = vec![true; keys.len()];
+        pager.on_page(
+            request.id,
+            Answer {
+                keys: &keys,
+                starts: &starts,
+                has_id: &ids,
+            },
+        );
+    };
+    assert_eq!(result, Err(PagingError::TooManyPages { pages: 51 }));
+    assert!(
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("export is incomplete"),
+        "a clear error"
+    );
+}
