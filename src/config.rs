@@ -280,7 +280,7 @@ impl ConfigFile {
             api::check_workflow_id(id).map_err(|reason| {
                 format!(
                     "`workflows`: invalid workflow id `{}`: {reason}",
-                    id.escape_debug()
+                    crate::terminal::safe(id)
                 )
             })?;
         }
@@ -537,7 +537,7 @@ fn parse_workflow_lines(text: &str) -> Vec<String> {
 
 fn check_workflow_id(id: &str, from: &str) -> Result<(), ConfigError> {
     api::check_workflow_id(id).map_err(|reason| ConfigError::WorkflowId {
-        id: id.escape_debug().to_string(),
+        id: crate::terminal::safe(id).into_owned(),
         from: from.to_owned(),
         reason,
     })

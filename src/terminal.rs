@@ -2,6 +2,8 @@
 //! bodies, paths) is printed with its control characters escaped, so that no escape sequence,
 //! bell or bidirectional override in it reaches the terminal raw. Line breaks and tabs stay;
 //! with `keep_sgr`, the colour sequences our own log formatter writes (`ESC [ digits m`) stay too.
+//! The escape is `\u001b` (four hex digits: every such character is below U+10000), which is
+//! also valid inside a JSON string, so JSON logs and `--json` output stay parseable.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -13,7 +15,7 @@ fn unsafe_char(c: char) -> bool {
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `text` with every unsafe character written as `\u{…}`.
+/// `text` with every unsafe character written as `\uXXXX`.
 pub fn safe(text: &str) -> Cow<'_, str> {
     escape(text, false)
 }
@@ -41,7 +43,7 @@ fn escape(text: &str, keep_sgr: bool) -> Cow<'_, str> {
             continue;
         }
         if unsafe_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             out.push(c);
         }
@@ -88,16 +90,25 @@ mod tests {
             ("a\nb\tc", "a\nb\tc"),
             (
                 "wf-\u{1b}]0;PWNED\u{7}\u{1b}[2J",
-                "wf-\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J",
+                "wf-\\u001b]0;PWNED\\u0007\\u001b[2J",
             ),
-            ("\u{9b}31m", "\\u{9b}31m"),
-            ("r\u{202e}txt.exe", "r\\u{202e}txt.exe"),
-            ("\u{7f}\r", "\\u{7f}\\u{d}"),
+            ("\u{9b}31m", "\\u009b31m"),
+            ("r\u{202e}txt.exe", "r\\u202etxt.exe"),
+            ("\u{7f}\r", "\\u007f\\u000d"),
             ("日本語 😀", "日本語 😀"),
         ];
         for (text, want) in cases {
             assert_eq!(safe(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn escaped_text_is_still_a_json_string() {
+        let line = serde_json::json!({"error": "a\u{85}b\u{200f}c\u{1b}"}).to_string();
+        let shown = safe(&line);
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back["error"], "a\u{85}b\u{200f}c\u{1b}");
+        assert!(!shown.chars().any(unsafe_char));
     }
 
     #[test]
@@ -108,12 +119,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "\u{1b}[2m12:00\u{1b}[0m \u{1b}[33mWARN\u{1b}[0m id=wf-\\u{1b}[2J\\u{1b}]0;x\\u{7}\n"
+            "\u{1b}[2m12:00\u{1b}[0m \u{1b}[33mWARN\u{1b}[0m id=wf-\\u001b[2J\\u001b]0;x\\u0007\n"
         );
         let mut out = Vec::new();
         SafeWriter::new(&mut out, false)
             .write_all(b"\x1b[33mWARN\xff")
             .unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "\\u{1b}[33mWARN\u{fffd}");
+        assert_eq!(String::from_utf8(out).unwrap(), "\\u001b[33mWARN\u{fffd}");
     }
 }

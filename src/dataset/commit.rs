@@ -230,9 +230,10 @@ pub fn commit(
         .map(|f| (f.path.as_str(), f.rows))
         .collect();
     let mut summary = CommitSummary::default();
-    // Partitions that receive rows first, those that only lose some after: a commit that stops
-    // between them leaves a moved run twice for a moment (the next export removes it, as its
-    // state did not advance), never nowhere.
+    // Partitions that receive rows first, those that only lose some after: a moved run whose
+    // old day gains no row is twice for a moment rather than nowhere. (When its old day gains
+    // rows too, days go in date order, and it can be nowhere for a moment; a commit that stops
+    // there leaves it so until the next export, which fetches it again.)
     let (receiving, losing): (Vec<_>, Vec<_>) =
         by_partition.into_iter().partition(|(_, t)| !t.is_empty());
     for (date, tables) in receiving.into_iter().chain(losing) {

@@ -78,7 +78,10 @@ pub enum ParquetSource {
     Bytes(Bytes),
 }
 
-/// Bytes fetched at a time by a reader of [`ParquetSource::Ranges`].
+/// Bytes a reader of [`ParquetSource::Ranges`] fetches first (parquet reads each page header
+/// through one: a few dozen bytes), doubling with each further fetch up to [`RANGE_BYTES`].
+const FIRST_RANGE_BYTES: u64 = 16 * 1024;
+/// Bytes fetched at a time at most by a reader of [`ParquetSource::Ranges`].
 const RANGE_BYTES: u64 = 8 * 1024 * 1024;
 
 impl parquet::file::reader::Length for ParquetSource {
@@ -101,6 +104,7 @@ impl parquet::file::reader::ChunkReader for ParquetSource {
                 fetch: fetch.clone(),
                 at: start,
                 end: *len,
+                next: FIRST_RANGE_BYTES,
                 buffer: Bytes::new(),
             }),
             Self::Bytes(bytes) => Box::new(bytes.get_read(start)?),
@@ -110,6 +114,7 @@ impl parquet::file::reader::ChunkReader for ParquetSource {
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         match self {
             Self::File(file) => file.get_bytes(start, length),
+            Self::Ranges { .. } if length == 0 => Ok(Bytes::new()),
             Self::Ranges { fetch, .. } => {
                 fetch(start, length).map_err(parquet::errors::ParquetError::General)
             }
@@ -118,18 +123,22 @@ impl parquet::file::reader::ChunkReader for ParquetSource {
     }
 }
 
-/// Reads a [`ParquetSource::Ranges`] from `at` to its end, [`RANGE_BYTES`] per request.
+/// Reads a [`ParquetSource::Ranges`] from `at` to its end, in ranges that grow from
+/// [`FIRST_RANGE_BYTES`] to [`RANGE_BYTES`].
 struct RangeReader {
     fetch: FetchRange,
     at: u64,
     end: u64,
+    /// Bytes the next fetch asks for.
+    next: u64,
     buffer: Bytes,
 }
 
 impl io::Read for RangeReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.buffer.is_empty() && self.at < self.end {
-            let length = RANGE_BYTES.min(self.end - self.at) as usize;
+            let length = self.next.min(self.end - self.at) as usize;
+            self.next = (self.next * 2).min(RANGE_BYTES);
             self.buffer = (self.fetch)(self.at, length).map_err(io::Error::other)?;
             self.at += self.buffer.len() as u64;
         }
@@ -155,7 +164,12 @@ fn check_held(held: &Mutex<Vec<(PathBuf, String)>>) -> Result<(), DatasetError> 
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (path, ours) in held.iter() {
-        let now = fs::read_to_string(path).unwrap_or_default();
+        let now = match fs::read_to_string(path) {
+            Ok(now) => now,
+            // Gone: someone removed it (and may have made their own).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(DatasetError::io("read", path, source)),
+        };
         if now != *ours {
             let holder = now.lines().next().unwrap_or("nobody").to_owned();
             return Err(DatasetError::LockTaken {
@@ -371,7 +385,7 @@ impl Storage for LocalStorage {
     }
 
     fn read(&self, path: &str) -> Result<Bytes, DatasetError> {
-        let full = self.full(path);
+        let full = self.checked(path)?;
         fs::read(&full)
             .map(Bytes::from)
             .map_err(|source| DatasetError::io("read", &full, source))
@@ -402,7 +416,7 @@ impl Storage for LocalStorage {
     }
 
     fn remove_dir_all(&self, dir: &str) -> Result<(), DatasetError> {
-        let full = self.full(dir);
+        let full = self.checked(dir)?;
         match fs::remove_dir_all(&full) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(DatasetError::io("remove", &full, e))

@@ -579,9 +579,10 @@ impl Drop for Paging<'_> {
 /// each); the rest wait, first in line, for the next export.
 pub const MAX_REFETCHES: usize = 1000;
 
-/// Days (partitions) one workflow's runs may span in one export: ten years of runs. Beyond it
-/// the workflow fails before its runs open thousands of files.
-pub const MAX_DAYS: usize = 3660;
+/// Days (partitions) one workflow's runs may span in one export: more than any real history
+/// (runs from 2000 to now span about 9,800). Beyond it the workflow fails before its runs open
+/// tens of thousands more files.
+pub const MAX_DAYS: usize = 10_000;
 
 /// What one workflow's export has seen so far.
 struct Tally {

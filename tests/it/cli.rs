@@ -788,12 +788,12 @@ fn control_characters_from_the_api_or_the_command_line_never_reach_the_terminal(
         }
         let err = stderr(out);
         assert!(
-            err.contains(r"wf-\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}"),
+            err.contains(r"wf-\u001b]0;PWNED\u0007\u001b[2J\u202e"),
             "{what}: {err}"
         );
     }
     assert!(
-        stderr(&listed).contains("error: workflow `wf-\\u{1b}"),
+        stderr(&listed).contains("error: workflow `wf-\\u001b"),
         "{}",
         stderr(&listed)
     );

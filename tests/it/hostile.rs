@@ -499,3 +499,35 @@ fn a_deadline_commits_what_was_fetched_and_the_next_export_completes_it() {
         assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
     }
 }
+
+#[test]
+fn a_deadline_ends_an_export_held_up_by_429s_with_long_retry_afters() {
+    // Every request for one page is answered 429 with `Retry-After: 300`: without a deadline the
+    // export would pause for minutes, seven times.
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 400,
+        faults: vec![Fault {
+            path_contains: Some("offset=198".to_owned()),
+            kind: FaultKind::Status {
+                status: 429,
+                retry_after: Some(RetryAfter::Seconds(300)),
+            },
+            schedule: Schedule::Always,
+        }],
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = export_all(&sim, dir.path(), &["--deadline", "2s"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    let err = stderr(&out);
+    assert!(err.contains("the `--deadline` was reached"), "{err}");
+    assert!(answered(&sim, 429) >= 1, "the 429 was never served");
+    // What was fetched before the pause is committed, each run once.
+    let stored: usize = stored_ids(dir.path()).values().map(|r| r.len()).sum();
+    assert!(stored >= 199, "{stored} runs stored");
+    assert_unique_keys(dir.path());
+}
