@@ -195,19 +195,25 @@ fn elide_middle(text: String, max: usize) -> String {
     format!("{}…{}", &text[..head], &text[tail..])
 }
 
+/// An error and its causes on one line, each cause added only if the text does not hold it yet
+/// (`object_store` and `reqwest` repeat causes in their own messages).
+pub(crate) fn unrepeated_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl StoreFailure {
     fn from_error(error: &object_store::Error) -> Self {
-        // `object_store` repeats each cause in its own message: add only causes not shown yet.
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
+        let mut text = unrepeated_chain(error);
         let code = xml_tag(&text, "Code");
         let detail = xml_tag(&text, "Message");
         if let Some(start) = text.find("<?xml").or_else(|| text.find("<Error>")) {

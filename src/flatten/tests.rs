@@ -229,16 +229,20 @@ fn unfinished_runs_and_missing_fields_are_nulls_not_errors() {
 
 const HIVE_DEFAULT: &str = "__HIVE_DEFAULT_PARTITION__";
 
+/// (index in the page, reason) of each rejected record.
+fn reasons(page: &FlatPage) -> Vec<(usize, &str)> {
+    page.rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect()
+}
+
 #[test]
 fn records_that_cannot_be_runs_are_rejected_with_reasons() {
     let page = flatten_page(VARIED.as_bytes(), ctx()).unwrap();
     assert_eq!(page.record_count, 9);
     assert_eq!(page.run_rows(), 4);
-    let reasons: Vec<(usize, &str)> = page
-        .rejected
-        .iter()
-        .map(|r| (r.index, r.reason.as_str()))
-        .collect();
+    let reasons = reasons(&page);
     assert_eq!(
         reasons,
         [
@@ -257,11 +261,7 @@ fn records_that_cannot_be_runs_are_rejected_with_reasons() {
 fn run_ids_that_urls_would_drop_are_rejected() {
     let body = br#"[{"id": "."}, {"id": ".."}, {"id": "..."}, {"id": "a.b"}]"#;
     let page = flatten_page(body, ctx()).unwrap();
-    let reasons: Vec<(usize, &str)> = page
-        .rejected
-        .iter()
-        .map(|r| (r.index, r.reason.as_str()))
-        .collect();
+    let reasons = reasons(&page);
     assert_eq!(
         reasons,
         [

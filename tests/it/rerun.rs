@@ -83,14 +83,7 @@ fn an_incremental_rerun_fetches_only_what_is_new_and_finishes_running_runs() {
     // Exactly the server's history now: 10,050 runs, the formerly running ones finished.
     assert_dataset_matches(dir.path(), &id, &sim.server.records(&id), 0);
     assert_unique_keys(dir.path());
-    let (_, runs) = read_table(dir.path(), "runs");
-    for run_id in &running_ids {
-        let row = select(&runs, "run_id", run_id)[0];
-        assert!(
-            matches!(row["end_time"], Cell::Micros(_)),
-            "{run_id} still unfinished"
-        );
-    }
+    assert_finished(dir.path(), &running_ids);
     println!("requests: full export {full_requests}, incremental re-run {rerun_requests}");
 }
 

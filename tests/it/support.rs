@@ -455,6 +455,18 @@ pub fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Each run of `run_ids` is stored with an `end_time`: it was fetched again once finished.
+pub fn assert_finished(out: &Path, run_ids: &[String]) {
+    let (_, runs) = read_table(out, "runs");
+    for run_id in run_ids {
+        let row = select(&runs, "run_id", run_id)[0];
+        assert!(
+            matches!(row["end_time"], Cell::Micros(_)),
+            "{run_id} still unfinished"
+        );
+    }
+}
+
 /// No (workflow_id, run_id[, child key]) appears twice in any run table of the dataset `out`.
 pub fn assert_unique_keys(out: &Path) {
     for (table, extra) in [

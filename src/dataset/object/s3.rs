@@ -159,7 +159,10 @@ impl S3Direct {
                 Err(e) => {
                     // Refused before it was sent, or sent and perhaps applied.
                     after_lost_answer |= !e.is_connect();
-                    last = format!("error sending request: {}", chain(&e.without_url()));
+                    last = format!(
+                        "error sending request: {}",
+                        crate::dataset::unrepeated_chain(&e.without_url())
+                    );
                 }
             }
             tracing::debug!(target: "dataset", operation, attempt, error = %last, "retrying an S3 request");
@@ -295,21 +298,6 @@ fn store_error(text: String) -> Fail {
         store: "S3",
         source: text.into(),
     })
-}
-
-/// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The CompleteMultipartUpload request body: every part in order with its ETag (and checksum,

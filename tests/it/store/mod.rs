@@ -441,14 +441,7 @@ fn a_rerun_on_s3_fetches_only_new_runs_and_finishes_running_ones() {
     let local = bucket.download("x");
     assert_dataset_matches(local.path(), &id, &sim.server.records(&id), 0);
     assert_unique_keys(local.path());
-    let (_, runs) = read_table(local.path(), "runs");
-    for run_id in &running {
-        let row = select(&runs, "run_id", run_id)[0];
-        assert!(
-            matches!(row["end_time"], Cell::Micros(_)),
-            "{run_id} unfinished"
-        );
-    }
+    assert_finished(local.path(), &running);
     let keys = bucket.keys("x");
     assert_eq!(
         keys.iter()
