@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use orchestra_export::dataset::writer_properties;
 use orchestra_export::flatten::{PageContext, flatten_page};
-use orchestra_export::simulate::{SimConfig, SimServer};
+use orchestra_export::simulate::{DataProfile, SimConfig, SimServer};
 use parquet::arrow::ArrowWriter;
 
 const KEY: &str = "bench-key";
@@ -42,6 +42,9 @@ struct Options {
     latency_ms: u64,
     cpu: bool,
     python: bool,
+    duckdb: bool,
+    /// The simulator's data profile (`--data llm|small`).
+    data: DataProfile,
     /// Another exporter binary to measure (an older build, for the optimisation history).
     exporter: Option<PathBuf>,
 }
@@ -56,6 +59,8 @@ fn options() -> Options {
         latency_ms: 0,
         cpu: true,
         python: true,
+        duckdb: true,
+        data: DataProfile::Llm,
         exporter: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,6 +79,12 @@ fn options() -> Options {
             "--repeat" => o.repeat = value() as usize,
             "--latency-ms" => o.latency_ms = value(),
             "--exporter" => o.exporter = args.get(i + 1).map(PathBuf::from),
+            "--data" => {
+                o.data = args
+                    .get(i + 1)
+                    .map(|v| v.parse().unwrap_or_else(|e| panic!("--data: {e}")))
+                    .expect("--data needs llm or small")
+            }
             "--skip-cpu" => {
                 o.cpu = false;
                 i += 1;
@@ -81,6 +92,11 @@ fn options() -> Options {
             }
             "--skip-python" => {
                 o.python = false;
+                i += 1;
+                continue;
+            }
+            "--skip-duckdb" => {
+                o.duckdb = false;
                 i += 1;
                 continue;
             }
@@ -112,11 +128,54 @@ fn show(xs: &[f64], unit: &str) -> String {
     format!("{m:.2} {unit} ({lo:.2}–{hi:.2})")
 }
 
-/// One export as a child process: (wall seconds, peak RSS in MB).
-fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options) -> (f64, f64) {
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "BENCH %e %M"])
-        .arg(bin)
+/// What `/usr/bin/time` saw of one child process.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    wall: f64,
+    rss_mb: f64,
+    /// User plus system CPU seconds.
+    cpu: f64,
+}
+
+/// Runs `command` under `/usr/bin/time`; panics with its output when it fails. Returns the
+/// measure and the child's stdout and stderr.
+fn timed(command: &mut Command, what: &str) -> (Timed, String) {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "BENCH %e %M %U %S"])
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    let output = timed.output().expect("/usr/bin/time runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what} failed:\n{text}");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .expect("/usr/bin/time output");
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let measure = Timed {
+        wall: f[0],
+        rss_mb: f[1] / 1024.0,
+        cpu: f[2] + f[3],
+    };
+    (measure, text)
+}
+
+/// One export as a child process.
+fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options) -> Timed {
+    let mut command = Command::new(bin);
+    command
         .args([
             "export",
             "--base-url",
@@ -129,20 +188,8 @@ fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options) -> (f64, f64
         .arg("--out")
         .arg(out)
         .env("ORCHESTRA_API_KEY", KEY)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("/usr/bin/time runs the exporter");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "export failed:\n{stderr}");
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("BENCH "))
-        .expect("/usr/bin/time output");
-    let mut parts = line.split_whitespace().skip(1);
-    let wall: f64 = parts.next().unwrap().parse().unwrap();
-    let rss_kb: f64 = parts.next().unwrap().parse().unwrap();
-    (wall, rss_kb / 1024.0)
+        .env("RUST_LOG", "error");
+    timed(&mut command, "export").0
 }
 
 /// Fetches every URL with `concurrency` in flight and reads each body whole; keeps the bodies
@@ -254,36 +301,77 @@ fn python() -> Option<PathBuf> {
         .or_else(|| venv.exists().then_some(venv))
 }
 
-/// The hand-written Python route (`benches/pyarrow_route.py`) over the same URLs:
-/// (wall seconds, peak RSS in MB, Parquet bytes).
-fn pyarrow_route(python: &Path, urls: &[String], dir: &Path) -> (f64, f64, u64) {
+/// The hand-written Python route (`benches/pyarrow_route.py`) over the same URLs: its measure
+/// and the Parquet bytes it wrote.
+fn pyarrow_route(python: &Path, urls: &[String], dir: &Path) -> (Timed, u64) {
     let list = dir.join("urls.txt");
     std::fs::write(&list, urls.join("\n")).unwrap();
     let out = dir.join("pyarrow");
     std::fs::create_dir_all(&out).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pyarrow_route.py");
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "BENCH %e %M"])
-        .arg(python)
-        .arg(script)
-        .arg(&list)
-        .arg(KEY)
-        .arg(&out)
-        .output()
-        .expect("the Python route runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the Python route failed:\n{text}");
-    let field = |tag: &str, i: usize| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(tag)).expect(tag);
-        line.split_whitespace().nth(i).unwrap().parse().unwrap()
-    };
+    let mut command = Command::new(python);
+    command.arg(script).arg(&list).arg(KEY).arg(&out);
+    let (measure, text) = timed(&mut command, "the Python route");
     let _ = std::fs::remove_dir_all(&out);
-    (
-        field("BENCH", 1),
-        field("BENCH", 2) / 1024.0,
-        field("PYARROW", 2) as u64,
-    )
+    (measure, tagged_field(&text, "PYARROW", 2) as u64)
+}
+
+/// The DuckDB route: `curl --parallel` downloads the same pages to files, then
+/// `benches/duckdb_route.py` reads them with `read_json` and writes the same tables as zstd
+/// Parquet. The measure adds both steps' wall and CPU time; RSS is the larger peak.
+fn duckdb_route(python: &Path, urls: &[String], concurrency: usize, dir: &Path) -> (Timed, u64) {
+    let pages = dir.join("pages");
+    let out = dir.join("duckdb");
+    let _ = std::fs::remove_dir_all(&pages);
+    std::fs::create_dir_all(&pages).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let config = dir.join("curl-files.txt");
+    let mut text = format!("header = \"Authorization: Bearer {KEY}\"\n");
+    for url in urls.iter().filter(|u| u.contains("/runs?")) {
+        let workflow = url
+            .split("/workflows/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let offset = url
+            .split("offset=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let file = pages.join(format!("{workflow}__{offset}.json"));
+        text.push_str(&format!(
+            "url = \"{url}\"\noutput = \"{}\"\n",
+            file.display()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut curl = Command::new("curl");
+    curl.args(["--parallel", "--parallel-max", &concurrency.to_string()])
+        .args(["--silent", "--fail", "-K"])
+        .arg(&config);
+    let (download, _) = timed(&mut curl, "curl to disk");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/duckdb_route.py");
+    let mut command = Command::new(python);
+    command.arg(script).arg(&pages).arg(&out);
+    let (convert, text) = timed(&mut command, "the DuckDB route");
+    let _ = std::fs::remove_dir_all(&pages);
+    let _ = std::fs::remove_dir_all(&out);
+    let measure = Timed {
+        wall: download.wall + convert.wall,
+        rss_mb: download.rss_mb.max(convert.rss_mb),
+        cpu: download.cpu + convert.cpu,
+    };
+    (measure, tagged_field(&text, "DUCKDB", 2) as u64)
+}
+
+/// Field `i` (whitespace-separated) of the line of `text` starting with `tag`.
+fn tagged_field(text: &str, tag: &str, i: usize) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(tag)).expect(tag);
+    line.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// Bytes of every file below `dir`.
@@ -326,6 +414,7 @@ fn main() {
         api_key: KEY.to_owned(),
         prerendered: true,
         latency: Duration::from_millis(o.latency_ms),
+        profile: o.data,
         ..SimConfig::default()
     };
     let sim = runtime
@@ -335,11 +424,16 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let runs = per_workflow * o.workflows as u64;
     println!(
-        "e2e: {} workflows × {per_workflow} runs = {runs} runs, page size {}, concurrency {}, latency {} ms, {} repeats",
-        o.workflows, o.page_size, o.concurrency, o.latency_ms, o.repeat
+        "e2e: `{}` data, {} workflows × {per_workflow} runs = {runs} runs, page size {}, concurrency {}, latency {} ms, {} repeats",
+        o.data.name(),
+        o.workflows,
+        o.page_size,
+        o.concurrency,
+        o.latency_ms,
+        o.repeat
     );
     let warm_out = work.path().join("warm");
-    let (warm_wall, _) = export_once(&bin, &base, &warm_out, &o);
+    let warm = export_once(&bin, &base, &warm_out, &o);
     let parquet_bytes = size_of(&warm_out);
     let _ = std::fs::remove_dir_all(&warm_out);
     let origin = format!("http://{}", sim.addr());
@@ -348,12 +442,15 @@ fn main() {
         .iter()
         .map(|r| format!("{origin}{}", r.path_and_query))
         .collect();
-    println!("warm-up export: {warm_wall:.2} s, {} requests", urls.len());
+    println!(
+        "warm-up export: {:.2} s, {} requests",
+        warm.wall,
+        urls.len()
+    );
 
     let mut floor = Vec::new();
     let mut curl_floor = Vec::new();
     let mut exports = Vec::new();
-    let mut rss = Vec::new();
     let mut received = 0;
     let mut sample = Vec::new();
     for i in 0..o.repeat {
@@ -368,20 +465,23 @@ fn main() {
             curl_floor.push(secs);
         }
         let out = work.path().join(format!("run-{i}"));
-        let (wall, peak) = export_once(&bin, &base, &out, &o);
+        exports.push(export_once(&bin, &base, &out, &o));
         let _ = std::fs::remove_dir_all(&out);
-        exports.push(wall);
-        rss.push(peak);
     }
     let (floor_median, ..) = stats(floor.clone());
-    let (export_median, ..) = stats(exports.clone());
+    let report = Report {
+        runs,
+        received,
+        floor: floor_median,
+    };
     println!();
     println!("| measure | median (min–max) of {} |", o.repeat);
     println!("|---|---|");
     println!(
-        "| download floor, reqwest ({:.0} MB in {} requests) | {} |",
+        "| download floor, reqwest ({:.0} MB in {} requests, {:.0} bytes a run) | {} |",
         received as f64 / 1e6,
         urls.len(),
+        received as f64 / runs as f64,
         show(&floor, "s")
     );
     if !curl_floor.is_empty() {
@@ -390,40 +490,34 @@ fn main() {
             show(&curl_floor, "s")
         );
     }
-    println!(
-        "| export (release binary, child process) | {} |",
-        show(&exports, "s")
+    report.route(
+        "export (release binary, child process)",
+        &exports,
+        parquet_bytes,
     );
-    println!(
-        "| export ÷ download floor | {:.2}× |",
-        export_median / floor_median
-    );
+    let export_median = stats(exports.iter().map(|t| t.wall).collect()).0;
     println!("| export runs/s | {:.0} |", runs as f64 / export_median);
-    println!("| peak RSS of the export | {} |", show(&rss, "MB"));
-    println!(
-        "| Parquet bytes per 100k runs | {:.1} MB |",
-        parquet_bytes as f64 / runs as f64 * 1e5 / 1e6
-    );
-    if let Some(python) = python().filter(|_| o.python && o.latency_ms == 0) {
-        let tries = o.repeat.min(3);
-        let results: Vec<(f64, f64, u64)> = (0..tries)
-            .map(|_| pyarrow_route(&python, &urls, work.path()))
+    let python = python().filter(|_| o.latency_ms == 0);
+    if let Some(python) = python.as_ref().filter(|_| o.python) {
+        let results: Vec<(Timed, u64)> = (0..o.repeat.min(3))
+            .map(|_| pyarrow_route(python, &urls, work.path()))
             .collect();
-        let walls: Vec<f64> = results.iter().map(|r| r.0).collect();
-        let (median, ..) = stats(walls.clone());
-        println!(
-            "| Python route (urllib × 16, json, pyarrow zstd), {tries} runs | {} |",
-            show(&walls, "s")
+        let measures: Vec<Timed> = results.iter().map(|r| r.0).collect();
+        report.route(
+            "Python route (urllib × 16, json, pyarrow zstd)",
+            &measures,
+            results[0].1,
         );
-        println!(
-            "| Python route ÷ download floor | {:.2}× |",
-            median / floor_median
-        );
-        let rss: Vec<f64> = results.iter().map(|r| r.1).collect();
-        println!("| Python route peak RSS | {} |", show(&rss, "MB"));
-        println!(
-            "| Python route Parquet bytes per 100k runs | {:.1} MB |",
-            results[0].2 as f64 / runs as f64 * 1e5 / 1e6
+    }
+    if let Some(python) = python.as_ref().filter(|_| o.duckdb) {
+        let results: Vec<(Timed, u64)> = (0..o.repeat.min(3))
+            .map(|_| duckdb_route(python, &urls, o.concurrency, work.path()))
+            .collect();
+        let measures: Vec<Timed> = results.iter().map(|r| r.0).collect();
+        report.route(
+            "curl to disk + DuckDB `read_json` → zstd Parquet",
+            &measures,
+            results[0].1,
         );
     }
     if o.latency_ms > 0 {
@@ -440,13 +534,49 @@ fn main() {
             mb / parse
         );
         println!(
-            "| one core: flatten only | {flatten_only:.2} s ({:.0} MB/s) |",
-            mb / flatten_only
+            "| one core: flatten only | {flatten_only:.2} s ({:.0} MB/s, {:.2} ns/byte) |",
+            mb / flatten_only,
+            flatten_only * 1e3 / mb
         );
         println!(
-            "| one core: flatten + Parquet encode | {flatten:.2} s ({:.0} MB/s) |",
-            mb / flatten
+            "| one core: flatten + Parquet encode | {flatten:.2} s ({:.0} MB/s, {:.2} ns/byte) |",
+            mb / flatten,
+            flatten * 1e3 / mb
         );
         println!("| flatten + encode ÷ parse | {:.2}× |", flatten / parse);
+    }
+}
+
+/// Prints the rows of one route against the floor and the input.
+struct Report {
+    runs: u64,
+    received: u64,
+    floor: f64,
+}
+
+impl Report {
+    fn route(&self, name: &str, measures: &[Timed], parquet_bytes: u64) {
+        let walls: Vec<f64> = measures.iter().map(|t| t.wall).collect();
+        let cpus: Vec<f64> = measures.iter().map(|t| t.cpu).collect();
+        let rss: Vec<f64> = measures.iter().map(|t| t.rss_mb).collect();
+        let (wall, ..) = stats(walls.clone());
+        let (cpu, ..) = stats(cpus.clone());
+        println!(
+            "| {name}, {} runs | {} |",
+            measures.len(),
+            show(&walls, "s")
+        );
+        println!("| … ÷ download floor | {:.2}× |", wall / self.floor);
+        println!(
+            "| … CPU | {} ({:.2} ns per input byte) |",
+            show(&cpus, "s"),
+            cpu * 1e9 / self.received as f64
+        );
+        println!("| … peak RSS | {} |", show(&rss, "MB"));
+        println!(
+            "| … Parquet bytes | {:.1} MB ({:.0} bytes a run) |",
+            parquet_bytes as f64 / 1e6,
+            parquet_bytes as f64 / self.runs as f64
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod simulate;
+pub mod table;
 pub mod terminal;
 pub mod verify;
 

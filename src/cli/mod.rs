@@ -55,7 +55,7 @@ use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
 use crate::progress::{LogReporter, Reporter};
 use crate::report::{self, ReportError, ReportOptions};
-use crate::simulate::{self, SimConfig, SimServer};
+use crate::simulate::{self, DataProfile, SimConfig, SimServer};
 
 /// Export Arcee Orchestra workflow run history to a Hive-partitioned Parquet dataset.
 #[derive(Debug, Parser)]
@@ -259,6 +259,10 @@ struct DemoArgs {
     /// Seed of the simulated data.
     #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     seed: u64,
+    /// Shape of the simulated runs: `llm` (about 5.5 KB of JSON a run: long texts, chat
+    /// completions, retrieved documents) or `small` (about 1.5 KB).
+    #[arg(long, default_value = "llm", value_name = "PROFILE")]
+    data: DataProfile,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -306,6 +310,9 @@ struct SimulateArgs {
     /// Refuse (400) page requests whose `offset` is not a multiple of `limit`.
     #[arg(long)]
     aligned_offsets: bool,
+    /// Shape of the generated runs: `llm` (about 5.5 KB of JSON a run) or `small` (about 1.5 KB).
+    #[arg(long, default_value = "llm", value_name = "PROFILE")]
+    data: DataProfile,
 }
 
 /// Simulated workflows: at least one, at most what fits in memory comfortably.
@@ -733,6 +740,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
         workflows: args.workflows,
         runs_per_workflow: args.runs,
         vary_runs: true,
+        profile: args.data,
         ..SimConfig::default()
     };
     let server = match SimServer::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await {
@@ -931,6 +939,7 @@ async fn run_simulate(args: SimulateArgs) -> i32 {
         }),
         drift: args.drift,
         aligned_offsets: args.aligned_offsets,
+        profile: args.data,
         ..SimConfig::default()
     };
     let server = match SimServer::start(sim_config, args.listen).await {

@@ -24,12 +24,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::DatasetError;
 use super::marks::{DeletionMarks, conform, mark_deleted, would_mark};
-use super::schema::{PartitionDate, Table};
 use super::shard::Layout;
 use super::storage::Storage;
 #[cfg(doc)]
 use super::writer::PARTITION_FILE;
 use super::writer::{WriteSummary, writer_properties};
+use crate::table::{PartitionDate, Table};
 
 /// A set of run keys (`workflow_id`, `run_id`), probed without allocating.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -465,7 +465,7 @@ fn unchanged(
         if builder.schema().fields() != schema.fields() {
             return Ok(false);
         }
-        let columns = ["workflow_id", "run_id", super::schema::DELETED_UPSTREAM_AT];
+        let columns = ["workflow_id", "run_id", crate::table::DELETED_UPSTREAM_AT];
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
         for batch in builder.with_projection(mask).build().map_err(parquet_err)? {
             let batch = batch.map_err(|e| parquet_err(e.into()))?;

@@ -13,8 +13,8 @@ use arrow::array::{
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 
 use super::DatasetError;
-use super::schema::{DELETED_UPSTREAM_AT, UTC};
 use crate::flatten::{KeySet, id_key};
+use crate::table::{DELETED_UPSTREAM_AT, UTC};
 
 /// The runs of workflows paged to their end by a `--full` export: any stored run of theirs not
 /// among them no longer exists upstream.
@@ -130,7 +130,7 @@ pub fn mark_deleted(batch: RecordBatch, marks: &DeletionMarks) -> (RecordBatch, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::schema;
+    use crate::table as schema;
     use arrow::array::StringArray;
 
     fn runs(ids: &[(&str, &str)], marked: &[Option<i64>]) -> RecordBatch {

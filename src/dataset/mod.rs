@@ -8,7 +8,6 @@
 mod commit;
 mod marks;
 pub mod object;
-pub mod schema;
 pub mod shard;
 pub mod storage;
 mod writer;
@@ -18,10 +17,10 @@ use std::sync::Arc;
 
 use url::Url;
 
+pub use crate::table::{PartitionDate, Table};
 pub use commit::{CommitSummary, PartitionCommit, Revisit, RunKeys, batches, commit};
 pub use marks::DeletionMarks;
 pub use object::{ObjectOptions, ObjectStorage, download_tables};
-pub use schema::{PartitionDate, Table};
 pub use shard::{Layout, Shard};
 pub use storage::{LocalStorage, StagedFile, Storage, share_files};
 pub use writer::{

@@ -17,12 +17,13 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 
 use super::DatasetError;
-use super::schema::{PartitionDate, Table};
 use super::shard::Layout;
 use super::storage::{StagedFile, Storage};
-use crate::flatten::PartitionRows;
+use crate::table::PartitionRows;
+use crate::table::{PartitionDate, Table};
 
 /// Rows per Parquet row group: large enough for good compression and fast scans, small enough
 /// that one open partition buffers only a few MB.
@@ -151,6 +152,22 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Writes `pending` as one row group.
+    fn append_row_group(&mut self, pending: &Pending) -> Result<(), DatasetError> {
+        let path = &self.path;
+        let parquet_err = |source| DatasetError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        for batch in &pending.batches {
+            self.writer.write(batch).map_err(parquet_err)?;
+        }
+        // Ends the row group, dropping its column writers.
+        self.writer.flush().map_err(parquet_err)?;
+        self.rows += pending.rows;
+        Ok(())
+    }
+
     fn close(self) -> Result<WrittenFile, DatasetError> {
         let parquet_err = |source| DatasetError::Parquet {
             path: self.path.clone(),
@@ -234,34 +251,50 @@ impl DatasetWriter {
 
     /// Encodes the rows waiting for `key` as one row group of its file.
     fn encode(&mut self, key: (Table, PartitionDate)) -> Result<(), DatasetError> {
-        let Some(pending) = self.pending.remove(&key) else {
-            return Ok(());
-        };
-        self.pending_bytes -= pending.bytes;
-        if !self.open.contains_key(&key) {
-            if self.open.len() >= MAX_OPEN_FILES {
-                self.close_least_recent()?;
-            }
-            let file = self.open_file(key.0, key.1)?;
+        self.encode_all(&[key])
+    }
+
+    /// Encodes the rows waiting for each of `keys` as one row group of its file, the files at
+    /// once on the rayon pool (encoding and compressing is most of an export's CPU time, and
+    /// the files are independent).
+    fn encode_all(&mut self, keys: &[(Table, PartitionDate)]) -> Result<(), DatasetError> {
+        let mut jobs = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let Some(pending) = self.pending.remove(&key) else {
+                continue;
+            };
+            self.pending_bytes -= pending.bytes;
+            let mut file = match self.open.remove(&key) {
+                Some(file) => file,
+                None => {
+                    if self.open.len() + jobs.len() >= MAX_OPEN_FILES {
+                        self.close_least_recent()?;
+                    }
+                    self.open_file(key.0, key.1)?
+                }
+            };
+            self.writes += 1;
+            file.last_write = self.writes;
+            jobs.push((key, file, pending));
+        }
+        let done: Vec<_> = jobs
+            .into_par_iter()
+            .map(|(key, mut file, pending)| {
+                let written = file.append_row_group(&pending);
+                (key, file, written)
+            })
+            .collect();
+        let mut result = Ok(());
+        for (key, file, written) in done {
+            let full = file.rows >= MAX_ROWS_PER_FILE;
             self.open.insert(key, file);
+            match written {
+                Err(e) if result.is_ok() => result = Err(e),
+                Ok(()) if full => self.close_file(key)?,
+                _ => {}
+            }
         }
-        self.writes += 1;
-        let file = self.open.get_mut(&key).expect("inserted above");
-        file.last_write = self.writes;
-        let parquet_err = |source| DatasetError::Parquet {
-            path: file.path.clone(),
-            source,
-        };
-        for batch in &pending.batches {
-            file.writer.write(batch).map_err(parquet_err)?;
-        }
-        // Ends the row group, dropping its column writers.
-        file.writer.flush().map_err(parquet_err)?;
-        file.rows += pending.rows;
-        if file.rows >= MAX_ROWS_PER_FILE {
-            self.close_file(key)?;
-        }
-        Ok(())
+        result
     }
 
     fn close_file(&mut self, key: (Table, PartitionDate)) -> Result<(), DatasetError> {
@@ -309,18 +342,18 @@ impl DatasetWriter {
         }
     }
 
-    /// Encodes the largest waiting partitions until the rest fit the memory budget.
+    /// Encodes the largest waiting partitions, as many at once as the pool has threads, until
+    /// the rest fit the memory budget.
     fn enforce_memory_budget(&mut self) -> Result<(), DatasetError> {
-        while self.pending_bytes > self.options.memory_budget {
-            let Some(key) = self
-                .pending
-                .iter()
-                .max_by_key(|(_, p)| p.bytes)
-                .map(|(k, _)| *k)
-            else {
-                return Ok(());
-            };
-            self.encode(key)?;
+        while self.pending_bytes > self.options.memory_budget && !self.pending.is_empty() {
+            let mut largest: Vec<_> = self.pending.iter().map(|(k, p)| (p.bytes, *k)).collect();
+            largest.sort_unstable_by(|a, b| b.cmp(a));
+            let keys: Vec<_> = largest
+                .into_iter()
+                .take(rayon::current_num_threads().max(1))
+                .map(|(_, key)| key)
+                .collect();
+            self.encode_all(&keys)?;
         }
         Ok(())
     }
@@ -334,8 +367,9 @@ impl DatasetWriter {
     pub fn close(mut self) -> Result<WriteSummary, DatasetError> {
         let mut waiting: Vec<_> = self.pending.keys().copied().collect();
         waiting.sort();
-        for key in waiting {
-            self.encode(key)?;
+        // In groups, so that no more files are open at once than the limit allows.
+        for keys in waiting.chunks(MAX_OPEN_FILES / 4) {
+            self.encode_all(keys)?;
         }
         let mut open: Vec<_> = self.open.drain().collect();
         open.sort_by_key(|(key, _)| *key);
@@ -407,11 +441,11 @@ mod tests {
 
     use super::*;
     use crate::dataset::LocalStorage;
-    use crate::flatten::{PageContext, flatten_records};
+    use crate::flatten::{PageContext, flatten_page};
 
     /// One run a day for `days` days, each in its own partition.
     fn rows(days: i64, text_len: usize) -> Vec<PartitionRows> {
-        let records = (0..days)
+        let records: Vec<serde_json::Value> = (0..days)
             .map(|d| {
                 let start = crate::flatten::format_timestamp(1_700_000_000_000_000 + d * 86_400_000_000);
                 json!({"id": format!("r{d}"), "start_time": start, "all_outputs": {"m": "x".repeat(text_len)}})
@@ -422,7 +456,8 @@ mod tests {
             offset: 0,
             extracted_at_us: 0,
         };
-        flatten_records(records, ctx).partitions
+        let body = serde_json::to_vec(&records).unwrap();
+        flatten_page(&body, ctx).unwrap().partitions
     }
 
     fn read_run_ids(root: &std::path::Path, summary: &WriteSummary) -> Vec<String> {

@@ -21,10 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiError};
 use crate::dataset::PartitionDate;
-use crate::flatten::{
-    self, FlatPage, KeySet, PageError, PartitionRows, Rejected, RunInfo, format_timestamp,
-};
+use crate::flatten::{self, FlatPage, KeySet, PageError, Rejected, RunInfo, format_timestamp};
 use crate::progress::Reporter;
+use crate::table::PartitionRows;
 use fetch::{Fetched, Fetcher, RunSteps, Spawned};
 pub use paging::DEFAULT_MAX_WINDOW;
 use paging::{Answer, Pager, PagerOptions, PagingError, Poll, Refusal};
@@ -716,21 +715,22 @@ fn micros(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flatten::{PageContext, flatten_records};
+    use crate::flatten::{PageContext, flatten_page};
 
     fn page_on_days(days: std::ops::Range<u32>) -> FlatPage {
-        let records = days
+        let records: Vec<serde_json::Value> = days
             .map(|d| {
                 let start = format!("2020-01-{:02}T00:00:00Z", d + 1);
                 serde_json::json!({"id": format!("r{d}"), "start_time": start})
             })
             .collect();
+        let body = serde_json::to_vec(&records).expect("records serialize");
         let ctx = PageContext {
             workflow_id: "wf",
             offset: 0,
             extracted_at_us: 0,
         };
-        flatten_records(records, ctx)
+        flatten_page(&body, ctx).expect("a JSON array")
     }
 
     #[test]

@@ -249,7 +249,102 @@ fn assert_accounted(page: &FlatPage, records: &[Value]) {
     assert_eq!(got_outputs, want_outputs, "string outputs, byte-exact");
 }
 
+/// `value` as valid JSON text that is not compact: whitespace between tokens, escapes
+/// `serde_json` never writes (`\/`, `\u00E9`, surrogate pairs), exponents without a sign. Every
+/// choice comes from `noise`.
+fn noisy_json(value: &Value, noise: &mut impl FnMut(u32) -> u32, out: &mut String) {
+    let space = |noise: &mut dyn FnMut(u32) -> u32, out: &mut String| match noise(6) {
+        0 => out.push(' '),
+        1 => out.push_str("\n  "),
+        _ => {}
+    };
+    space(noise, out);
+    match value {
+        Value::String(text) => {
+            out.push('"');
+            for c in text.chars() {
+                match (c, noise(5)) {
+                    ('"', _) => out.push_str("\\\""),
+                    ('\\', _) => out.push_str("\\\\"),
+                    ('/', 0) => out.push_str("\\/"),
+                    (c, 0 | 1) if c as u32 > 0xFFFF => {
+                        let mut units = [0u16; 2];
+                        for unit in c.encode_utf16(&mut units) {
+                            out.push_str(&format!("\\u{unit:04X}"));
+                        }
+                    }
+                    (c, 0) if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    (c, 1) if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    (c, _) if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    (c, _) => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        Value::Number(n) => {
+            let text = n.to_string();
+            match noise(3) {
+                0 => out.push_str(&text.replace("e+", "e")),
+                1 => out.push_str(&text.replace('e', "E")),
+                _ => out.push_str(&text),
+            }
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                noisy_json(item, noise, out);
+            }
+            space(noise, out);
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                noisy_json(&Value::String(key.clone()), noise, out);
+                out.push(':');
+                noisy_json(item, noise, out);
+            }
+            space(noise, out);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Everything a flattened page holds, as text, to compare two pages whole.
+fn everything(page: &Result<FlatPage, super::PageError>) -> String {
+    format!("{page:?}")
+}
+
 proptest! {
+    #[test]
+    fn one_pass_and_record_by_record_agree_on_any_formatting(
+        records in prop::collection::vec(any_record(), 0..8),
+        seed in any::<u64>(),
+    ) {
+        let compact = serde_json::to_vec(&records).unwrap_or_default();
+        let mut state = seed | 1;
+        let mut noise = |n: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % u64::from(n)) as u32
+        };
+        let mut noisy = String::new();
+        noisy_json(&Value::Array(records.clone()), &mut noise, &mut noisy);
+        prop_assert_eq!(serde_json::from_str::<Value>(&noisy).ok(), Some(Value::Array(records)));
+        let want = everything(&flatten_page(&compact, ctx()));
+        prop_assert_eq!(&everything(&super::flatten_one_by_one(&compact, ctx())), &want, "record by record");
+        prop_assert_eq!(&everything(&flatten_page(noisy.as_bytes(), ctx())), &want, "noisy: {}", noisy);
+        prop_assert_eq!(&everything(&super::flatten_one_by_one(noisy.as_bytes(), ctx())), &want, "noisy, record by record");
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = flatten_page(&body, ctx());

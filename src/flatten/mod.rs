@@ -1,10 +1,19 @@
 //! Flatten: one page of the run-history API (a JSON array) into Arrow record batches.
 //!
 //! This module owns the mapping from the wire format to the dataset's tables — every column of
-//! `runs`, `node_outputs` and `run_inputs` is produced here, in `RowsBuilder` — and the rules for
-//! records that cannot be runs (they become [`Rejected`] entries with a reason). It is pure and
-//! synchronous: no I/O, no async, no knowledge of files or partitions' storage. Callers run it on
-//! rayon threads, off the async runtime. It never panics on any input.
+//! `runs`, `node_outputs` and `run_inputs` is filled here (`rows.rs`, into the typed builders of
+//! [`crate::table`]) — and the rules for records that cannot be runs (they become [`Rejected`]
+//! entries with a reason). It is pure and synchronous: no I/O, no async, no knowledge of files or
+//! partitions' storage. Callers run it on rayon threads, off the async runtime. It never panics
+//! on any input.
+//!
+//! No `Value` tree is built for a clean page: one `serde_json` pass splits it into records and
+//! fields borrowed from the body (`raw.rs`), and each value is written into its column straight
+//! from those bytes — strings unescaped into the builder, nested values kept as their own text
+//! when it is already compact JSON (`cell.rs`). A page this pass cannot take whole (a record that
+//! is not an object, a repeated key, bytes that are not UTF-8, a lone surrogate) goes the
+//! record-by-record way (`page.rs`), which names what is wrong; both ways store the same bytes
+//! (the fuzz suite checks it on reformatted and re-escaped pages).
 //!
 //! Value encoding, shared by every JSON-valued column: a JSON string is stored verbatim (unescaped),
 //! JSON `null` is SQL NULL, and any other value is stored as compact JSON text with its object key
@@ -31,25 +40,29 @@
 //!   (NULL; `node_count` 0); `inputs` that is not an object (kept in `runs.inputs` as compact JSON,
 //!   no `run_inputs` rows); `outputs` of any type; strings of any size, byte for byte.
 
+mod cell;
 mod dupkeys;
 mod page;
+mod raw;
+mod rows;
+mod run;
 mod steps;
 mod strict;
 mod time;
 mod workflows;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
+use arrow::array::{BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
 use serde_json::Value;
 
-use crate::dataset::schema::{self, PartitionDate};
+use crate::table::{PartitionDate, PartitionRows};
+use cell::Unusable;
 use page::Element;
+use raw::RawRecord;
+use rows::RunCells;
+use run::RunFields;
 pub use steps::flatten_steps;
 pub use time::{format_timestamp, parse_timestamp};
 pub use workflows::{WorkflowList, flatten_workflows};
@@ -96,19 +109,6 @@ pub struct Rejected {
     /// Whether the run is in the tables all the same (with the values the reason lists stored as
     /// NULL or not flattened); `false` for records quarantined instead of written.
     pub kept: bool,
-}
-
-/// The rows of one partition (one UTC start date) of one page, one batch per table.
-#[derive(Debug, Clone)]
-pub struct PartitionRows {
-    /// The partition these rows belong to.
-    pub date: PartitionDate,
-    /// Rows of the `runs` table.
-    pub runs: RecordBatch,
-    /// Rows of the `node_outputs` table.
-    pub node_outputs: RecordBatch,
-    /// Rows of the `run_inputs` table.
-    pub run_inputs: RecordBatch,
 }
 
 /// Statuses of runs that have not reached a final state.
@@ -241,24 +241,69 @@ fn fingerprint(salt: u8, text: &str) -> u128 {
 }
 
 /// Flattens one page body (the bytes of a `GET /workflows/{id}/runs` response).
+///
+/// A clean page — every element an object, nothing repeated, every value storable — is read in
+/// one borrowing pass; any other is split into its elements and each is parsed on its
+/// own, so one bad record is named and quarantined and the rest are kept. Both ways
+/// give the same rows for the same records.
 pub fn flatten_page(body: &[u8], ctx: PageContext<'_>) -> Result<FlatPage, PageError> {
-    Ok(flatten_elements(page::split_page(body)?, ctx))
+    if let Some(records) = raw::page_records(body) {
+        let items = records.into_iter().map(Item::Record);
+        if let Ok(page) = flatten_items(items, ctx, OnUnusable::GiveUp) {
+            return Ok(page);
+        }
+    }
+    flatten_one_by_one(body, ctx)
 }
 
-/// Flattens already-parsed records (one page's worth).
-pub fn flatten_records(records: Vec<Value>, ctx: PageContext<'_>) -> FlatPage {
-    flatten_elements(records.into_iter().map(Element::Record).collect(), ctx)
+/// The record-by-record path alone (the fuzz suite compares it with the one-pass path).
+fn flatten_one_by_one(body: &[u8], ctx: PageContext<'_>) -> Result<FlatPage, PageError> {
+    let decoded = page::Decoded::new(body);
+    let items = page::split(&decoded)?
+        .into_iter()
+        .map(|element| match element {
+            Element::Record(record) => Item::Record(record),
+            Element::NotAnObject(value) => Item::NotAnObject(value),
+            Element::Quarantined { reason, text } => Item::Quarantined { reason, text },
+        });
+    // Records split one by one were checked by a full parse, so quarantining is only a guard.
+    Ok(flatten_items(items, ctx, OnUnusable::Quarantine).unwrap_or_default())
 }
 
-fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
+/// What to do with a record holding a value that cannot be stored as it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnUnusable {
+    /// Stop: the page goes to the record-by-record path, which names the problem.
+    GiveUp,
+    /// Quarantine the record (the record-by-record path, where it should not happen).
+    Quarantine,
+}
+
+/// One element of a page, as the flattener sees it.
+enum Item<'a> {
+    /// A JSON object (it may still be unusable as a run).
+    Record(RawRecord<'a>),
+    /// Valid JSON, but not an object.
+    NotAnObject(Value),
+    /// Not parseable without losing something.
+    Quarantined { reason: String, text: String },
+}
+
+/// Flattens the items of one page; with [`OnUnusable::GiveUp`], `Err` as soon as a record holds
+/// a value that cannot be stored as it is.
+fn flatten_items<'a>(
+    items: impl ExactSizeIterator<Item = Item<'a>>,
+    ctx: PageContext<'_>,
+    on_unusable: OnUnusable,
+) -> Result<FlatPage, Unusable> {
     let mut out = FlatPage {
-        record_count: elements.len(),
+        record_count: items.len(),
         ..FlatPage::default()
     };
     // BTreeMap keeps partitions in date order, so output is deterministic.
-    let mut by_date: BTreeMap<PartitionDate, RowsBuilder> = BTreeMap::new();
+    let mut by_date: BTreeMap<PartitionDate, Vec<(RunFields, RunCells<'a>)>> = BTreeMap::new();
     let mut ids_in_page: HashSet<String> = HashSet::new();
-    for (index, element) in elements.into_iter().enumerate() {
+    for (index, item) in items.enumerate() {
         let reject = |reason: String, record: Value, kept: bool| Rejected {
             workflow_id: ctx.workflow_id.to_owned(),
             offset: ctx.offset,
@@ -267,26 +312,42 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             record,
             kept,
         };
-        let record = match element {
-            Element::Record(record) => record,
-            Element::Quarantined { reason, text } => {
-                out.keys.push(text_key(&text));
-                out.starts.push(None);
-                out.has_id.push(false);
+        let record = match item {
+            Item::Record(record) => record,
+            Item::Quarantined { reason, text } => {
+                out.push_unkeyed(text_key(&text));
                 out.rejected
                     .push(reject(reason, Value::String(text), false));
                 continue;
             }
-        };
-        let run = match RunFields::from_record(&record) {
-            Ok(run) => run,
-            Err(reason) => {
-                out.keys.push(text_key(&record.to_string()));
-                out.starts.push(None);
-                out.has_id.push(false);
-                out.rejected.push(reject(reason, record, false));
+            Item::NotAnObject(value) => {
+                let reason = format!("record is a JSON {}, not an object", json_type(&value));
+                out.push_unkeyed(text_key(&value.to_string()));
+                out.rejected.push(reject(reason, value, false));
                 continue;
             }
+        };
+        let checked = RunFields::from_record(&record).and_then(|run| {
+            let cells = RunCells::prepare(&record)?;
+            Ok((run, cells))
+        });
+        let (run, cells) = match checked {
+            Ok((Ok(run), cells)) => (run, cells),
+            Ok((Err(reason), _)) => {
+                let value = record.to_value();
+                out.push_unkeyed(text_key(&value.to_string()));
+                out.rejected.push(reject(reason, value, false));
+                continue;
+            }
+            Err(Unusable) if on_unusable == OnUnusable::Quarantine => {
+                let text = record.to_value().to_string();
+                out.push_unkeyed(text_key(&text));
+                let reason = "record holds a value that cannot be stored".to_owned();
+                out.rejected
+                    .push(reject(reason, Value::String(text), false));
+                continue;
+            }
+            Err(Unusable) => return Err(Unusable),
         };
         out.keys.push(id_key(&run.id));
         out.starts.push(run.start_time);
@@ -295,182 +356,52 @@ fn flatten_elements(elements: Vec<Element>, ctx: PageContext<'_>) -> FlatPage {
             out.duplicates += 1;
             continue;
         }
-        out.count_unreadable(&run.unreadable);
+        out.count_unreadable(&run);
         if let Some(reason) = run.unreadable_reason() {
-            out.rejected.push(reject(reason, record.clone(), true));
+            out.rejected.push(reject(reason, record.to_value(), true));
         }
-        let status = record.get("status").and_then(Value::as_str);
+        let status = record.get("status").and_then(cell::string_of);
         out.runs.push(RunInfo {
             id: run.id.clone(),
             start_time: run.start_time,
             finished: run.end_time.is_some()
-                && !status.is_some_and(|s| UNFINISHED_STATUSES.contains(&s)),
+                && !status.is_some_and(|s| UNFINISHED_STATUSES.contains(&&*s)),
         });
         by_date
             .entry(PartitionDate::from_micros(run.start_time))
             .or_default()
-            .push(&run, &record, ctx);
+            .push((run, cells));
     }
     out.partitions = by_date
         .into_iter()
-        .map(|(date, rows)| rows.finish(date))
+        .map(|(date, runs)| rows::build(date, &runs, ctx))
         .collect();
-    out
+    Ok(out)
 }
 
 impl FlatPage {
-    fn count_unreadable(&mut self, unreadable: &[Unreadable]) {
-        self.unreadable_values += unreadable.len();
-        for u in unreadable {
+    fn count_unreadable(&mut self, run: &RunFields) {
+        self.unreadable_values += run.unreadable.len();
+        for u in &run.unreadable {
             *self.unreadable_fields.entry(u.field).or_default() += 1;
         }
     }
-}
 
-/// A value present in a kept run but not readable as its column's type.
-struct Unreadable {
-    field: &'static str,
-    /// What was expected, e.g. "is not a timestamp (stored as NULL)".
-    problem: String,
-    /// The value as sent, compact JSON, shortened.
-    original: String,
-}
-
-impl Unreadable {
-    /// Longest original value quoted in a reason; the record in `_rejected/` has it whole.
-    const MAX_QUOTED_CHARS: usize = 120;
-
-    fn new(field: &'static str, problem: impl Into<String>, value: &Value) -> Self {
-        let mut original = value.to_string();
-        if let Some((cut, _)) = original.char_indices().nth(Self::MAX_QUOTED_CHARS) {
-            original.truncate(cut);
-            original.push('…');
-        }
-        Self {
-            field,
-            problem: problem.into(),
-            original,
-        }
-    }
-}
-
-/// The scalar fields of one run, decoded from a record.
-struct RunFields {
-    id: String,
-    start_time: Option<i64>,
-    end_time: Option<i64>,
-    elapsed_time: Option<i64>,
-    unreadable: Vec<Unreadable>,
-}
-
-impl RunFields {
-    fn from_record(record: &Value) -> Result<Self, String> {
-        let Value::Object(map) = record else {
-            return Err(format!(
-                "record is a JSON {}, not an object",
-                json_type(record)
-            ));
-        };
-        let id = match map.get("id") {
-            None => return Err("`id` is missing".to_owned()),
-            Some(Value::Null) => return Err("`id` is null".to_owned()),
-            Some(Value::String(s)) if s.is_empty() => return Err("`id` is empty".to_owned()),
-            // URLs drop such segments: `…/runs/../steps` would be `…/steps`.
-            Some(Value::String(s)) if s == "." || s == ".." => {
-                return Err(format!("`id` is `{s}`, which cannot be a URL path segment"));
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => return Err(format!("`id` is a JSON {}", json_type(other))),
-        };
-        let mut unreadable = Vec::new();
-        let mut timestamp = |field: &'static str| {
-            let value = map.get(field).filter(|v| !v.is_null())?;
-            let parsed = value.as_str().and_then(parse_timestamp);
-            if parsed.is_none() {
-                unreadable.push(Unreadable::new(
-                    field,
-                    "is not a timestamp (stored as NULL)",
-                    value,
-                ));
-            }
-            parsed
-        };
-        let start_time = timestamp("start_time");
-        let end_time = timestamp("end_time");
-        let elapsed_time = map
-            .get("elapsed_time")
-            .filter(|v| !v.is_null())
-            .and_then(|value| {
-                let parsed = integer_seconds(value);
-                if parsed.is_none() {
-                    unreadable.push(Unreadable::new(
-                        "elapsed_time",
-                        "is not a number of seconds (stored as NULL)",
-                        value,
-                    ));
-                }
-                parsed
-            });
-        match map.get("all_outputs") {
-            None | Some(Value::Null | Value::Object(_)) => {}
-            Some(other) => unreadable.push(Unreadable::new(
-                "all_outputs",
-                format!(
-                    "is a JSON {}, not an object (no node_outputs rows)",
-                    json_type(other)
-                ),
-                other,
-            )),
-        }
-        Ok(Self {
-            id,
-            start_time,
-            end_time,
-            elapsed_time,
-            unreadable,
-        })
-    }
-
-    /// Why the run is also listed in `_rejected/`, when some of its values were not readable.
-    fn unreadable_reason(&self) -> Option<String> {
-        if self.unreadable.is_empty() {
-            return None;
-        }
-        let notes: Vec<String> = self
-            .unreadable
-            .iter()
-            .map(|u| format!("`{}` {}: {}", u.field, u.problem, u.original))
-            .collect();
-        Some(format!("kept with unreadable values: {}", notes.join("; ")))
-    }
-
-    /// End minus start in whole milliseconds (truncated), when both are known.
-    fn duration_ms(&self) -> Option<i64> {
-        Some(self.end_time?.checked_sub(self.start_time?)? / 1000)
+    /// Records a record without a usable id: its key is its text's.
+    fn push_unkeyed(&mut self, key: u128) {
+        self.keys.push(key);
+        self.starts.push(None);
+        self.has_id.push(false);
     }
 }
 
 /// Whole seconds from a JSON number or numeric string; fractions are truncated toward zero.
 fn integer_seconds(v: &Value) -> Option<i64> {
-    let float = match v {
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                return Some(i);
-            }
-            n.as_f64()?
-        }
-        Value::String(s) => {
-            let s = s.trim();
-            if let Ok(i) = s.parse::<i64>() {
-                return Some(i);
-            }
-            s.parse::<f64>().ok()?
-        }
-        _ => return None,
-    };
-    // `as` saturates; reject values that do not fit rather than storing a clamped number.
-    (float.is_finite() && float.abs() < 9.2e18).then(|| float.trunc() as i64)
+    match v {
+        Value::Number(n) => run::seconds_from_text(&n.to_string()),
+        Value::String(s) => run::seconds_from_text(s),
+        _ => None,
+    }
 }
 
 /// The JSON type name used in `value_type` columns and messages.
@@ -487,152 +418,14 @@ pub fn json_type(v: &Value) -> &'static str {
 
 /// Appends a JSON value with the shared encoding: strings verbatim, null as NULL, else compact JSON.
 fn append_json(builder: &mut StringBuilder, v: Option<&Value>) {
+    use std::fmt::Write as _;
     match v {
         None | Some(Value::Null) => builder.append_null(),
         Some(Value::String(s)) => builder.append_value(s),
-        Some(other) => append_compact(builder, other),
-    }
-}
-
-/// Appends `v` as compact JSON, serialized straight into the column's buffer.
-fn append_compact(builder: &mut StringBuilder, v: &Value) {
-    use std::fmt::Write as _;
-    // Writing to a string builder cannot fail; `append_value("")` ends the value written.
-    let _ = write!(builder, "{v}");
-    builder.append_value("");
-}
-
-/// Column builders for the three tables of one partition.
-#[derive(Default)]
-struct RowsBuilder {
-    runs: RunsColumns,
-    nodes: ChildColumns,
-    inputs: ChildColumns,
-}
-
-#[derive(Default)]
-struct RunsColumns {
-    workflow_id: StringBuilder,
-    run_id: StringBuilder,
-    status: StringBuilder,
-    start_time: TimestampMicrosecondBuilder,
-    end_time: TimestampMicrosecondBuilder,
-    elapsed_time: Int64Builder,
-    duration_ms: Int64Builder,
-    error: StringBuilder,
-    outputs: StringBuilder,
-    node_count: Int32Builder,
-    inputs: StringBuilder,
-    extracted_at: TimestampMicrosecondBuilder,
-}
-
-/// Columns of `node_outputs` and `run_inputs`; `position` is `node_index` (inputs have none).
-#[derive(Default)]
-struct ChildColumns {
-    workflow_id: StringBuilder,
-    run_id: StringBuilder,
-    start_time: TimestampMicrosecondBuilder,
-    name: StringBuilder,
-    position: Int32Builder,
-    value_type: StringBuilder,
-    value: StringBuilder,
-}
-
-impl ChildColumns {
-    /// Appends one row per entry of `obj` (nothing when it is not an object).
-    fn push_entries(&mut self, run: &RunFields, obj: Option<&Value>, ctx: PageContext<'_>) {
-        let Some(Value::Object(map)) = obj else {
-            return;
-        };
-        for (index, (name, value)) in map.iter().enumerate() {
-            self.workflow_id.append_value(ctx.workflow_id);
-            self.run_id.append_value(&run.id);
-            self.start_time.append_option(run.start_time);
-            self.name.append_value(name);
-            self.position
-                .append_value(i32::try_from(index).unwrap_or(i32::MAX));
-            self.value_type.append_value(json_type(value));
-            append_json(&mut self.value, Some(value));
-        }
-    }
-
-    fn finish(mut self, schema: arrow::datatypes::SchemaRef, with_position: bool) -> RecordBatch {
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.workflow_id.finish()),
-            Arc::new(self.run_id.finish()),
-            Arc::new(self.start_time.finish().with_timezone(schema::UTC)),
-            Arc::new(self.name.finish()),
-        ];
-        if with_position {
-            columns.push(Arc::new(self.position.finish()));
-        }
-        columns.push(Arc::new(self.value_type.finish()));
-        columns.push(Arc::new(self.value.finish()));
-        RecordBatch::try_new(schema, columns).expect("child columns match their schema")
-    }
-}
-
-impl RowsBuilder {
-    fn push(&mut self, run: &RunFields, record: &Value, ctx: PageContext<'_>) {
-        let field = |name: &str| record.get(name);
-        let all_outputs = field("all_outputs");
-        let r = &mut self.runs;
-        r.workflow_id.append_value(ctx.workflow_id);
-        r.run_id.append_value(&run.id);
-        append_json(&mut r.status, field("status"));
-        r.start_time.append_option(run.start_time);
-        r.end_time.append_option(run.end_time);
-        r.elapsed_time.append_option(run.elapsed_time);
-        r.duration_ms.append_option(run.duration_ms());
-        append_json(&mut r.error, field("error"));
-        append_json(&mut r.outputs, field("outputs"));
-        let node_count = match all_outputs {
-            Some(Value::Object(m)) => m.len(),
-            _ => 0,
-        };
-        r.node_count
-            .append_value(i32::try_from(node_count).unwrap_or(i32::MAX));
-        match field("inputs") {
-            None | Some(Value::Null) => r.inputs.append_null(),
-            Some(v) => append_compact(&mut r.inputs, v),
-        }
-        r.extracted_at.append_value(ctx.extracted_at_us);
-        self.nodes.push_entries(run, all_outputs, ctx);
-        self.inputs.push_entries(run, field("inputs"), ctx);
-    }
-
-    fn finish(self, date: PartitionDate) -> PartitionRows {
-        let mut r = self.runs;
-        let rows = arrow::array::ArrayBuilder::len(&r.run_id);
-        let utc =
-            |b: &mut TimestampMicrosecondBuilder| Arc::new(b.finish().with_timezone(schema::UTC));
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(r.workflow_id.finish()),
-            Arc::new(r.run_id.finish()),
-            Arc::new(r.status.finish()),
-            utc(&mut r.start_time),
-            utc(&mut r.end_time),
-            Arc::new(r.elapsed_time.finish()),
-            Arc::new(r.duration_ms.finish()),
-            Arc::new(r.error.finish()),
-            Arc::new(r.outputs.finish()),
-            Arc::new(r.node_count.finish()),
-            Arc::new(r.inputs.finish()),
-            utc(&mut r.extracted_at),
-            // Fetched now, so it exists upstream.
-            arrow::array::new_null_array(
-                &arrow::datatypes::DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Microsecond,
-                    Some(schema::UTC.into()),
-                ),
-                rows,
-            ),
-        ];
-        PartitionRows {
-            date,
-            runs: RecordBatch::try_new(schema::runs(), columns).expect("runs columns match schema"),
-            node_outputs: self.nodes.finish(schema::node_outputs(), true),
-            run_inputs: self.inputs.finish(schema::run_inputs(), false),
+        Some(other) => {
+            // Writing to a string builder cannot fail; `append_value("")` ends the value.
+            let _ = write!(builder, "{other}");
+            builder.append_value("");
         }
     }
 }

@@ -1,8 +1,8 @@
-//! Splitting a page body into records, each parsed on its own.
+//! The record-by-record path: splitting a page body into records, each parsed on its own.
 //!
 //! The body is decoded as UTF-8 with invalid bytes replaced by U+FFFD (their positions are
 //! remembered), split into the raw text of each array element without interpreting string escapes,
-//! and only then is each element parsed into a `Value`. So one broken record — bytes that are not
+//! and only then is each element parsed, checked and split into its fields. So one broken record — bytes that are not
 //! UTF-8, an escape that is no character (`"\ud800"`), a key repeated — becomes a quarantined
 //! [`Element`] with its text kept, and the other records of the page are unaffected. A body that is
 //! not a JSON array at all is a [`PageError`]: its records are unknown.
@@ -13,13 +13,18 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::PageError;
+use super::cell::json_type_of;
 use super::dupkeys::first_duplicate_key;
+use super::raw::{RawRecord, entries};
 
 /// One element of a page's array.
 #[derive(Debug)]
-pub(super) enum Element {
-    /// Parsed JSON (it may still be unusable as a run).
-    Record(Value),
+pub(super) enum Element<'a> {
+    /// A JSON object without repeated keys, split into its fields (it may still be unusable as
+    /// a run).
+    Record(RawRecord<'a>),
+    /// Valid JSON, but not an object.
+    NotAnObject(Value),
     /// Not parseable without losing something; `text` is the element as received (U+FFFD in
     /// place of bytes that are not UTF-8).
     Quarantined { reason: String, text: String },
@@ -27,13 +32,13 @@ pub(super) enum Element {
 
 /// The body as text, with the byte offsets (in the text) of each U+FFFD put in place of bytes
 /// that are not UTF-8; ascending.
-struct Decoded<'a> {
+pub(super) struct Decoded<'a> {
     text: Cow<'a, str>,
     replaced: Vec<usize>,
 }
 
 impl<'a> Decoded<'a> {
-    fn new(body: &'a [u8]) -> Self {
+    pub(super) fn new(body: &'a [u8]) -> Self {
         if let Ok(text) = std::str::from_utf8(body) {
             return Self {
                 text: Cow::Borrowed(text),
@@ -68,12 +73,8 @@ impl<'a> Decoded<'a> {
     }
 }
 
-/// Splits `body` into its array's elements, each parsed or quarantined.
-pub(super) fn split_page(body: &[u8]) -> Result<Vec<Element>, PageError> {
-    if let Some(records) = super::strict::records(body) {
-        return Ok(records.into_iter().map(Element::Record).collect());
-    }
-    let decoded = Decoded::new(body);
+/// Splits a decoded body into its array's elements, each parsed or quarantined.
+pub(super) fn split<'a>(decoded: &'a Decoded<'_>) -> Result<Vec<Element<'a>>, PageError> {
     let raw_elements = raw_array(&decoded.text)?;
     Ok(raw_elements
         .into_iter()
@@ -98,7 +99,7 @@ fn raw_array(text: &str) -> Result<Vec<&RawValue>, PageError> {
         // Tell "not JSON" from "JSON, but not an array" by reading the whole value.
         let whole: &RawValue = serde_json::from_str(text).map_err(malformed)?;
         return Err(PageError::NotAnArray {
-            found: json_type_of_text(whole.get()),
+            found: json_type_of(whole.get()),
         });
     }
     serde_json::from_str(text).map_err(malformed)
@@ -112,30 +113,22 @@ fn malformed(e: serde_json::Error) -> PageError {
     }
 }
 
-/// The JSON type of a valid JSON text, from its first byte.
-fn json_type_of_text(json: &str) -> &'static str {
-    match json.bytes().next() {
-        Some(b'{') => "object",
-        Some(b'[') => "array",
-        Some(b'"') => "string",
-        Some(b't' | b'f') => "boolean",
-        Some(b'n') => "null",
-        _ => "number",
-    }
-}
-
 /// Parses one element's text, refusing what a `Value` would alter (repeated keys).
-fn parse_element(text: &str) -> Element {
+fn parse_element(text: &str) -> Element<'_> {
     match serde_json::from_str::<Value>(text) {
         Err(e) => quarantine(&format!("record is not valid JSON: {e}"), text),
         Ok(value) => match first_duplicate_key(text) {
             Some(path) => quarantine(&format!("duplicate key `{path}`"), text),
-            None => Element::Record(value),
+            None if !value.is_object() => Element::NotAnObject(value),
+            None => match entries(text) {
+                Some(fields) => Element::Record(RawRecord { fields }),
+                None => quarantine("record cannot be split into its fields", text),
+            },
         },
     }
 }
 
-fn quarantine(reason: &str, text: &str) -> Element {
+fn quarantine<'a>(reason: &str, text: &str) -> Element<'a> {
     Element::Quarantined {
         reason: reason.to_owned(),
         text: text.to_owned(),
@@ -146,15 +139,20 @@ fn quarantine(reason: &str, text: &str) -> Element {
 mod tests {
     use super::*;
 
-    fn reasons(body: &[u8]) -> Vec<String> {
-        split_page(body)
-            .unwrap()
+    fn split_page(body: &[u8]) -> Result<Vec<String>, PageError> {
+        let decoded = Decoded::new(body);
+        Ok(split(&decoded)?
             .into_iter()
             .map(|e| match e {
-                Element::Record(v) => format!("ok {v}"),
+                Element::Record(r) => format!("ok {}", r.to_value()),
+                Element::NotAnObject(v) => format!("ok {v}"),
                 Element::Quarantined { reason, text } => format!("{reason} | {text}"),
             })
-            .collect()
+            .collect())
+    }
+
+    fn reasons(body: &[u8]) -> Vec<String> {
+        split_page(body).unwrap()
     }
 
     #[test]

@@ -1,14 +1,10 @@
 //! `GET /workflows/{id}/runs/{run_id}/steps` into rows of the `steps` table.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::RecordBatch;
 use serde_json::Value;
 
 use super::{PageError, append_json, integer_seconds, json_type, parse_timestamp};
-use crate::dataset::schema;
+use crate::table::StepsRows;
 
 /// Flattens one run's steps. Every step is kept; a field of an unexpected type is stored as NULL
 /// (timestamps, numbers) or as compact JSON text (everything else).
@@ -27,25 +23,7 @@ pub fn flatten_steps(
             found: json_type(&steps),
         });
     };
-    let mut wf = StringBuilder::new();
-    let mut run = StringBuilder::new();
-    let (mut step_id, mut node_id, mut status, mut error, mut outputs, mut inputs) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let (mut start, mut end) = (
-        TimestampMicrosecondBuilder::new(),
-        TimestampMicrosecondBuilder::new(),
-    );
-    let (mut elapsed, mut duration, mut tokens) = (
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-    );
+    let mut rows = StepsRows::default();
     for step in &steps {
         let field = |name: &str| step.get(name);
         let ts = |name: &str| {
@@ -53,46 +31,32 @@ pub fn flatten_steps(
                 .and_then(Value::as_str)
                 .and_then(parse_timestamp)
         };
-        wf.append_value(workflow_id);
-        run.append_value(run_id);
-        append_json(&mut step_id, field("id"));
-        append_json(&mut node_id, field("node_id"));
-        append_json(&mut status, field("status"));
+        rows.workflow_id.append_value(workflow_id);
+        rows.run_id.append_value(run_id);
+        append_json(&mut rows.step_id, field("id"));
+        append_json(&mut rows.node_id, field("node_id"));
+        append_json(&mut rows.status, field("status"));
         let (s, e) = (ts("start_time"), ts("end_time"));
-        start.append_option(s);
-        end.append_option(e);
-        elapsed.append_option(field("elapsed_time").and_then(integer_seconds));
-        duration.append_option(
+        rows.start_time.append_option(s);
+        rows.end_time.append_option(e);
+        rows.elapsed_time
+            .append_option(field("elapsed_time").and_then(integer_seconds));
+        rows.duration_ms.append_option(
             s.zip(e)
                 .and_then(|(s, e)| e.checked_sub(s))
                 .map(|d| d / 1000),
         );
-        append_json(&mut error, field("error"));
-        for (builder, name) in [(&mut outputs, "outputs"), (&mut inputs, "inputs")] {
+        append_json(&mut rows.error, field("error"));
+        for (builder, name) in [(&mut rows.outputs, "outputs"), (&mut rows.inputs, "inputs")] {
             match field(name) {
                 None | Some(Value::Null) => builder.append_null(),
                 Some(v) => builder.append_value(v.to_string()),
             }
         }
-        tokens.append_option(field("tokens").and_then(integer_seconds));
+        rows.tokens
+            .append_option(field("tokens").and_then(integer_seconds));
     }
-    let utc = |b: &mut TimestampMicrosecondBuilder| Arc::new(b.finish().with_timezone(schema::UTC));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(wf.finish()),
-        Arc::new(run.finish()),
-        Arc::new(step_id.finish()),
-        Arc::new(node_id.finish()),
-        Arc::new(status.finish()),
-        utc(&mut start),
-        utc(&mut end),
-        Arc::new(elapsed.finish()),
-        Arc::new(duration.finish()),
-        Arc::new(error.finish()),
-        Arc::new(outputs.finish()),
-        Arc::new(inputs.finish()),
-        Arc::new(tokens.finish()),
-    ];
-    Ok(RecordBatch::try_new(schema::steps(), columns).expect("step columns match their schema"))
+    Ok(rows.finish())
 }
 
 #[cfg(test)]

@@ -1,45 +1,25 @@
-//! The fast path of page parsing: the whole page into `Value`s in one pass, refusing anything
-//! the record-by-record path ([`super::page`]) would quarantine.
+//! A `Value` parser that refuses repeated keys.
 //!
-//! A repeated key makes `serde_json::Value` silently keep the last value, so this builds the
-//! values itself and fails on the first repeat instead; invalid UTF-8, lone surrogates and
-//! anything that is not an array of JSON values fail too. Any failure sends the page to the
-//! slow path, which parses each record on its own, names what is wrong and keeps the rest.
-//! Clean pages — nearly all of them — are read once instead of three times.
+//! `serde_json::Value` silently keeps the last of two equal keys. This builds the values itself
+//! and fails on the first repeat instead; used for values whose text is not compact and must be
+//! written again ([`super::cell`]). Failure sends the record to the record-by-record path, which
+//! names what is wrong.
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// The records of a clean page; `None` when the page needs the record-by-record path.
-pub(super) fn records(body: &[u8]) -> Option<Vec<Value>> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let records = de.deserialize_seq(Records).ok()?;
+/// `text` (one JSON value) parsed; `None` when it is not valid JSON or repeats a key.
+pub(super) fn value(text: &str) -> Option<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Strict.deserialize(&mut de).ok()?;
     de.end().ok()?;
-    Some(records)
+    Some(value)
 }
 
 /// The token serde_json uses to pass a number's exact text with `arbitrary_precision`.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-
-struct Records;
-
-impl<'de> Visitor<'de> for Records {
-    type Value = Vec<Value>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
-        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(record) = seq.next_element_seed(Strict)? {
-            records.push(record);
-        }
-        Ok(records)
-    }
-}
 
 /// One JSON value, built like `serde_json::Value` but refusing a repeated key.
 struct Strict;
@@ -122,34 +102,31 @@ impl<'de> Visitor<'de> for Strict {
 
 #[cfg(test)]
 mod tests {
-    use super::records;
-    use serde_json::Value;
+    use super::value;
 
     #[test]
-    fn clean_pages_parse_exactly_like_serde_json() {
-        let body = br#"[{"id": "a", "n": 12345678901234567890123, "f": 1.50, "o": {"z": [1, null, true, "s\u00e9"], "a": {}}}, 7, "x", []]"#;
-        let want: Vec<Value> = serde_json::from_slice(body).unwrap();
-        assert_eq!(records(body).unwrap(), want);
+    fn values_parse_exactly_like_serde_json() {
+        let text = r#"{"id": "a", "n": 12345678901234567890123, "f": 1.50, "o": {"z": [1, null, true, "s\u00e9"], "a": {}}}"#;
+        let want: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(value(text).unwrap(), want);
         // Key order and the numbers' exact text survive.
         assert_eq!(
-            serde_json::to_string(&records(body).unwrap()[0]).unwrap(),
+            value(text).unwrap().to_string(),
             r#"{"id":"a","n":12345678901234567890123,"f":1.50,"o":{"z":[1,null,true,"sé"],"a":{}}}"#
         );
     }
 
     #[test]
-    fn pages_the_slow_path_must_read_are_refused() {
-        for body in [
-            &br#"[{"id": "a", "id": "b"}]"#[..],
-            br#"[{"x": {"k": 1, "k": 2}}]"#,
-            br#"[{"id": "\ud800"}]"#,
-            b"[{\"id\": \"\xff\"}]",
-            br#"{"id": "a"}"#,
-            br#"[{"id": "a"}"#,
-            br#"[1] 2"#,
-            b"",
+    fn repeated_keys_and_invalid_text_are_refused() {
+        for text in [
+            r#"{"id": "a", "id": "b"}"#,
+            r#"[{"x": {"k": 1, "k": 2}}]"#,
+            r#""\ud800""#,
+            r#"{"id": "a""#,
+            "[1] 2",
+            "",
         ] {
-            assert!(records(body).is_none(), "{}", String::from_utf8_lossy(body));
+            assert!(value(text).is_none(), "{text}");
         }
     }
 }

@@ -515,3 +515,19 @@ fn runs_without_end_time_or_with_a_running_status_are_unfinished() {
         "date=__HIVE_DEFAULT_PARTITION__"
     );
 }
+
+#[test]
+fn simulated_llm_pages_take_the_one_pass_path() {
+    use crate::simulate::{DEFAULT_ANCHOR_US, DataProfile, SimWorkflow};
+    let wf = SimWorkflow::generate(7, 1, 300, DEFAULT_ANCHOR_US, DataProfile::Llm);
+    let runs: Vec<serde_json::Value> = (0..300).map(|seq| wf.run(seq, 300, 0)).collect();
+    let body = serde_json::to_vec(&runs).unwrap();
+    let records = super::raw::page_records(&body).expect("a clean page splits in one pass");
+    let page = super::flatten_items(
+        records.into_iter().map(super::Item::Record),
+        ctx(),
+        super::OnUnusable::GiveUp,
+    );
+    let page = page.expect("every value is stored as it is");
+    assert_eq!(page.runs.len(), 300);
+}

@@ -1,12 +1,10 @@
 //! The `GET /workflows` list into the `workflows` table.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::RecordBatch;
 use serde_json::Value;
 
 use super::{PageError, append_json, json_type, parse_timestamp};
-use crate::dataset::schema;
+use crate::table::WorkflowsRows;
 
 /// The workflows table and the ids it lists, in API order.
 #[derive(Debug)]
@@ -33,16 +31,7 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
     };
     let mut ids = Vec::new();
     let mut skipped = 0;
-    let (mut id_col, mut name, mut description, mut status, mut version) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let mut created = TimestampMicrosecondBuilder::new();
-    let mut updated = TimestampMicrosecondBuilder::new();
-    let mut extracted = TimestampMicrosecondBuilder::new();
+    let mut rows = WorkflowsRows::default();
     for entry in &entries {
         let id = match entry.get("workflow_id").or_else(|| entry.get("id")) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -52,34 +41,23 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
                 continue;
             }
         };
-        id_col.append_value(&id);
+        rows.workflow_id.append_value(&id);
         ids.push(id);
-        append_json(&mut name, entry.get("name"));
-        append_json(&mut description, entry.get("description"));
-        append_json(&mut status, entry.get("status"));
-        append_json(&mut version, entry.get("version"));
+        append_json(&mut rows.name, entry.get("name"));
+        append_json(&mut rows.description, entry.get("description"));
+        append_json(&mut rows.status, entry.get("status"));
+        append_json(&mut rows.version, entry.get("version"));
         let ts = |field: &str| {
             entry
                 .get(field)
                 .and_then(Value::as_str)
                 .and_then(parse_timestamp)
         };
-        created.append_option(ts("created_at"));
-        updated.append_option(ts("updated_at"));
-        extracted.append_value(extracted_at_us);
+        rows.created_at.append_option(ts("created_at"));
+        rows.updated_at.append_option(ts("updated_at"));
+        rows.extracted_at.append_value(extracted_at_us);
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(id_col.finish()),
-        Arc::new(name.finish()),
-        Arc::new(description.finish()),
-        Arc::new(status.finish()),
-        Arc::new(version.finish()),
-        Arc::new(created.finish().with_timezone(schema::UTC)),
-        Arc::new(updated.finish().with_timezone(schema::UTC)),
-        Arc::new(extracted.finish().with_timezone(schema::UTC)),
-    ];
-    let batch = RecordBatch::try_new(schema::workflows(), columns)
-        .expect("workflow columns match their schema");
+    let batch = rows.finish();
     Ok(WorkflowList {
         batch,
         ids,

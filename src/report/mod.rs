@@ -19,7 +19,7 @@ use chrono::NaiveDate;
 use polars::prelude::*;
 
 use crate::dataset::Table;
-use crate::dataset::schema::DELETED_UPSTREAM_AT;
+use crate::table::DELETED_UPSTREAM_AT;
 
 /// Slowest runs listed.
 pub const DEFAULT_TOP_N: usize = 20;
@@ -143,7 +143,7 @@ fn file_schema(table: &str) -> Option<Schema> {
                 TimeUnit::Microseconds,
                 tz.is_some().then_some(TimeZone::UTC),
             ),
-            other => unreachable!("no `{other}` column is declared in `dataset::schema`"),
+            other => unreachable!("no `{other}` column is declared in `table`"),
         };
         Field::new(f.name().as_str().into(), dtype)
     });

@@ -54,6 +54,45 @@ pub const DEFAULT_ANCHOR_US: i64 = 1_795_176_000_000_000;
 /// History of a workflow spans about this many days.
 const SPAN_DAYS: i64 = 42;
 
+/// The shape of generated runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataProfile {
+    /// About 1.5 KB of JSON a run: short texts and small objects, where per-run costs show.
+    #[default]
+    Small,
+    /// About 5.5 KB a run, shaped like LLM workflows' history: long texts with
+    /// markdown, code, CJK and emoji, chat completions and retrieved documents as nested objects.
+    Llm,
+}
+
+impl DataProfile {
+    /// The names `--data` accepts.
+    pub const NAMES: [&str; 2] = ["llm", "small"];
+
+    /// The profile's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataProfile::Small => "small",
+            DataProfile::Llm => "llm",
+        }
+    }
+}
+
+impl std::str::FromStr for DataProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "llm" => Ok(DataProfile::Llm),
+            "small" => Ok(DataProfile::Small),
+            other => Err(format!(
+                "unknown data profile `{other}` (expected one of: {})",
+                DataProfile::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// A simulated workflow.
 #[derive(Debug, Clone)]
 pub struct SimWorkflow {
@@ -67,6 +106,8 @@ pub struct SimWorkflow {
     pub runs: u64,
     /// Node names in graph order.
     pub nodes: Vec<&'static str>,
+    /// The shape of its runs.
+    pub profile: DataProfile,
     seed: u64,
     anchor_us: i64,
 }
@@ -90,7 +131,13 @@ fn uuid_like(rng: &mut impl Rng, tail: Option<u64>) -> String {
 
 impl SimWorkflow {
     /// The workflow number `index` of a seeded history with `runs` runs.
-    pub fn generate(seed: u64, index: u64, runs: u64, anchor_us: i64) -> Self {
+    pub fn generate(
+        seed: u64,
+        index: u64,
+        runs: u64,
+        anchor_us: i64,
+        profile: DataProfile,
+    ) -> Self {
         let mut rng = rng_for(seed, index, u64::MAX);
         let id = uuid_like(&mut rng, None);
         let count = rng.random_range(3..=7);
@@ -111,6 +158,7 @@ impl SimWorkflow {
             index,
             runs,
             nodes,
+            profile,
             seed,
             anchor_us,
         }
@@ -188,6 +236,8 @@ impl SimWorkflow {
             }
             let out = if i == 0 {
                 inputs.get("prompt").cloned().unwrap_or(Value::Null)
+            } else if self.profile == DataProfile::Llm {
+                super::llm::node_output(node, &mut rng)
             } else {
                 node_output(node, &mut rng)
             };
@@ -226,6 +276,9 @@ impl SimWorkflow {
     }
 
     fn inputs(&self, rng: &mut ChaCha8Rng) -> Map<String, Value> {
+        if self.profile == DataProfile::Llm {
+            return super::llm::inputs(rng, self.index);
+        }
         let mut inputs = Map::new();
         inputs.insert("prompt".into(), Value::String(sentence(rng, 6, 24)));
         if self.index % 2 == 1 {
@@ -297,8 +350,8 @@ mod tests {
 
     #[test]
     fn runs_are_deterministic_ordered_and_findable_by_id() {
-        let wf = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US);
-        let again = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US);
+        let wf = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US, DataProfile::Small);
+        let again = SimWorkflow::generate(1, 3, 500, DEFAULT_ANCHOR_US, DataProfile::Small);
         assert_eq!(wf.run(17, 500, 0), again.run(17, 500, 0));
         let t = |seq| {
             wf.run(seq, 600, 0)["start_time"]
@@ -318,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_newest_runs_of_every_third_workflow_run_until_finished() {
-        let wf = SimWorkflow::generate(1, 3, 100, DEFAULT_ANCHOR_US);
+        let wf = SimWorkflow::generate(1, 3, 100, DEFAULT_ANCHOR_US, DataProfile::Small);
         let status =
             |seq, total, finished_below| wf.run(seq, total, finished_below)["status"].clone();
         assert_eq!(status(99, 100, 0), "queued");
@@ -332,7 +385,7 @@ mod tests {
 
     #[test]
     fn statuses_look_real() {
-        let wf = SimWorkflow::generate(9, 0, 2000, DEFAULT_ANCHOR_US);
+        let wf = SimWorkflow::generate(9, 0, 2000, DEFAULT_ANCHOR_US, DataProfile::Small);
         let runs: Vec<Value> = (0..2000).map(|i| wf.run(i, 2000, 0)).collect();
         let count = |s: &str| runs.iter().filter(|r| r["status"] == s).count();
         assert!(

@@ -7,6 +7,7 @@
 
 mod data;
 mod faults;
+mod llm;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub use data::{DEFAULT_ANCHOR_US, SimWorkflow};
+pub use data::{DEFAULT_ANCHOR_US, DataProfile, SimWorkflow};
 pub use faults::{Drift, Fault, FaultKind, RateLimit, RetryAfter, Schedule};
 
 /// Path prefix of the API, as on the real service.
@@ -91,6 +92,8 @@ pub struct SimConfig {
     /// the server costs next to no CPU once warm (like static files behind nginx): for
     /// benchmarks, where the exporter must not compete with the data generator.
     pub prerendered: bool,
+    /// The shape of generated runs.
+    pub profile: DataProfile,
 }
 
 impl Default for SimConfig {
@@ -112,6 +115,7 @@ impl Default for SimConfig {
             rate_limit: None,
             drift: None,
             prerendered: false,
+            profile: DataProfile::Small,
         }
     }
 }
@@ -186,7 +190,7 @@ impl SimState {
                 } else {
                     config.runs_per_workflow
                 };
-                SimWorkflow::generate(config.seed, i, runs, config.anchor_us)
+                SimWorkflow::generate(config.seed, i, runs, config.anchor_us, config.profile)
             })
             .collect();
         let mut by_id = HashMap::new();

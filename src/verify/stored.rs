@@ -13,8 +13,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::VerifyError;
 use super::compare::{RunFacts, StoredRun};
-use crate::dataset::schema::DELETED_UPSTREAM_AT;
 use crate::dataset::{self, DatasetError, Location, ObjectOptions, ObjectStorage, Table};
+use crate::table::DELETED_UPSTREAM_AT;
 
 /// Stored runs by workflow, then by run id.
 pub type Stored = HashMap<String, HashMap<String, StoredRun>>;
