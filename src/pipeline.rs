@@ -24,7 +24,7 @@ use crate::flatten::{KeySet, PageError, Rejected, WorkflowList, flatten_workflow
 use crate::progress::Reporter;
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
-const WRITER_QUEUE_DEPTH: usize = 64;
+const WRITER_QUEUE_DEPTH: usize = 32;
 
 /// What ends an export as a whole (as opposed to failing one workflow).
 #[derive(Debug, thiserror::Error)]
