@@ -76,6 +76,7 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["demo", "--runs", "18446744073709551616"], bad_value("18446744073709551616", "--runs <N>", "number too large to fit in target type")),
         (vec!["demo", "--seed", "-5"], bad_value("-5", "--seed <SEED>", "invalid digit found in string")),
         (vec!["demo", "--page-size", "0"], bad_value("0", "--page-size <N>", "0 is not in 1..=100000")),
+        (vec!["demo", "--data", "bogus"], bad_value("bogus", "--data <PROFILE>", "unknown data profile `bogus` (expected one of: llm, small)")),
         (vec!["demo", "--out", ""], "error: a value is required for '--out <DIR>' but none was supplied".into()),
         // simulate
         (vec!["simulate", "--listen", "localhost"], bad_value("localhost", "--listen <ADDR>", "invalid socket address syntax")),
