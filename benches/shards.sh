@@ -2,7 +2,8 @@
 # The scale story: N shard exports at once into one dataset, against the simulator.
 #
 #   benches/shards.sh [SHARDS] [WORKFLOWS] [RUNS_PER_WORKFLOW] [OUT]
-#   (defaults: 8 shards, 400 workflows × 12,500 runs = 5M runs, /tmp/orchestra-shards)
+#   (defaults: 8 shards, 400 workflows × 12,500 runs = 5M runs, /tmp/orchestra-shards;
+#   DATA=llm for the LLM-heavy profile, small by default)
 #
 # Builds the release binary, starts `simulate` in its own process, starts every shard at once
 # (as a Kubernetes Indexed Job would), waits, then prints the total and per-shard wall time and
@@ -20,7 +21,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/orchestra-export"
 logs=$(mktemp -d)
 rm -rf "$out"
 ORCHESTRA_API_KEY=bench "$bin" simulate --listen "127.0.0.1:$port" --workflows "$workflows" \
-  --runs "$runs" --no-progress >"$logs/sim.log" 2>&1 &
+  --runs "$runs" --data "${DATA:-small}" --no-progress >"$logs/sim.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

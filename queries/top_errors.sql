@@ -1,8 +1,8 @@
--- Most frequent errors, grouped by a fingerprint that masks quoted values, ids, hex and numbers
--- (the same masks as the report's `error_groups`).
+-- Most frequent errors, grouped by status (`failed`, `cancelled`) and a fingerprint that masks
+-- quoted values, ids, hex and numbers (the same groups as the report's `error_groups`).
 -- cd data/export && duckdb < ../../queries/top_errors.sql
 WITH e AS (
-    SELECT workflow_id, run_id, start_time, error,
+    SELECT workflow_id, run_id, status, start_time, error,
         regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
             error,
             '''[^'']*''', '''…''', 'g'),
@@ -14,9 +14,9 @@ WITH e AS (
     FROM read_parquet('runs/**/*.parquet', hive_partitioning = true)
     WHERE error IS NOT NULL AND deleted_upstream_at IS NULL
 )
-SELECT fingerprint, count(*) AS count, count(DISTINCT workflow_id) AS workflows,
+SELECT status, fingerprint, count(*) AS count, count(DISTINCT workflow_id) AS workflows,
        min(start_time) AS first_seen, max(start_time) AS last_seen, any_value(error) AS sample_error
 FROM e
-GROUP BY fingerprint
-ORDER BY count DESC, fingerprint
+GROUP BY status, fingerprint
+ORDER BY count DESC, fingerprint, status
 LIMIT 25;

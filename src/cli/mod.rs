@@ -889,6 +889,10 @@ fn write_report(options: &ReportOptions) -> i32 {
                 ),
                 ReportError::Io { .. } => (exit::OUTPUT, None),
                 ReportError::Polars { .. } => (exit::PARTIAL_FAILURE, None),
+                ReportError::Read { .. } => (
+                    exit::PARTIAL_FAILURE,
+                    Some("`verify --data DIR` checks every file of the dataset"),
+                ),
             };
             report_error(&e, hint);
             code

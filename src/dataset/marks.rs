@@ -1,6 +1,7 @@
 //! Marks: stored runs that the API no longer has, found by a `--full` export, get the export's
 //! start in `deleted_upstream_at` (their rows are kept, never dropped); and batches read from
-//! files of an older schema are brought to the current one (missing nullable columns as NULL).
+//! files of an older schema are brought to the current one (missing nullable columns as NULL,
+//! `value_bytes` measured).
 //!
 //! Pure functions over batches: which partitions to visit and when to write stays in `commit`.
 
@@ -14,7 +15,7 @@ use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 
 use super::DatasetError;
 use crate::flatten::{KeySet, id_key};
-use crate::table::{DELETED_UPSTREAM_AT, UTC};
+use crate::table::{DELETED_UPSTREAM_AT, UTC, VALUE_BYTES};
 
 /// The runs of workflows paged to their end by a `--full` export: any stored run of theirs not
 /// among them no longer exists upstream.
@@ -41,7 +42,8 @@ impl DeletionMarks {
 }
 
 /// `batch` (read from `path`) with the columns of `schema`, in its order: a nullable column
-/// missing from an older file is added as NULL. Says whether it had to change anything.
+/// missing from an older file is added as NULL, except `node_outputs.value_bytes`, which is
+/// measured from `value`. Says whether it had to change anything.
 pub fn conform(
     batch: RecordBatch,
     schema: &SchemaRef,
@@ -59,6 +61,8 @@ pub fn conform(
         .iter()
         .map(|field| match batch.column_by_name(field.name()) {
             Some(column) => Ok(column.clone()),
+            None if field.name() == VALUE_BYTES => measured(&batch)
+                .ok_or_else(|| parquet_err(format!("column `{VALUE_BYTES}` is missing"))),
             None if field.is_nullable() => Ok(new_null_array(field.data_type(), batch.num_rows())),
             None => Err(parquet_err(format!("column `{}` is missing", field.name()))),
         })
@@ -66,6 +70,13 @@ pub fn conform(
     let batch =
         RecordBatch::try_new(schema.clone(), columns).map_err(|e| parquet_err(e.to_string()))?;
     Ok((batch, true))
+}
+
+/// Bytes of each `value` of a `node_outputs` batch (NULL with it), as `value_bytes` holds them.
+fn measured(batch: &RecordBatch) -> Option<ArrayRef> {
+    let value = batch.column_by_name("value")?;
+    let lengths = arrow::compute::kernels::length::length(value).ok()?;
+    arrow::compute::cast(&lengths, &arrow::datatypes::DataType::Int64).ok()
 }
 
 /// The `workflow_id` and `run_id` columns of a `runs` batch, when it has them as strings.

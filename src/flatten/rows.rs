@@ -144,7 +144,15 @@ fn push_nodes(n: &mut NodeOutputsRows, run: &RunFields, nodes: &[Entry<'_>], ctx
         n.node_index
             .append_value(i32::try_from(index).unwrap_or(i32::MAX));
         n.value_type.append_value(entry.value_type);
+        let before = n.value.values_slice().len();
         entry.value.append(&mut n.value);
+        if matches!(entry.value, Cell::Null) {
+            n.value_bytes.append_null();
+        } else {
+            let bytes = n.value.values_slice().len() - before;
+            n.value_bytes
+                .append_value(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -1,168 +1,119 @@
-//! `summary.md`: the report's key tables as Markdown, ready to paste into a ticket.
+//! `summary.md`: the page's content in the same order, as Markdown to paste into a ticket
+//! (trends as text sparklines).
 
 use std::fmt::Write;
 
-use polars::prelude::*;
+use super::format::{count, rate, seconds, sparkline};
+use super::view::{Cell, Page, TableView};
 
-use super::{Report, ReportOptions};
+fn escape(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
 
-/// Rows shown per table in the Markdown summary.
-const MAX_ROWS: usize = 15;
-
-/// Formats one cell for people: percentages for rates, 3 decimals for seconds, minutes for times.
-pub(super) fn cell(column: &str, value: &AnyValue<'_>) -> String {
-    match value {
-        AnyValue::Null => "—".to_owned(),
-        AnyValue::Float64(v) if column.contains("_rate") => format!("{:.1}%", v * 100.0),
-        AnyValue::Float64(v) if column.contains("ratio") => format!("{v:.2}×"),
-        AnyValue::Float64(v) if column.contains("bytes") => format!("{v:.0}"),
-        AnyValue::Float64(v) => format!("{v:.3}"),
-        AnyValue::Datetime(..) | AnyValue::DatetimeOwned(..) => {
-            let text = value.to_string();
-            text.get(..16).unwrap_or(&text).replace('T', " ")
-        }
-        AnyValue::String(s) => s.replace('|', "\\|").replace('\n', " "),
-        AnyValue::StringOwned(s) => s.replace('|', "\\|").replace('\n', " "),
-        other => other.to_string(),
+/// A workflow's id shortened for a table cell.
+fn short(id: &str) -> String {
+    if id.chars().count() > 12 {
+        format!("{}…", id.chars().take(8).collect::<String>())
+    } else {
+        id.to_owned()
     }
 }
 
-/// The cells of `columns` for the first `limit` rows of `df` (rows where `keep` is true).
-pub(super) fn rows(
-    df: &DataFrame,
-    columns: &[&str],
-    limit: usize,
-    keep: impl Fn(usize) -> bool,
-) -> Vec<Vec<String>> {
-    let cols: Vec<Option<&Column>> = columns.iter().map(|c| df.column(c).ok()).collect();
-    (0..df.height())
-        .filter(|i| keep(*i))
-        .take(limit)
-        .map(|i| {
-            columns
-                .iter()
-                .zip(&cols)
-                .map(|(name, col)| match col.and_then(|c| c.get(i).ok()) {
-                    Some(v) => cell(name, &v),
-                    None => "—".to_owned(),
-                })
-                .collect()
-        })
-        .collect()
+fn cell(c: &Cell) -> String {
+    match &c.detail {
+        Some(id) => format!("{} (`{}`)", escape(&c.text), short(id)),
+        None => escape(&c.text),
+    }
 }
 
-fn table(out: &mut String, df: &DataFrame, columns: &[&str], keep: impl Fn(usize) -> bool) {
-    let body = rows(df, columns, MAX_ROWS, keep);
-    if body.is_empty() {
+fn table(out: &mut String, view: &TableView) {
+    if view.rows.is_empty() {
         let _ = writeln!(out, "_None._\n");
         return;
     }
-    let _ = writeln!(out, "| {} |", columns.join(" | "));
-    let _ = writeln!(out, "|{}", "---|".repeat(columns.len()));
-    for row in body {
-        let _ = writeln!(out, "| {} |", row.join(" | "));
+    let headers: Vec<&str> = view.columns.iter().map(|c| c.header).collect();
+    let _ = writeln!(out, "| {} |", headers.join(" | "));
+    let align: Vec<&str> = view
+        .columns
+        .iter()
+        .map(|c| if c.kind.numeric() { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(out, "|{}|", align.join("|"));
+    for row in &view.rows {
+        let cells: Vec<String> = row.iter().map(cell).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    if let Some(note) = view.truncation() {
+        let _ = writeln!(out, "\n_{note}._");
     }
     let _ = writeln!(out);
 }
 
 /// Renders `summary.md`.
-pub fn render(report: &Report, options: &ReportOptions) -> String {
+pub fn render(page: &Page) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Orchestra workflow report\n");
+    let _ = writeln!(out, "# {}\n", page.title);
+    for (label, text) in &page.header {
+        let _ = writeln!(out, "- **{label}**: {text}");
+    }
+    let figures: Vec<String> = page
+        .figures
+        .iter()
+        .map(|(label, value)| format!("{value} {label}"))
+        .collect();
+    let _ = writeln!(out, "\n**{}**\n", figures.join(" · "));
+
+    let _ = writeln!(out, "## Needs attention\n");
+    for finding in &page.attention {
+        let _ = writeln!(out, "### {}\n", finding.title);
+        for line in &finding.lines {
+            let _ = writeln!(out, "- {line}");
+        }
+        if !finding.lines.is_empty() {
+            let _ = writeln!(out);
+        }
+        if let Some(view) = &finding.table {
+            table(&mut out, view);
+        }
+    }
+
     let _ = writeln!(
         out,
-        "{} runs from `{}`{}. Error rate = failed ÷ all runs; durations in seconds from \
-         `end_time − start_time`; quantiles interpolate linearly.\n",
-        report.runs,
-        options.data_name(),
-        scope(options)
+        "## Trends per workflow ({} of {} shown)\n",
+        page.trends.len(),
+        page.workflows
     );
-    let empty = DataFrame::empty();
-    let get = |name| report.table(name).unwrap_or(&empty);
-    let _ = writeln!(out, "## Workflows\n");
-    table(
-        &mut out,
-        get("workflow_summary"),
-        &[
-            "workflow_id",
-            "name",
-            "runs",
-            "failed",
-            "error_rate",
-            "p50_s",
-            "p95_s",
-            "p99_s",
-            "last_run",
-        ],
-        |_| true,
-    );
-    let regressions = get("regressions");
-    let _ = writeln!(
-        out,
-        "## Regressions (last 7 days vs the 7 before)\n\nFlagged when both weeks have ≥ {} runs and the \
-         error rate rose by ≥ {:.0} points or p95 grew ≥ {:.0}%.\n",
-        super::MIN_RUNS_FOR_REGRESSION,
-        super::ERROR_RATE_REGRESSION * 100.0,
-        (super::P95_REGRESSION_FACTOR - 1.0) * 100.0
-    );
-    table(&mut out, regressions, &super::REGRESSION_COLUMNS, |i| {
-        report.regressed(i)
-    });
-    let _ = writeln!(out, "## Top error groups\n");
-    table(
-        &mut out,
-        get("error_groups"),
-        &[
-            "count",
-            "workflows",
-            "fingerprint",
-            "last_seen",
-            "sample_run_id",
-        ],
-        |_| true,
-    );
-    if report.table("failing_nodes").is_some() {
-        let _ = writeln!(out, "## Failing nodes\n");
-        table(
-            &mut out,
-            get("failing_nodes"),
-            &[
-                "workflow_id",
-                "node_id",
-                "steps",
-                "failures",
-                "failure_rate",
-            ],
-            |_| true,
+    if let (Some(first), Some(last)) = (page.days.first(), page.days.last()) {
+        let _ = writeln!(
+            out,
+            "One mark per UTC day, {} → {}; the first and last day are partial.\n",
+            first.0, last.0
         );
     }
-    let _ = writeln!(out, "## Slowest runs\n");
-    table(
-        &mut out,
-        get("slowest_runs"),
-        &[
-            "workflow_id",
-            "run_id",
-            "status",
-            "start_time",
-            "duration_s",
-        ],
-        |_| true,
+    let _ = writeln!(
+        out,
+        "| workflow | runs | error rate | p95 | runs/day | error rate/day | p95/day |\n|---|---:|---:|---:|---|---|---|"
     );
-    out
-}
+    for t in &page.trends {
+        let flag = if t.regressed { " **regressed**" } else { "" };
+        let _ = writeln!(
+            out,
+            "| {}{flag} | {} | {} | {} | `{}` | `{}` | `{}` |",
+            cell(&t.workflow),
+            count(t.runs),
+            t.error_rate.map_or("—".into(), rate),
+            t.p95_s.map_or("—".into(), seconds),
+            sparkline(&t.runs_per_day),
+            sparkline(&t.error_rate_per_day),
+            sparkline(&t.p95_per_day),
+        );
+    }
+    let _ = writeln!(out);
 
-/// " between 2025-03-01 and 2025-03-31 for 2 workflows", or nothing.
-pub(super) fn scope(options: &ReportOptions) -> String {
-    let mut text = String::new();
-    match (options.since, options.until) {
-        (Some(s), Some(u)) => text.push_str(&format!(" between {s} and {u}")),
-        (Some(s), None) => text.push_str(&format!(" since {s}")),
-        (None, Some(u)) => text.push_str(&format!(" until {u}")),
-        (None, None) => {}
+    for (title, view) in &page.tables {
+        let _ = writeln!(out, "## {title}\n");
+        table(&mut out, view);
     }
-    if !options.workflows.is_empty() {
-        text.push_str(&format!(" for {} workflows", options.workflows.len()));
-    }
-    text
+    let _ = writeln!(out, "---\n{}", page.definitions);
+    out
 }

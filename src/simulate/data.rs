@@ -40,14 +40,25 @@ const WORDS: [&str; 40] = [
     "cloud", "rainbow", "invoice", "total", "due", "date", "contract", "clause", "risk", "low",
     "high", "priority", "escalate", "team", "résumé", "naïve", "東京", "data", "report",
 ];
-const ERRORS: [&str; 6] = [
-    "Node 'model' failed: upstream timeout after 30s (request id {hex})",
-    "Node 'retriever' failed: index 'kb-{num}' not found",
-    "Rate limit exceeded for model 'arcee-{num}b', retry after {num} seconds",
-    "Invalid JSON in output of node 'json_extract' at position {num}",
-    "Node 'web_search' failed: HTTP 502 from https://search.example/{hex}",
-    "Workflow cancelled by user {hex}",
+/// Why a failed run failed; `{node}` is the node that failed it.
+const ERRORS: [&str; 5] = [
+    "Node '{node}' failed: upstream timeout after {num}s (request id {hex})",
+    "Node '{node}' failed: rate limit exceeded for model 'arcee-{num}b', retry after {num} seconds",
+    "Node '{node}' failed: invalid JSON in output at position {num}",
+    "Node '{node}' failed: HTTP 502 from https://search.example/{hex}",
+    "Node '{node}' failed: index 'kb-{num}' not found",
 ];
+const CANCELLED: &str = "Workflow cancelled by user {hex}";
+/// The failure that appears with the regression of [`REGRESSING_WORKFLOW`].
+const REGRESSION_ERROR: &str =
+    "Node '{node}' failed: context length exceeded ({num} tokens, the model allows 8192)";
+/// The workflow (by index) whose last [`REGRESSION_DAYS`] days regress: failures up from 7% to
+/// about 25% of its runs and durations doubled, so the report has something to find.
+pub const REGRESSING_WORKFLOW: u64 = 2;
+/// Days before the newest run in which [`REGRESSING_WORKFLOW`] regresses.
+pub const REGRESSION_DAYS: i64 = 7;
+/// Nodes that call a model: their steps report tokens.
+pub const LLM_NODES: [&str; 4] = ["model", "summarize", "translate", "web_search"];
 const STATUSES_UNFINISHED: [&str; 2] = ["running", "queued"];
 /// Newest run of every workflow starts at this instant (2026-11-20T12:00:00Z) minus jitter.
 pub const DEFAULT_ANCHOR_US: i64 = 1_795_176_000_000_000;
@@ -213,12 +224,18 @@ impl SimWorkflow {
         let start = self.anchor_us - age * gap - jitter;
         let newest_two = seq + 2 >= total;
         let finished = !newest_two || seq < finished_below || !self.index.is_multiple_of(3);
-        let elapsed_us = (rng.random::<f64>().powi(3) * 110.0 + 0.4) as i64 * 1_000_000
+        let regressed = self.index == REGRESSING_WORKFLOW
+            && self.anchor_us - start < REGRESSION_DAYS * 86_400_000_000;
+        let mut elapsed_us = (rng.random::<f64>().powi(3) * 110.0 + 0.4) as i64 * 1_000_000
             + rng.random_range(0..1_000_000);
+        if regressed {
+            elapsed_us *= 2;
+        }
         let roll: f64 = rng.random();
+        let completed_below = if regressed { 0.72 } else { 0.90 };
         let status = if !finished {
             STATUSES_UNFINISHED[(seq % 2) as usize]
-        } else if roll < 0.90 {
+        } else if roll < completed_below {
             "completed"
         } else if roll < 0.97 {
             "failed"
@@ -244,8 +261,16 @@ impl SimWorkflow {
             last = out.clone();
             all_outputs.insert((*node).to_owned(), out);
         }
-        let error = match status {
-            "failed" | "cancelled" => Value::String(error_message(&mut rng, status)),
+        let error = match (status, failing_at) {
+            ("failed", Some(at)) => {
+                let template = if regressed && roll >= 0.90 {
+                    REGRESSION_ERROR
+                } else {
+                    ERRORS[rng.random_range(0..ERRORS.len())]
+                };
+                Value::String(error_message(&mut rng, template, self.nodes[at]))
+            }
+            ("cancelled", _) => Value::String(error_message(&mut rng, CANCELLED, "")),
             _ => Value::Null,
         };
         let (end_time, elapsed, outputs) = if unfinished {
@@ -294,6 +319,22 @@ impl SimWorkflow {
     }
 }
 
+/// A node's typical share of its run's time (relative; jittered per step).
+pub fn step_weight(node: &str) -> f64 {
+    match node {
+        "model" => 10.0,
+        "summarize" => 7.0,
+        "translate" => 5.0,
+        "web_search" => 4.0,
+        "retriever" => 2.5,
+        "rerank" => 1.5,
+        "json_extract" => 1.0,
+        "classify" | "guardrail" => 0.6,
+        "router" | "formatter" => 0.25,
+        _ => 0.1,
+    }
+}
+
 fn sentence(rng: &mut impl Rng, min: usize, max: usize) -> String {
     let n = rng.random_range(min..=max);
     let mut words: Vec<&str> = (0..n)
@@ -333,13 +374,9 @@ fn node_output(node: &str, rng: &mut impl Rng) -> Value {
     }
 }
 
-fn error_message(rng: &mut impl Rng, status: &str) -> String {
-    let template = if status == "cancelled" {
-        ERRORS[5]
-    } else {
-        ERRORS[rng.random_range(0..5)]
-    };
+fn error_message(rng: &mut impl Rng, template: &str, node: &str) -> String {
     template
+        .replace("{node}", node)
         .replace("{hex}", &format!("{:08x}", rng.random::<u32>()))
         .replace("{num}", &rng.random_range(2..90).to_string())
 }
@@ -399,5 +436,70 @@ mod tests {
             assert!(r["error"].as_str().unwrap().len() > 10);
             assert!(r["end_time"].is_string());
         }
+    }
+
+    #[test]
+    fn one_workflow_regresses_in_its_last_week_and_failures_name_their_node() {
+        let runs = 3000;
+        let wf = SimWorkflow::generate(
+            7,
+            REGRESSING_WORKFLOW,
+            runs,
+            DEFAULT_ANCHOR_US,
+            DataProfile::Small,
+        );
+        let week = REGRESSION_DAYS * 86_400_000_000;
+        let (mut last, mut before) = (Vec::new(), Vec::new());
+        for seq in 0..runs - 2 {
+            let run = wf.run(seq, runs, 0);
+            let start =
+                crate::flatten::parse_timestamp(run["start_time"].as_str().unwrap()).unwrap();
+            let age = DEFAULT_ANCHOR_US - start;
+            if age < week {
+                last.push(run);
+            } else if age < 2 * week {
+                before.push(run);
+            }
+        }
+        let failed = |runs: &[Value]| {
+            runs.iter().filter(|r| r["status"] == "failed").count() as f64 / runs.len() as f64
+        };
+        let mean_elapsed = |runs: &[Value]| {
+            runs.iter()
+                .filter_map(|r| r["elapsed_time"].as_f64())
+                .sum::<f64>()
+                / runs.len() as f64
+        };
+        assert!(
+            failed(&before) < 0.12 && failed(&last) > 0.18,
+            "{} → {}",
+            failed(&before),
+            failed(&last)
+        );
+        assert!(mean_elapsed(&last) > 1.6 * mean_elapsed(&before));
+        for run in last
+            .iter()
+            .chain(&before)
+            .filter(|r| r["status"] == "failed")
+        {
+            let failing = wf.nodes[run["all_outputs"].as_object().unwrap().len()];
+            let error = run["error"].as_str().unwrap();
+            assert!(
+                error.starts_with(&format!("Node '{failing}' failed: ")),
+                "{error}"
+            );
+        }
+        // Other workflows do not regress.
+        let other = SimWorkflow::generate(
+            7,
+            REGRESSING_WORKFLOW + 1,
+            runs,
+            DEFAULT_ANCHOR_US,
+            DataProfile::Small,
+        );
+        let recent = (runs - 300..runs - 2)
+            .map(|seq| other.run(seq, runs, 0))
+            .collect::<Vec<_>>();
+        assert!(failed(&recent) < 0.12, "{}", failed(&recent));
     }
 }

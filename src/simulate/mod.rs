@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub use data::{DEFAULT_ANCHOR_US, DataProfile, SimWorkflow};
+pub use data::{DEFAULT_ANCHOR_US, DataProfile, REGRESSING_WORKFLOW, REGRESSION_DAYS, SimWorkflow};
 pub use faults::{Drift, Fault, FaultKind, RateLimit, RetryAfter, Schedule};
 
 /// Path prefix of the API, as on the real service.
@@ -711,24 +711,55 @@ fn find_run(state: &SimState, id: &str, run_id: &str) -> Option<(Value, Option<S
 }
 
 /// The steps of a run, consistent with it: one completed step per entry of `all_outputs` (in
-/// order, splitting the run's time evenly), plus a failed step for the node that failed it.
+/// order), plus a failed step for the node that failed it. The run's time is split between its
+/// steps by node (a model call takes far longer than a router), with jitter from the run id, so
+/// the steps add up to the run; LLM nodes report tokens that grow with their output.
 pub fn steps_of(run: &Value, failing_node: Option<&str>) -> Vec<Value> {
     use crate::flatten::{format_timestamp, parse_timestamp};
+    use rand::{Rng, SeedableRng};
     let start = run["start_time"].as_str().and_then(parse_timestamp);
     let end = run["end_time"].as_str().and_then(parse_timestamp);
     let outputs: Vec<(String, Value)> = run["all_outputs"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    let count = outputs.len() + usize::from(failing_node.is_some());
+    let run_id = run["id"].as_str().unwrap_or_default();
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(crate::dataset::shard::workflow_hash(run_id));
+    let nodes: Vec<&str> = outputs
+        .iter()
+        .map(|(node, _)| node.as_str())
+        .chain(failing_node)
+        .collect();
+    // Cumulative share of the run's time at the end of each step.
+    let weights: Vec<f64> = nodes
+        .iter()
+        .map(|node| data::step_weight(node) * rng.random_range(0.5..1.5))
+        .collect();
+    let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    let shares: Vec<f64> = weights
+        .iter()
+        .scan(0.0, |sum, w| {
+            *sum += w;
+            Some(*sum / total)
+        })
+        .collect();
     let at = |i: usize| match (start, end) {
-        (Some(s), Some(e)) => Some(s + (e - s) * i as i64 / count.max(1) as i64),
+        (Some(s), Some(_)) if i == 0 => Some(s),
+        (Some(_), Some(e)) if i == nodes.len() => Some(e),
+        (Some(s), Some(e)) => Some(s + ((e - s) as f64 * shares[i - 1]) as i64),
         (Some(s), None) => Some(s + i as i64 * 1_000_000),
         _ => None,
     };
-    let run_id = run["id"].as_str().unwrap_or_default();
-    let step = |i: usize, node: &str, status: &str, error: Value, outputs: Value, inputs: Value| {
+    let mut step = |i: usize, status: &str, error: Value, outputs: Value, inputs: Value| {
         let (s, e) = (at(i), at(i + 1));
+        let node = nodes[i];
+        let tokens = if status == "completed" && data::LLM_NODES.contains(&node) {
+            let written = outputs.to_string().len() as i64 / 4;
+            written + rng.random_range(40..600)
+        } else {
+            0
+        };
         serde_json::json!({
             "id": format!("{run_id}-step-{i}"),
             "node_id": node,
@@ -740,38 +771,29 @@ pub fn steps_of(run: &Value, failing_node: Option<&str>) -> Vec<Value> {
             "outputs": outputs,
             "inputs": inputs,
             "step_metadata": {"node_type": node},
-            "tokens": 0,
+            "tokens": tokens,
             "user_id": "sim-user",
             "organization_id": "sim-org",
         })
     };
-    let mut steps: Vec<Value> = outputs
-        .iter()
-        .enumerate()
-        .map(|(i, (node, value))| {
-            let inputs = if i == 0 {
-                run["inputs"].clone()
-            } else {
-                serde_json::json!({ "from": outputs[i - 1].0 })
-            };
-            step(
-                i,
-                node,
-                "completed",
-                Value::Null,
-                serde_json::json!({ "output": value }),
-                inputs,
-            )
-        })
-        .collect();
-    if let Some(node) = failing_node {
+    let mut steps = Vec::with_capacity(nodes.len());
+    for (i, (_, value)) in outputs.iter().enumerate() {
+        let inputs = if i == 0 {
+            run["inputs"].clone()
+        } else {
+            serde_json::json!({ "from": outputs[i - 1].0 })
+        };
+        let outputs = serde_json::json!({ "output": value });
+        steps.push(step(i, "completed", Value::Null, outputs, inputs));
+    }
+    if failing_node.is_some() {
+        let empty = || serde_json::json!({});
         steps.push(step(
             outputs.len(),
-            node,
             "failed",
             run["error"].clone(),
-            serde_json::json!({}),
-            serde_json::json!({}),
+            empty(),
+            empty(),
         ));
     }
     steps
@@ -795,5 +817,61 @@ async fn one_run(
         // The documented example answers with a one-element array.
         Some((run, _)) => axum::Json(vec![run]).into_response(),
         None => error_response(StatusCode::NOT_FOUND, "Run not found", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flatten::parse_timestamp;
+
+    #[test]
+    fn steps_split_their_run_by_node_and_the_failed_one_names_itself() {
+        let wf =
+            data::SimWorkflow::generate(3, 1, 400, data::DEFAULT_ANCHOR_US, DataProfile::Small);
+        let mut shares: HashMap<String, Vec<f64>> = HashMap::new();
+        let mut tokens = std::collections::BTreeSet::new();
+        let mut failures = 0;
+        for seq in 0..398 {
+            let run = wf.run(seq, 400, 0);
+            let done = run["all_outputs"].as_object().unwrap().len();
+            let failing = (run["status"] == "failed").then(|| wf.nodes[done]);
+            let steps = steps_of(&run, failing);
+            let time = |v: &Value| parse_timestamp(v.as_str().unwrap()).unwrap();
+            // Steps follow each other and cover the run exactly.
+            assert_eq!(time(&steps[0]["start_time"]), time(&run["start_time"]));
+            assert_eq!(
+                time(&steps.last().unwrap()["end_time"]),
+                time(&run["end_time"])
+            );
+            for pair in steps.windows(2) {
+                assert_eq!(pair[0]["end_time"], pair[1]["start_time"]);
+            }
+            let span = (time(&run["end_time"]) - time(&run["start_time"])) as f64;
+            for step in &steps {
+                let took = (time(&step["end_time"]) - time(&step["start_time"])) as f64;
+                if span > 0.0 {
+                    let node = step["node_id"].as_str().unwrap().to_owned();
+                    shares.entry(node).or_default().push(took / span);
+                }
+                if let Some(t) = step["tokens"].as_i64().filter(|t| *t > 0) {
+                    tokens.insert(t);
+                }
+            }
+            if let Some(node) = failing {
+                failures += 1;
+                let last = steps.last().unwrap();
+                assert_eq!(last["status"], "failed");
+                assert_eq!(last["node_id"], node);
+                let error = last["error"].as_str().unwrap();
+                assert!(error.contains(&format!("'{node}'")), "{error}");
+            }
+        }
+        assert!(failures > 5, "{failures} failed runs");
+        assert!(tokens.len() > 100, "token counts vary: {}", tokens.len());
+        // A summarizing model call takes far longer than routing.
+        assert_eq!(wf.nodes, ["prompt", "guardrail", "summarize", "router"]);
+        let mean = |node: &str| shares[node].iter().sum::<f64>() / shares[node].len() as f64;
+        assert!(mean("summarize") > 5.0 * mean("router"), "{shares:?}");
     }
 }

@@ -162,6 +162,8 @@ table! {
         node_index: I32, false;
         value_type: Text, false;
         value: Text, true;
+        // Bytes of `value` as stored (NULL with it): statistics need not read the text.
+        value_bytes: I64, true;
     }
 }
 

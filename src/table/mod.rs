@@ -112,6 +112,10 @@ impl PartitionDate {
 /// found it gone (NULL for runs that exist upstream).
 pub const DELETED_UPSTREAM_AT: &str = "deleted_upstream_at";
 
+/// The `node_outputs` column with the bytes of each stored `value` (files written before it
+/// existed get it measured when a commit rewrites them).
+pub const VALUE_BYTES: &str = "value_bytes";
+
 /// The rows of one partition (one UTC start date) of one page, one batch per table.
 #[derive(Debug, Clone)]
 pub struct PartitionRows {

@@ -25,7 +25,8 @@ DUCK_TYPES = {
     },
     "node_outputs": {
         "workflow_id": "VARCHAR", "run_id": "VARCHAR", "start_time": TS, "node": "VARCHAR",
-        "node_index": "INTEGER", "value_type": "VARCHAR", "value": "VARCHAR", "date": "DATE",
+        "node_index": "INTEGER", "value_type": "VARCHAR", "value": "VARCHAR",
+        "value_bytes": "BIGINT", "date": "DATE",
     },
     "run_inputs": {
         "workflow_id": "VARCHAR", "run_id": "VARCHAR", "start_time": TS, "name": "VARCHAR",
@@ -152,17 +153,32 @@ if (REPORTS / "workflow_summary.parquet").exists():
     fingerprint_sql = (Path(__file__).resolve().parents[2] / "queries" / "top_errors.sql").read_text()
     fingerprint_sql = fingerprint_sql.replace("runs/**/*.parquet", f"{OUT}/runs/**/*.parquet").replace("LIMIT 25", "")
     rows_equal(
-        "error_groups (count and workflows per fingerprint) equals queries/top_errors.sql",
-        f"SELECT fingerprint, count, workflows FROM read_parquet('{REPORTS}/error_groups.parquet')",
-        f"SELECT fingerprint, count, workflows FROM ({fingerprint_sql.rstrip().rstrip(';')})",
+        "error_groups (count and workflows per status and fingerprint) equals queries/top_errors.sql",
+        f"SELECT status || ' ' || fingerprint, count, workflows FROM read_parquet('{REPORTS}/error_groups.parquet')",
+        f"SELECT status || ' ' || fingerprint, count, workflows FROM ({fingerprint_sql.rstrip().rstrip(';')})",
     )
-    for name in ["workflow_summary", "daily_trends", "error_groups", "node_stats", "slowest_runs", "regressions"]:
+    rows_equal(
+        "node_stats (outputs, p50 and p95 of their bytes per workflow and node)",
+        f"SELECT workflow_id || '/' || node, rows, output_bytes_p50, output_bytes_p95 FROM read_parquet('{REPORTS}/node_stats.parquet')",
+        f"""SELECT workflow_id || '/' || node, count(*), quantile_cont(strlen(value), 0.5),
+                   quantile_cont(strlen(value), 0.95)
+            FROM {scan('node_outputs')} GROUP BY 1""",
+    )
+    if (REPORTS / "slowest_nodes.parquet").exists():
+        rows_equal(
+            "slowest_nodes (steps, p50 and p95 per workflow and node)",
+            f"SELECT workflow_id || '/' || node_id, steps, p50_s, p95_s FROM read_parquet('{REPORTS}/slowest_nodes.parquet')",
+            f"""SELECT workflow_id || '/' || node_id, count(*), quantile_cont(duration_ms / 1000.0, 0.5),
+                       quantile_cont(duration_ms / 1000.0, 0.95)
+                FROM {scan('steps')} GROUP BY 1""",
+        )
+    for name in ["overview", "workflow_summary", "daily_trends", "error_groups", "node_stats", "slowest_runs", "regressions"]:
         n_parquet = con.execute(f"SELECT count(*) FROM read_parquet('{REPORTS}/{name}.parquet')").fetchone()[0]
         n_csv = con.execute(f"SELECT count(*) FROM read_csv('{REPORTS}/{name}.csv')").fetchone()[0]
         check(f"report {name} has the same rows in Parquet and CSV", n_parquet == n_csv, f"{n_parquet} vs {n_csv}")
     html = (REPORTS / "report.html").read_text()
     check("report.html is self-contained with charts",
-          html.count("<svg") == 3 and "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html,
+          html.count("<svg") >= 4 and "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html,
           "svg/script/link check")
 
 # Every query in queries/ runs, from the export folder as its header says, and returns rows.

@@ -143,6 +143,7 @@ fn node_row(wf: &str, id: &str, node: &str, index: i64, value_type: &str, value:
         ("node_index".into(), Cell::Int(index)),
         ("value_type".into(), text(value_type)),
         ("value".into(), text(value)),
+        ("value_bytes".into(), Cell::Int(value.len() as i64)),
         ("date".into(), text("__HIVE_DEFAULT_PARTITION__")),
     ])
 }
@@ -440,6 +441,7 @@ fn all_outputs_and_inputs_that_are_not_objects_keep_one_run_row_and_no_child_row
     );
     let mut null_node = node_row(wf, "obj", "n", 0, "null", "");
     null_node.insert("value".into(), Cell::Null);
+    null_node.insert("value_bytes".into(), Cell::Null);
     assert_eq!(table(dir.path(), "node_outputs"), [null_node]);
     let (_, inputs) = read_table(dir.path(), "run_inputs");
     assert_eq!(

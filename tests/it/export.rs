@@ -107,6 +107,7 @@ fn tables_have_the_documented_types() {
             ("node_index", Int32),
             ("value_type", Utf8),
             ("value", Utf8),
+            ("value_bytes", Int64),
         ],
     );
     expect(

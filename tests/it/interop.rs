@@ -114,6 +114,7 @@ fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
                 vec![
                     ("start_time", "timestamp"),
                     ("node_index", "int"),
+                    ("value_bytes", "bigint"),
                     ("date", "date"),
                 ],
             ]

@@ -1,8 +1,10 @@
 //! Integration tests: the real `orchestra-export` binary against the built-in simulator over
 //! loopback, with the dataset read back by the `parquet` crate's Arrow reader; object storage
-//! tests run against a real S3-compatible server (moto) on loopback.
+//! tests run against a real S3-compatible server (moto) on loopback, and the report page is laid
+//! out by headless Chromium.
 
 mod badinput;
+mod browser;
 mod cli;
 mod drift;
 mod export;

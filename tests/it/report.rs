@@ -2,7 +2,7 @@
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
-use orchestra_export::simulate::SimConfig;
+use orchestra_export::simulate::{REGRESSING_WORKFLOW, SimConfig};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
@@ -153,13 +153,23 @@ fn the_report_computes_counts_rates_quantiles_and_groups() {
     let md = std::fs::read_to_string(reports.join("summary.md")).unwrap();
     assert!(md.starts_with("# Orchestra workflow report"), "{md}");
     assert!(
-        md.contains("| wf-a | wf-a | 4 | 1 | 25.0% | 2.500 | 3.850 |"),
+        md.contains(
+            "| wf-a | 4 | 1 | 0 | 25.0% | 2.50 s | 3.85 s | 3.97 s | 4.00 s | 2025-03-03 10:00 |"
+        ),
         "{md}"
     );
+    // Three days of history cannot show a regression: the report says so.
+    assert!(
+        md.contains("### Regressions: too little data to judge"),
+        "{md}"
+    );
+    assert!(md.contains("(the data covers 3 days)"), "{md}");
     let html = std::fs::read_to_string(reports.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3);
+    // The runs chart and one sparkline per workflow and measure.
+    assert_eq!(html.matches("<svg").count(), 1 + 2 * 3);
     assert!(!html.contains("<script") && !html.contains("src=\"http"));
     for name in [
+        "overview",
         "workflow_summary",
         "daily_trends",
         "error_groups",
@@ -211,17 +221,7 @@ fn a_report_on_a_folder_without_an_export_is_a_usage_error() {
 
 #[test]
 fn steps_are_exported_consistently_and_reported_per_node() {
-    let sim = Sim::start(SimConfig {
-        workflows: 2,
-        runs_per_workflow: 60,
-        ..SimConfig::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    assert_ok(&export(
-        &sim,
-        dir.path(),
-        &["--all-workflows", "--with-steps"],
-    ));
+    let (sim, dir) = exported_with_steps(2, 60);
     let (_, steps) = read_table(dir.path(), "steps");
     let (_, runs) = read_table(dir.path(), "runs");
     // One step per node output, plus the failed step of each failed run.
@@ -320,4 +320,143 @@ fn steps_with_a_small_concurrency_budget_complete_without_stalling() {
     let steps = read_table(dir.path(), "steps").1;
     let runs: std::collections::BTreeSet<_> = steps.iter().map(|s| s["run_id"].clone()).collect();
     assert_eq!(runs.len(), 1600);
+}
+
+/// A history where one workflow regressed in its last week, with steps: what the page and
+/// `summary.md` lead with, names for ids, durations as seconds, tokens, and cut tables that say so.
+#[test]
+fn the_report_leads_with_what_regressed_and_names_every_workflow() {
+    let (sim, dir) = exported_with_steps(4, 700);
+    assert_ok(&run(&[
+        "report",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--top",
+        "30",
+    ]));
+    let reports = dir.path().join("reports");
+    let regressed_name = sim.server.workflows()[REGRESSING_WORKFLOW as usize]
+        .name
+        .clone();
+
+    let regressions = read(&reports.join("regressions.parquet"));
+    let flagged: Vec<Option<String>> = strs(&regressions, "name")
+        .into_iter()
+        .zip(
+            regressions
+                .column_by_name("regressed")
+                .unwrap()
+                .as_boolean()
+                .iter(),
+        )
+        .filter(|(_, r)| *r == Some(true))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(flagged, [Some(regressed_name.clone())]);
+
+    let md = std::fs::read_to_string(reports.join("summary.md")).unwrap();
+    let at = |needle: &str| {
+        md.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {md}"))
+    };
+    // The same order as the page: header, needs attention, trends, tables.
+    assert!(at("- **newest run**: ") < at("## Needs attention"));
+    assert!(at("## Needs attention") < at("### Regressed: 1 of 4 workflows compared"));
+    assert!(at("### Regressed") < at("## Trends per workflow (4 of 4 shown)"));
+    assert!(at("## Trends per workflow") < at("## Workflows"));
+    let why = &md[at(&format!("- {regressed_name}: error rate "))..];
+    let why = &why[..why.find('\n').unwrap()];
+    assert!(
+        why.contains("pts, threshold +5)") && why.contains("×, threshold 1.25×)"),
+        "{why}"
+    );
+    assert!(
+        md.contains(&format!("| {regressed_name} (`")),
+        "a workflow shows by name, then id"
+    );
+    assert!(md.contains(&format!(
+        "{regressed_name} (`{}…`) **regressed**",
+        &sim.server.workflows()[REGRESSING_WORKFLOW as usize].id[..8]
+    )));
+
+    // Durations read as seconds, whatever the column is called (`duration_s` once read as 110.96×).
+    let slowest = read(&reports.join("slowest_runs.parquet"));
+    let top_run = strs(&slowest, "run_id")[0].clone().unwrap();
+    let top_secs = f64s(&slowest, "duration_s")[0].unwrap();
+    let line = md.lines().find(|l| l.contains(&top_run)).unwrap();
+    let shown = format!(
+        "{} min {:02} s |",
+        top_secs.round() as i64 / 60,
+        top_secs.round() as i64 % 60
+    );
+    assert!(
+        line.ends_with(&shown) && !line.contains('×'),
+        "{line} ({top_secs})"
+    );
+    assert!(
+        md.contains("_20 of 30 shown; every row is in `slowest_runs.csv`._"),
+        "{md}"
+    );
+
+    // Error groups carry their status: cancellations are not failures.
+    let groups = read(&reports.join("error_groups.parquet"));
+    let statuses = strs(&groups, "status");
+    assert!(
+        statuses.contains(&Some("cancelled".into())) && statuses.contains(&Some("failed".into()))
+    );
+
+    // Tokens from the steps, per node and per day, add up to the steps table.
+    let (_, steps) = read_table(dir.path(), "steps");
+    let tokens: i64 = steps
+        .iter()
+        .map(|s| match s["tokens"] {
+            Cell::Int(t) => t,
+            _ => 0,
+        })
+        .sum();
+    assert!(tokens > 0);
+    let per_node: i64 = i64s(&read(&reports.join("token_usage.parquet")), "tokens")
+        .into_iter()
+        .flatten()
+        .sum();
+    let per_day: i64 = i64s(&read(&reports.join("daily_tokens.parquet")), "tokens")
+        .into_iter()
+        .flatten()
+        .sum();
+    let overview = read(&reports.join("overview.parquet"));
+    assert_eq!(
+        (per_node, per_day, i64s(&overview, "tokens")[0]),
+        (tokens, tokens, Some(tokens))
+    );
+    assert!(
+        md.contains(&format!("{} tokens", thousands(tokens))),
+        "{md}"
+    );
+
+    // Output sizes come from `value_bytes`, equal to the stored text's length.
+    let (_, nodes) = read_table(dir.path(), "node_outputs");
+    for node in &nodes {
+        if let Cell::Text(value) = &node["value"] {
+            assert_eq!(node["value_bytes"], Cell::Int(value.len() as i64));
+        }
+    }
+    let stats = read(&reports.join("node_stats.parquet"));
+    assert!(
+        f64s(&stats, "output_bytes_p50")
+            .iter()
+            .all(|v| v.is_some_and(|v| v > 0.0))
+    );
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -232,11 +232,19 @@ fn four_concurrent_shards_store_exactly_what_one_export_stores() {
         if file.extension().is_some_and(|e| e == "csv") {
             let name = file.file_name().unwrap();
             let theirs = sharded.path().join("reports").join(name);
-            assert_eq!(
-                std::fs::read_to_string(&file).unwrap(),
-                std::fs::read_to_string(&theirs).unwrap(),
-                "{name:?}"
-            );
+            // Every figure, but when each report was generated.
+            let figures = |path: &std::path::Path| {
+                let text = std::fs::read_to_string(path).unwrap();
+                if name == "overview.csv" {
+                    text.lines()
+                        .map(|l| l.split_once(',').unwrap().1.to_owned())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    text
+                }
+            };
+            assert_eq!(figures(&file), figures(&theirs), "{name:?}");
             compared += 1;
         }
     }

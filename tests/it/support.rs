@@ -234,6 +234,55 @@ pub fn read_table(out: &Path, table: &str) -> (Option<SchemaRef>, Vec<Row>) {
     (schema, rows)
 }
 
+/// A simulator with `workflows` × `runs` generated runs, exported with their steps into a new
+/// folder.
+pub fn exported_with_steps(workflows: usize, runs: u64) -> (Sim, tempfile::TempDir) {
+    let sim = Sim::start(SimConfig {
+        workflows,
+        runs_per_workflow: runs,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--with-steps"],
+    ));
+    (sim, dir)
+}
+
+/// The text, integer and time columns of one Parquet file (a report table; Polars' view strings
+/// read as plain ones).
+pub fn read_file(path: &Path) -> Vec<Row> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    reader
+        .flat_map(|b| {
+            let b = b.unwrap();
+            let (fields, columns): (Vec<_>, Vec<_>) = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .filter_map(|(f, c)| {
+                    let c = match c.data_type() {
+                        DataType::Utf8View => arrow::compute::cast(c, &DataType::Utf8).unwrap(),
+                        DataType::Utf8 | DataType::Int64 | DataType::Int32 => c.clone(),
+                        DataType::Timestamp(..) => c.clone(),
+                        _ => return None,
+                    };
+                    let field = arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true);
+                    Some((field, c))
+                })
+                .unzip();
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+            batch_rows(&RecordBatch::try_new(schema, columns).unwrap())
+        })
+        .collect()
+}
+
 fn batch_rows(batch: &RecordBatch) -> Vec<Row> {
     let mut rows = vec![Row::new(); batch.num_rows()];
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -397,6 +446,11 @@ pub fn assert_dataset_matches(
             assert_eq!(node["node"], text(name));
             assert_eq!(node["node_index"], Cell::Int(i as i64));
             assert_eq!(node["value"], encoded(Some(value)));
+            let stored = match &node["value"] {
+                Cell::Text(t) => Cell::Int(t.len() as i64),
+                _ => Cell::Null,
+            };
+            assert_eq!(node["value_bytes"], stored, "{id}: value_bytes");
             assert_eq!(node["value_type"], text(json_type(value)));
             assert_eq!(node["start_time"], ts(start));
             assert_eq!(node["date"], Cell::Text(date.clone()));

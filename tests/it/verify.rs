@@ -215,7 +215,7 @@ fn runs_deleted_added_and_finished_upstream_are_found_and_a_full_export_brings_a
     second.sort();
     assert_eq!(first, second);
 
-    // The report leaves them out of its counts.
+    // The report leaves them out of its counts, and their node outputs out of `node_stats`.
     let report = run(&["report", "--data", dir.path().to_str().unwrap()]);
     assert_ok(&report);
     assert!(
@@ -223,6 +223,21 @@ fn runs_deleted_added_and_finished_upstream_are_found_and_a_full_export_brings_a
         "{}",
         stdout(&report)
     );
+    let (_, nodes) = read_table(dir.path(), "node_outputs");
+    let live = nodes
+        .iter()
+        .filter(|n| !deleted.contains(n["run_id"].text().unwrap()))
+        .count() as i64;
+    assert!(live < nodes.len() as i64);
+    let stats = read_file(&dir.path().join("reports/node_stats.parquet"));
+    let counted: i64 = stats
+        .iter()
+        .map(|r| match r["rows"] {
+            Cell::Int(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(counted, live);
 }
 
 #[test]

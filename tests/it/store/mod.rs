@@ -397,7 +397,8 @@ fn an_export_to_s3_reads_back_with_state_manifest_and_success_beside_the_data() 
     );
     let summary = std::fs::read_to_string(reports.path().join("summary.md")).unwrap();
     assert!(
-        summary.contains("1200 runs from `s3://lake/orchestra/runs-history`"),
+        summary.contains("- **data**: s3://lake/orchestra/runs-history\n")
+            && summary.contains("**1,200 runs · "),
         "{summary}"
     );
 }

@@ -1,0 +1,232 @@
+//! Reading a table for the report: its Parquet files (any depth, as Hive readers find them), only
+//! the columns asked for, file by file on the rayon pool, each file folded into an accumulator
+//! and the accumulators merged. Memory is one batch of a few columns per thread plus what the
+//! accumulator keeps. Rows outside the report's scope never reach the accumulator.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{
+    Array, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use chrono::NaiveDate;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rayon::prelude::*;
+
+use super::{ReportError, ReportOptions};
+
+/// Rows per batch read.
+const BATCH_ROWS: usize = 65_536;
+/// Microseconds in a day.
+const DAY_US: i64 = 86_400_000_000;
+
+/// The Parquet files of table `name` in `data`, in path order (hidden temp files left out).
+pub fn files(data: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![data.join(name)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if path.is_dir() {
+                stack.push(path);
+            } else if !hidden && path.extension().is_some_and(|e| e == "parquet") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// One batch of a table, its columns by name (`None` for a column the file lacks: it was
+/// written before the column existed).
+pub struct Batch(RecordBatch);
+
+impl Batch {
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.0.num_rows()
+    }
+
+    /// A text column.
+    pub fn text(&self, name: &str) -> Option<&StringArray> {
+        self.0.column_by_name(name)?.as_string_opt::<i32>()
+    }
+
+    /// A 64-bit integer column.
+    pub fn int64(&self, name: &str) -> Option<&Int64Array> {
+        self.0.column_by_name(name)?.as_primitive_opt::<Int64Type>()
+    }
+
+    /// A 32-bit integer column.
+    pub fn int32(&self, name: &str) -> Option<&Int32Array> {
+        self.0.column_by_name(name)?.as_primitive_opt::<Int32Type>()
+    }
+
+    /// A timestamp column (µs).
+    pub fn micros(&self, name: &str) -> Option<&TimestampMicrosecondArray> {
+        self.0
+            .column_by_name(name)?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+    }
+}
+
+/// A value of a column, `None` when the column is missing or the value NULL.
+pub fn at<A: Array>(column: Option<&A>, i: usize, get: impl Fn(&A, usize) -> i64) -> Option<i64> {
+    column.filter(|c| c.is_valid(i)).map(|c| get(c, i))
+}
+
+/// The text at `i`, `None` when missing or NULL.
+pub fn text_at(column: Option<&StringArray>, i: usize) -> Option<&str> {
+    column.filter(|c| c.is_valid(i)).map(|c| c.value(i))
+}
+
+/// The UTC day (days since 1970-01-01) of an instant in µs.
+pub fn day_of(us: i64) -> i32 {
+    us.div_euclid(DAY_US) as i32
+}
+
+/// Which rows the report covers: the UTC days of `start_time` from `since` to `until` and the
+/// workflows asked for (rows without a start time only when no day bound is set).
+pub struct Scope {
+    since: Option<i32>,
+    until: Option<i32>,
+    workflows: HashSet<String>,
+}
+
+impl Scope {
+    /// The scope of `options`.
+    pub fn of(options: &ReportOptions) -> Self {
+        let days = |d: Option<NaiveDate>| {
+            d.map(|d| (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32)
+        };
+        Self {
+            since: days(options.since),
+            until: days(options.until),
+            workflows: options.workflows.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether a row of `workflow` started at `start` (µs) is in scope.
+    pub fn covers(&self, workflow: &str, start: Option<i64>) -> bool {
+        if !self.workflows.is_empty() && !self.workflows.contains(workflow) {
+            return false;
+        }
+        match (start.map(day_of), self.since, self.until) {
+            (_, None, None) => true,
+            (None, _, _) => false,
+            (Some(day), since, until) => {
+                since.is_none_or(|s| day >= s) && until.is_none_or(|u| day <= u)
+            }
+        }
+    }
+}
+
+/// Folds every batch of table `name` (the columns `columns` that its files have) into
+/// accumulators, one file at a time per thread, and merges them. `instead` names, for a column
+/// a file may lack (an older file), the column to read in its place.
+pub fn fold<A: Send>(
+    data: &Path,
+    name: &str,
+    columns: &[&str],
+    instead: &[(&str, &str)],
+    init: impl Fn() -> A + Sync + Send,
+    step: impl Fn(&mut A, &Batch) + Sync + Send,
+    merge: impl Fn(A, A) -> A + Sync + Send,
+) -> Result<A, ReportError> {
+    files(data, name)
+        .par_iter()
+        .map(|path| {
+            let mut acc = init();
+            read(path, columns, instead, |batch| step(&mut acc, batch))?;
+            Ok(acc)
+        })
+        .try_reduce(&init, |a, b| Ok(merge(a, b)))
+}
+
+fn read(
+    path: &Path,
+    columns: &[&str],
+    instead: &[(&str, &str)],
+    mut each: impl FnMut(&Batch),
+) -> Result<(), ReportError> {
+    let err = |source: parquet::errors::ParquetError| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?;
+    let schema = builder.schema().clone();
+    let replaced = instead
+        .iter()
+        .filter(|(missing, _)| schema.index_of(missing).is_err())
+        .map(|(_, other)| other);
+    let roots: Vec<usize> = columns
+        .iter()
+        .chain(replaced)
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(err)?;
+    for batch in reader {
+        let batch = batch.map_err(|e| err(e.into()))?;
+        each(&Batch(batch));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scope_keeps_its_days_and_workflows() {
+        let options =
+            |since: Option<&str>, until: Option<&str>, workflows: &[&str]| ReportOptions {
+                data: PathBuf::new(),
+                out: PathBuf::new(),
+                since: since.map(|d| d.parse().unwrap()),
+                until: until.map(|d| d.parse().unwrap()),
+                workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
+                top_n: 20,
+                source: None,
+            };
+        let at = |day: &str, hour: i64| {
+            let d: NaiveDate = day.parse().unwrap();
+            d.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros() + hour * 3_600_000_000
+        };
+        let all = Scope::of(&options(None, None, &[]));
+        assert!(all.covers("a", None) && all.covers("b", Some(at("2026-11-01", 3))));
+        let days = Scope::of(&options(Some("2026-11-02"), Some("2026-11-03"), &[]));
+        let cases = [
+            (at("2026-11-01", 23), false),
+            (at("2026-11-02", 0), true),
+            (at("2026-11-03", 23), true),
+            (at("2026-11-04", 0), false),
+        ];
+        for (start, want) in cases {
+            assert_eq!(days.covers("a", Some(start)), want, "{start}");
+        }
+        assert!(
+            !days.covers("a", None),
+            "no start time, outside any day range"
+        );
+        let one = Scope::of(&options(None, None, &["a"]));
+        assert!(one.covers("a", None) && !one.covers("b", None));
+        assert_eq!(day_of(-1), -1, "before 1970 rounds down");
+    }
+}
