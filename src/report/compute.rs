@@ -159,11 +159,15 @@ impl Sources {
                 "workflow_summary",
                 self.runs
                     .summary(names)
+                    .inspect(|_| timed("workflow_summary"))
                     .map_err(polars_err("workflow_summary"))?,
             ),
             (
                 "daily_trends",
-                self.runs.daily().map_err(polars_err("daily_trends"))?,
+                self.runs
+                    .daily()
+                    .inspect(|_| timed("daily_trends"))
+                    .map_err(polars_err("daily_trends"))?,
             ),
             (
                 "error_groups",
@@ -186,6 +190,7 @@ impl Sources {
                 "regressions",
                 self.runs
                     .regressions(names)
+                    .inspect(|_| timed("regressions"))
                     .map_err(polars_err("regressions"))?,
             ),
         ];

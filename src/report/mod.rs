@@ -232,6 +232,8 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
 pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
     let mut report = compute(options)?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(target: "report", seconds, "tables computed");
     std::fs::create_dir_all(&options.out).map_err(|source| ReportError::Io {
         path: options.out.clone(),
         source,
@@ -251,6 +253,8 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
                 .map_err(polars_err(table))
         })?;
     }
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(target: "report", seconds, "tables written");
     let page = view::page(&report, options);
     let markdown = markdown::render(&page);
     write_atomic(&options.out.join("summary.md"), |f| {

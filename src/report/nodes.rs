@@ -112,12 +112,15 @@ impl NodeStats {
     pub fn read(data: &Path, scope: &Scope, deleted: &Deleted) -> Result<Self, ReportError> {
         let mut columns = vec![
             "workflow_id",
-            "start_time",
             "node",
             "node_index",
             "value_type",
             VALUE_BYTES,
         ];
+        // Its start only places a row in a day range: not read without one.
+        if scope.by_day() {
+            columns.push("start_time");
+        }
         if !deleted.is_empty() {
             columns.push("run_id");
         }

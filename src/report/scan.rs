@@ -114,6 +114,11 @@ impl Scope {
         }
     }
 
+    /// Whether the scope bounds the days (rows need their `start_time` to be judged).
+    pub fn by_day(&self) -> bool {
+        self.since.is_some() || self.until.is_some()
+    }
+
     /// Whether a row of `workflow` started at `start` (µs) is in scope.
     pub fn covers(&self, workflow: &str, start: Option<i64>) -> bool {
         if !self.workflows.is_empty() && !self.workflows.contains(workflow) {

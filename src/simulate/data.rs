@@ -55,7 +55,8 @@ const REGRESSION_ERROR: &str =
 /// The workflow (by index) whose last [`REGRESSION_DAYS`] days regress: failures up from 7% to
 /// about 25% of its runs and durations doubled, so the report has something to find.
 pub const REGRESSING_WORKFLOW: u64 = 2;
-/// Days before the newest run in which [`REGRESSING_WORKFLOW`] regresses.
+const DAY_US: i64 = 86_400_000_000;
+/// UTC days, the newest run's included, in which [`REGRESSING_WORKFLOW`] regresses.
 pub const REGRESSION_DAYS: i64 = 7;
 /// Nodes that call a model: their steps report tokens.
 pub const LLM_NODES: [&str; 4] = ["model", "summarize", "translate", "web_search"];
@@ -224,8 +225,9 @@ impl SimWorkflow {
         let start = self.anchor_us - age * gap - jitter;
         let newest_two = seq + 2 >= total;
         let finished = !newest_two || seq < finished_below || !self.index.is_multiple_of(3);
-        let regressed = self.index == REGRESSING_WORKFLOW
-            && self.anchor_us - start < REGRESSION_DAYS * 86_400_000_000;
+        // From midnight (UTC) of the first of the last `REGRESSION_DAYS` days, as reports count.
+        let days_before = self.anchor_us.div_euclid(DAY_US) - start.div_euclid(DAY_US);
+        let regressed = self.index == REGRESSING_WORKFLOW && days_before < REGRESSION_DAYS;
         let mut elapsed_us = (rng.random::<f64>().powi(3) * 110.0 + 0.4) as i64 * 1_000_000
             + rng.random_range(0..1_000_000);
         if regressed {
@@ -448,16 +450,15 @@ mod tests {
             DEFAULT_ANCHOR_US,
             DataProfile::Small,
         );
-        let week = REGRESSION_DAYS * 86_400_000_000;
         let (mut last, mut before) = (Vec::new(), Vec::new());
         for seq in 0..runs - 2 {
             let run = wf.run(seq, runs, 0);
             let start =
                 crate::flatten::parse_timestamp(run["start_time"].as_str().unwrap()).unwrap();
-            let age = DEFAULT_ANCHOR_US - start;
-            if age < week {
+            let days = DEFAULT_ANCHOR_US.div_euclid(DAY_US) - start.div_euclid(DAY_US);
+            if days < REGRESSION_DAYS {
                 last.push(run);
-            } else if age < 2 * week {
+            } else if days < 2 * REGRESSION_DAYS {
                 before.push(run);
             }
         }

@@ -178,7 +178,7 @@ fn report_html_fits_1280_and_800_px_in_chromium_and_leads_with_what_needs_attent
     }
     if let Some(shots) = std::env::var_os("ORCHESTRA_SCREENSHOT_DIR") {
         let shot = PathBuf::from(shots).join("report.png");
-        let out = headless(1280, 2200, &work.path().join("profile-shot"))
+        let out = headless(1280, 2600, &work.path().join("profile-shot"))
             .arg(format!("--screenshot={}", shot.display()))
             .arg(format!("file://{}", page.display()))
             .output()

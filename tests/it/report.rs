@@ -460,3 +460,67 @@ fn thousands(n: i64) -> String {
     }
     out
 }
+
+/// Rewrites every `node_outputs` file without `value_bytes`, as a release before it wrote them.
+fn strip_value_bytes(dataset: &std::path::Path) {
+    for path in parquet_files(&dataset.join("node_outputs")) {
+        let batches: Vec<RecordBatch> =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let keep: Vec<usize> = (0..batches[0].num_columns())
+            .filter(|i| batches[0].schema().field(*i).name() != "value_bytes")
+            .collect();
+        let schema = std::sync::Arc::new(batches[0].schema().project(&keep).unwrap());
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        for batch in &batches {
+            writer.write(&batch.project(&keep).unwrap()).unwrap();
+        }
+        writer.close().unwrap();
+    }
+}
+
+/// Files written before `node_outputs.value_bytes` existed: the report measures `value` there,
+/// and finds the sizes it finds from the column; a commit that rewrites such a file measures them.
+#[test]
+fn output_sizes_in_files_without_value_bytes_are_measured_from_the_text() {
+    let (sim, dir) = exported_with_steps(2, 120);
+    let data = dir.path().to_str().unwrap();
+    assert_ok(&run(&["report", "--data", data]));
+    let want = read(&dir.path().join("reports/node_stats.parquet"));
+    strip_value_bytes(dir.path());
+    assert!(!read_table(dir.path(), "node_outputs").1[0].contains_key("value_bytes"));
+    assert_ok(&run(&["report", "--data", data]));
+    let got = read(&dir.path().join("reports/node_stats.parquet"));
+    for column in ["output_bytes_p50", "output_bytes_p95"] {
+        assert_eq!(f64s(&got, column), f64s(&want, column), "{column}");
+        assert!(f64s(&got, column).iter().all(Option::is_some), "{column}");
+    }
+    // New runs rewrite their partition: its older rows are brought to the current schema with
+    // their sizes measured.
+    let before: std::collections::BTreeSet<String> = read_table(dir.path(), "runs")
+        .1
+        .iter()
+        .map(|r| r["run_id"].text().unwrap().to_owned())
+        .collect();
+    sim.server.add_runs(0, 3);
+    assert_ok(&export(&sim, dir.path(), &["--all-workflows"]));
+    let (_, nodes) = read_table(dir.path(), "node_outputs");
+    let mut measured_old = 0;
+    for node in nodes.iter().filter(|n| n.contains_key("value_bytes")) {
+        let want = match &node["value"] {
+            Cell::Text(value) => Cell::Int(value.len() as i64),
+            _ => Cell::Null,
+        };
+        assert_eq!(node["value_bytes"], want);
+        measured_old += usize::from(before.contains(node["run_id"].text().unwrap()));
+    }
+    assert!(
+        measured_old > 0,
+        "older rows of the rewritten partition are measured"
+    );
+}
