@@ -3,7 +3,7 @@
 //! things in the same order (`view`, `attention`, `trends`).
 //!
 //! It reads only the dataset's files, only the columns it needs (`scan`), into small per-group
-//! cells (`runs`, `nodes`); it never talks to the API and never changes the dataset.
+//! cells (`runs`, `nodes`, `errors`); it never talks to the API and never changes the dataset.
 //! Definitions, shared with `queries/` and the interop check:
 //! - runs a `--full` export found deleted upstream (`deleted_upstream_at` set) are left out, with
 //!   their child rows;
@@ -14,6 +14,7 @@
 mod attention;
 mod compute;
 mod distribution;
+mod errors;
 mod format;
 mod frame;
 mod html;
@@ -24,7 +25,7 @@ mod scan;
 mod trends;
 mod view;
 
-pub use compute::fingerprint;
+pub use errors::fingerprint;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -207,7 +208,7 @@ impl Totals {
 /// Computes every table (without writing anything).
 pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
-    if !compute::has_files(&options.data.join("runs")) {
+    if !scan::has_table(&options.data, "runs") {
         return Err(ReportError::NoData {
             path: options.data.clone(),
         });

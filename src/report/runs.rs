@@ -9,6 +9,7 @@ use std::path::Path;
 use polars::prelude::*;
 
 use super::distribution::Samples;
+use super::errors::ErrorGroups;
 use super::frame::FrameBuilder;
 use super::scan::{self, Batch, Scope, at, day_of, text_at};
 use super::{ERROR_RATE_REGRESSION, MIN_RUNS_FOR_REGRESSION, P95_REGRESSION_FACTOR, ReportError};
@@ -97,6 +98,8 @@ pub struct RunStats {
     /// (workflow, run) of runs a `--full` export found deleted upstream: left out here, and
     /// their child rows too.
     pub deleted: HashSet<(String, String)>,
+    /// The errors of failed and cancelled runs, grouped.
+    pub errors: ErrorGroups,
     /// The slowest runs, at most `2 × top` between trims.
     slowest: Vec<SlowRun>,
     top: usize,
@@ -162,6 +165,10 @@ impl RunStats {
             days.entry(start.map(day_of))
                 .or_default()
                 .add(status, start, duration_ms);
+            if let Some(error) = text_at(batch.text("error"), i) {
+                self.errors
+                    .add(status, error, workflow, runs.value(i), start);
+            }
             if let Some(d) = duration_ms {
                 self.consider(d, || SlowRun {
                     workflow_id: workflow.to_owned(),
@@ -207,6 +214,7 @@ impl RunStats {
             }
         }
         self.deleted.extend(other.deleted);
+        self.errors.absorb(other.errors);
         self.slowest.extend(other.slowest);
         self.top = self.top.max(other.top);
         self.trim();

@@ -45,6 +45,11 @@ pub fn files(data: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Whether table `name` of `data` has a Parquet file.
+pub fn has_table(data: &Path, name: &str) -> bool {
+    !files(data, name).is_empty()
+}
+
 /// One batch of a table, its columns by name (`None` for a column the file lacks: it was
 /// written before the column existed).
 pub struct Batch(RecordBatch);
