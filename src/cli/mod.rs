@@ -120,6 +120,16 @@ struct ReportArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = report::DEFAULT_TOP_N, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     top: usize,
+    /// What a million tokens cost (in your currency, e.g. `3.5`): adds cost to the token figures.
+    #[arg(long, allow_negative_numbers = true, value_name = "PRICE", value_parser = parse_price)]
+    price_per_million_tokens: Option<f64>,
+}
+
+fn parse_price(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!("`{text}` is not a price (a number, 0 or more)")),
+    }
 }
 
 /// Which API and workflows, shared by `export` and `verify`.
@@ -783,6 +793,7 @@ async fn run_demo(args: DemoArgs, bars: bool) -> i32 {
             until: None,
             workflows: Vec::new(),
             top_n: report::DEFAULT_TOP_N,
+            price_per_million_tokens: None,
             source: None,
         });
         if code != exit::SUCCESS {
@@ -821,6 +832,7 @@ fn run_report(args: ReportArgs) -> i32 {
         until: args.until,
         workflows: args.workflows,
         top_n: args.top,
+        price_per_million_tokens: args.price_per_million_tokens,
         source,
     };
     write_report(&options)

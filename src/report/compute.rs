@@ -124,11 +124,15 @@ impl Sources {
             ));
             tables.push((
                 "token_usage",
-                steps.tokens(names).map_err(polars_err("token_usage"))?,
+                steps
+                    .tokens(names, self.options.price_per_million_tokens)
+                    .map_err(polars_err("token_usage"))?,
             ));
             tables.push((
                 "daily_tokens",
-                steps.daily().map_err(polars_err("daily_tokens"))?,
+                steps
+                    .daily(self.options.price_per_million_tokens)
+                    .map_err(polars_err("daily_tokens"))?,
             ));
         }
         Ok(tables)

@@ -25,6 +25,8 @@ pub enum Kind {
     Bytes,
     /// An instant: `2026-10-10 06:18` (UTC).
     Time,
+    /// An amount of money: `1,234.56`.
+    Money,
 }
 
 impl Kind {
@@ -32,7 +34,13 @@ impl Kind {
     pub fn numeric(self) -> bool {
         matches!(
             self,
-            Kind::Count | Kind::Rate | Kind::Change | Kind::Ratio | Kind::Seconds | Kind::Bytes
+            Kind::Count
+                | Kind::Rate
+                | Kind::Change
+                | Kind::Ratio
+                | Kind::Seconds
+                | Kind::Bytes
+                | Kind::Money
         )
     }
 
@@ -49,6 +57,7 @@ impl Kind {
             (Kind::Ratio, Some(v)) => format!("{v:.2}×"),
             (Kind::Seconds, Some(v)) => seconds(v),
             (Kind::Bytes, Some(v)) => bytes(v),
+            (Kind::Money, Some(v)) => money(v),
             (Kind::Time, _) => time(value),
             _ => text(value),
         }
@@ -82,6 +91,17 @@ pub fn count(v: f64) -> String {
         out.insert(0, '-');
     }
     out
+}
+
+/// `1234.5678` → `1,234.57`.
+pub fn money(v: f64) -> String {
+    let cents = (v.abs() * 100.0).round();
+    let sign = if v < 0.0 && cents > 0.0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:02}",
+        count((cents / 100.0).trunc()),
+        (cents % 100.0) as i64
+    )
 }
 
 /// `0.0712` → `7.1%`.
@@ -198,6 +218,9 @@ mod tests {
             (Kind::Bytes, AnyValue::Float64(5_830.0), "5.8 KB"),
             (Kind::Bytes, AnyValue::Float64(2_400_000.0), "2.4 MB"),
             (Kind::Text, AnyValue::String("a | b"), "a | b"),
+            (Kind::Money, AnyValue::Float64(1234.5678), "1,234.57"),
+            (Kind::Money, AnyValue::Float64(0.004), "0.00"),
+            (Kind::Money, AnyValue::Float64(99.999), "100.00"),
             (Kind::Count, AnyValue::Null, "—"),
         ];
         for (kind, value, want) in cases {

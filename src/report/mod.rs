@@ -57,6 +57,8 @@ pub struct ReportOptions {
     pub workflows: Vec<String>,
     /// Rows of `slowest_runs`.
     pub top_n: usize,
+    /// What a million tokens cost: adds `cost` to the token tables and the header.
+    pub price_per_million_tokens: Option<f64>,
     /// Where `data` was downloaded from (an object store URL), named in the reports instead.
     pub source: Option<String>,
 }
@@ -144,6 +146,8 @@ pub struct Totals {
     /// From `steps`, when the dataset has them.
     pub steps: Option<i64>,
     pub tokens: Option<i64>,
+    /// What the tokens cost, with `--price-per-million-tokens`.
+    pub cost: Option<f64>,
 }
 
 impl Totals {
@@ -177,6 +181,10 @@ impl Totals {
             cancelled: sum(summary, "cancelled").unwrap_or(0),
             steps: sum(get("daily_tokens"), "steps"),
             tokens: sum(get("daily_tokens"), "tokens"),
+            cost: get("daily_tokens").and_then(|df| {
+                let cost = df.column("cost").ok()?.f64().ok()?;
+                (cost.null_count() < cost.len()).then(|| cost.sum().unwrap_or(0.0))
+            }),
         }
     }
 
@@ -196,6 +204,7 @@ impl Totals {
             "cancelled" => [self.cancelled],
             "steps" => [self.steps],
             "tokens" => [self.tokens],
+            "cost" => [self.cost],
         )?;
         for name in ["generated_at", "first_run", "newest_run"] {
             let cast = df.column(name)?.cast(&utc)?;

@@ -417,8 +417,8 @@ impl StepStats {
             .finish()
     }
 
-    /// `token_usage`: nodes that used tokens, the most first.
-    pub fn tokens(&mut self, names: &Names) -> PolarsResult<DataFrame> {
+    /// `token_usage`: nodes that used tokens, the most first (with `cost` at `price` a million).
+    pub fn tokens(&mut self, names: &Names, price: Option<f64>) -> PolarsResult<DataFrame> {
         self.sorted();
         let mut rows: Vec<_> = sorted_keys(&self.nodes, names)
             .into_iter()
@@ -439,11 +439,15 @@ impl StepStats {
                 "tokens_p95",
                 rows.iter().map(|r| r.2.tokens.quantile(0.95)).collect(),
             )
+            .float(
+                "cost",
+                rows.iter().map(|r| cost(r.2.tokens.sum(), price)).collect(),
+            )
             .finish()
     }
 
-    /// `daily_tokens`: steps and tokens per day and workflow.
-    pub fn daily(&self) -> PolarsResult<DataFrame> {
+    /// `daily_tokens`: steps, tokens (and `cost` at `price` a million) per day and workflow.
+    pub fn daily(&self, price: Option<f64>) -> PolarsResult<DataFrame> {
         let rows: Vec<_> = self.daily.iter().collect();
         FrameBuilder::default()
             .date("day", rows.iter().map(|((d, _), _)| *d).collect())
@@ -453,8 +457,17 @@ impl StepStats {
             )
             .int("steps", rows.iter().map(|(_, (s, _))| *s).collect())
             .int("tokens", rows.iter().map(|(_, (_, t))| *t).collect())
+            .float(
+                "cost",
+                rows.iter().map(|(_, (_, t))| cost(*t, price)).collect(),
+            )
             .finish()
     }
+}
+
+/// What `tokens` cost at `price` a million (NULL without a price).
+fn cost(tokens: i64, price: Option<f64>) -> Option<f64> {
+    price.map(|p| tokens as f64 * p / 1e6)
 }
 
 /// The newer of two sampled failures (by start, then the smaller text, so any read order

@@ -213,6 +213,7 @@ mod tests {
                 until: until.map(|d| d.parse().unwrap()),
                 workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
                 top_n: 20,
+                price_per_million_tokens: None,
                 source: None,
             };
         let at = |day: &str, hour: i64| {

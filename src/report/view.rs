@@ -180,7 +180,13 @@ pub fn page(report: &Report, options: &ReportOptions) -> Page {
         .iter()
         .filter(|(_, file, _)| steps || !STEP_TABLES.contains(file))
         .map(|(title, file, columns)| {
-            let view = TableView::of(file, get(file), columns, |_| true, TABLE_ROWS);
+            // Costs only with a price.
+            let columns: Vec<Column> = columns
+                .iter()
+                .filter(|c| c.kind != Kind::Money || totals.cost.is_some())
+                .copied()
+                .collect();
+            let view = TableView::of(file, get(file), &columns, |_| true, TABLE_ROWS);
             ((*title).to_owned(), view)
         })
         .collect();
@@ -247,6 +253,7 @@ const TABLES: [(&str, &str, &[Column]); 8] = [
             field("tokens", "tokens", Kind::Count),
             field("per step", "tokens_per_step", Kind::Count),
             field("p95", "tokens_p95", Kind::Count),
+            field("cost", "cost", Kind::Money),
         ],
     ),
     (
@@ -376,6 +383,9 @@ fn figures(totals: &Totals) -> Vec<(&'static str, String)> {
     ];
     if let Some(tokens) = totals.tokens {
         figures.push(("tokens", count(tokens as f64)));
+    }
+    if let Some(cost) = totals.cost {
+        figures.push(("token cost", super::format::money(cost)));
     }
     figures
 }

@@ -92,6 +92,8 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["simulate", "--rate-limit", "-3"], bad_value("-3", "--rate-limit <RPS>", "`-3` is not a rate above 0 and at most 100000 requests per second")),
         // report
         (vec!["report", "--top", "0"], bad_value("0", "--top <N>", "0 is not in 1..=100000")),
+        (vec!["report", "--price-per-million-tokens", "-1"], bad_value("-1", "--price-per-million-tokens <PRICE>", "`-1` is not a price (a number, 0 or more)")),
+        (vec!["report", "--price-per-million-tokens", "cheap"], bad_value("cheap", "--price-per-million-tokens <PRICE>", "`cheap` is not a price (a number, 0 or more)")),
         (vec!["report", "--since", "2026-13-01"], bad_value("2026-13-01", "--since <DATE>", "input is out of range")),
         (vec!["report", "--until", "yesterday"], bad_value("yesterday", "--until <DATE>", "input contains invalid characters")),
         (vec!["report", "--since", "2026-02-01", "--until", "2026-01-01"], "error: `--since` 2026-02-01 is after `--until` 2026-01-01".into()),

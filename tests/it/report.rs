@@ -432,6 +432,31 @@ fn the_report_leads_with_what_regressed_and_names_every_workflow() {
         md.contains(&format!("{} tokens", thousands(tokens))),
         "{md}"
     );
+    assert_eq!(f64s(&overview, "cost"), [None], "no price, no cost");
+    assert!(!md.contains("token cost"));
+
+    // With a price, what the tokens cost: in the tables, the overview and the header.
+    let priced = dir.path().join("priced");
+    assert_ok(&run(&[
+        "report",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        priced.to_str().unwrap(),
+        "--price-per-million-tokens",
+        "2.5",
+    ]));
+    let want = tokens as f64 * 2.5 / 1e6;
+    let cost = f64s(&read(&priced.join("overview.parquet")), "cost")[0].unwrap();
+    assert!((cost - want).abs() < 1e-9, "{cost} vs {want}");
+    let per_node: f64 = f64s(&read(&priced.join("token_usage.parquet")), "cost")
+        .into_iter()
+        .flatten()
+        .sum();
+    assert!((per_node - want).abs() < 1e-6, "{per_node} vs {want}");
+    let md = std::fs::read_to_string(priced.join("summary.md")).unwrap();
+    assert!(md.contains(&format!("{want:.2} token cost")), "{md}");
+    assert!(md.contains("| tokens | per step | p95 | cost |"), "{md}");
 
     // Output sizes come from `value_bytes`, equal to the stored text's length.
     let (_, nodes) = read_table(dir.path(), "node_outputs");
