@@ -129,7 +129,12 @@ impl ErrorGroups {
             .map(|((status, fingerprint), cells)| {
                 let mut by_count: Vec<(&String, &Cell, String)> =
                     cells.iter().map(|(id, c)| (id, c, label(id))).collect();
-                by_count.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.2.cmp(&b.2)));
+                by_count.sort_by(|a, b| {
+                    b.1.count
+                        .cmp(&a.1.count)
+                        .then_with(|| a.2.cmp(&b.2))
+                        .then_with(|| a.0.cmp(b.0))
+                });
                 let sample = by_count.first().and_then(|(_, c, _)| c.sample.clone());
                 Group {
                     status: status.clone(),
@@ -272,5 +277,23 @@ mod tests {
             "the newest of w1's"
         );
         assert_eq!(text("status", 1).as_deref(), Some("cancelled"));
+
+        // Two workflows of one name and count: the sample is the smaller id's, every time.
+        for _ in 0..20 {
+            let mut g = ErrorGroups::default();
+            for (w, r) in [("wb", "r1"), ("wa", "r2"), ("wc", "r3")] {
+                g.add(Some("failed"), "boom", w, r, Some(5));
+            }
+            let names = Names::from([
+                ("wa".into(), "Same".into()),
+                ("wb".into(), "Same".into()),
+                ("wc".into(), "Same".into()),
+            ]);
+            let df = g.frame(&names).unwrap();
+            assert_eq!(
+                df.column("sample_run_id").unwrap().str().unwrap().get(0),
+                Some("r2")
+            );
+        }
     }
 }

@@ -6,8 +6,14 @@ use std::fmt::Write;
 use super::format::{count, rate, seconds, sparkline};
 use super::view::{Cell, Page, TableView};
 
+/// `text` safe in a Markdown table cell or list item: HTML-significant characters as entities
+/// (`<n>` in a fingerprint would be read as a tag and vanish), `|` escaped, line breaks as spaces.
 fn escape(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
 }
 
 /// A workflow's id shortened for a table cell.
@@ -54,7 +60,7 @@ pub fn render(page: &Page) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", page.title);
     for (label, text) in &page.header {
-        let _ = writeln!(out, "- **{label}**: {text}");
+        let _ = writeln!(out, "- **{label}**: {}", escape(text));
     }
     let figures: Vec<String> = page
         .figures
@@ -65,9 +71,9 @@ pub fn render(page: &Page) -> String {
 
     let _ = writeln!(out, "## Needs attention\n");
     for finding in &page.attention {
-        let _ = writeln!(out, "### {}\n", finding.title);
+        let _ = writeln!(out, "### {}\n", escape(&finding.title));
         for line in &finding.lines {
-            let _ = writeln!(out, "- {line}");
+            let _ = writeln!(out, "- {}", escape(line));
         }
         if !finding.lines.is_empty() {
             let _ = writeln!(out);
@@ -116,4 +122,27 @@ pub fn render(page: &Page) -> String {
     }
     let _ = writeln!(out, "---\n{}", page.definitions);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_keep_what_markdown_would_swallow() {
+        let cases = [
+            (
+                "Node '…' failed after <n>s (id <hex>)",
+                "Node '…' failed after &lt;n&gt;s (id &lt;hex&gt;)",
+            ),
+            ("a | b\nc", "a \\| b c"),
+            (
+                "<script>x</script> & co",
+                "&lt;script&gt;x&lt;/script&gt; &amp; co",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(escape(text), want);
+        }
+    }
 }

@@ -174,14 +174,16 @@ impl Totals {
             first_run,
             newest_run,
             days,
-            complete_days: days.saturating_sub(2),
+            complete_days: get("daily_trends")
+                .map_or(0, |d| trends::days(d).iter().filter(|(_, c)| *c).count()),
             runs: sum(summary, "runs").unwrap_or(0),
             workflows: summary.map_or(0, DataFrame::height),
             failed: sum(summary, "failed").unwrap_or(0),
             cancelled: sum(summary, "cancelled").unwrap_or(0),
-            steps: sum(get("daily_tokens"), "steps"),
-            tokens: sum(get("daily_tokens"), "tokens"),
-            cost: get("daily_tokens").and_then(|df| {
+            // From the per-node tables: steps without a start time have no day.
+            steps: sum(get("slowest_nodes"), "steps"),
+            tokens: sum(get("token_usage"), "tokens"),
+            cost: get("token_usage").and_then(|df| {
                 let cost = df.column("cost").ok()?.f64().ok()?;
                 (cost.null_count() < cost.len()).then(|| cost.sum().unwrap_or(0.0))
             }),

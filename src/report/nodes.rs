@@ -17,16 +17,19 @@ use crate::table::VALUE_BYTES;
 /// Stands for a NULL node id in the maps (output as NULL).
 const NO_NODE: &str = "\u{0}";
 
-/// Keys of runs left out (deleted upstream): `workflow␟run`.
-pub type Deleted = HashSet<String>;
+/// Runs left out (deleted upstream), by workflow: looked up without allocating.
+pub type Deleted = HashMap<String, HashSet<String>>;
 
-fn deleted_key(workflow: &str, run: &str) -> String {
-    format!("{workflow}\u{1f}{run}")
-}
-
-/// The keys of `runs` as [`Deleted`] holds them.
+/// The runs of `runs` as [`Deleted`] holds them.
 pub fn deleted_keys(runs: &HashSet<(String, String)>) -> Deleted {
-    runs.iter().map(|(w, r)| deleted_key(w, r)).collect()
+    let mut deleted = Deleted::new();
+    for (workflow, run) in runs {
+        deleted
+            .entry(workflow.clone())
+            .or_default()
+            .insert(run.clone());
+    }
+    deleted
 }
 
 /// Cells by workflow, then by node.
@@ -70,7 +73,7 @@ fn counts(
     }
     deleted.is_empty()
         || text_at(batch.text("run_id"), i)
-            .is_none_or(|run| !deleted.contains(&deleted_key(workflow, run)))
+            .is_none_or(|run| deleted.get(workflow).is_none_or(|runs| !runs.contains(run)))
 }
 
 /// Rows sorted by workflow name (unnamed last), then id, then `rest`.

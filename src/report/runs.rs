@@ -105,6 +105,9 @@ pub struct RunStats {
     top: usize,
     /// The shortest duration among the `top` kept, once there are that many.
     floor: Option<i64>,
+    /// The first and the last UTC day of the live runs, in scope or not: only these two are
+    /// partial days.
+    data_days: Option<(i32, i32)>,
 }
 
 /// The columns of `runs` the report reads.
@@ -153,6 +156,12 @@ impl RunStats {
                 continue;
             }
             let start = at(start, i, |c, i| c.value(i));
+            if let Some(day) = start.map(day_of) {
+                self.data_days = Some(
+                    self.data_days
+                        .map_or((day, day), |(a, b)| (a.min(day), b.max(day))),
+                );
+            }
             if !scope.covers(workflow, start) {
                 continue;
             }
@@ -215,6 +224,10 @@ impl RunStats {
         }
         self.deleted.extend(other.deleted);
         self.errors.absorb(other.errors);
+        self.data_days = match (self.data_days, other.data_days) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (x, y) => x.or(y),
+        };
         self.slowest.extend(other.slowest);
         self.top = self.top.max(other.top);
         self.trim();
@@ -316,7 +329,7 @@ impl RunStats {
     }
 
     /// `daily_trends`: per day and workflow (by id); `complete` is false on the first and the
-    /// last day of the data.
+    /// last day of the data (of all of it, whatever the scope).
     pub fn daily(&self) -> PolarsResult<DataFrame> {
         let mut rows: Vec<(i32, &String, &Cell)> = self
             .workflows
@@ -327,8 +340,7 @@ impl RunStats {
             })
             .collect();
         rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let first = rows.iter().map(|r| r.0).min();
-        let last = rows.iter().map(|r| r.0).max();
+        let (first, last) = self.data_days.unzip();
         let mut b = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut rate, mut p50, mut p95, mut complete) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -360,17 +372,19 @@ impl RunStats {
     /// Workflows with runs in only one of the weeks are listed, NULL for the other; regressed
     /// ones first.
     pub fn regressions(&self, names: &Names) -> PolarsResult<DataFrame> {
-        let Some(newest) = self.newest_day() else {
-            return Ok(DataFrame::empty());
-        };
+        // Without any start time there is nothing to compare: no rows, the same columns.
+        let newest = self.newest_day().unwrap_or(i32::MIN);
         let in_days =
             |from: i32, to: i32| move |d: Option<i32>| d.is_some_and(|d| d >= from && d <= to);
         let mut rows: Vec<Comparison> = self
             .workflows
             .keys()
             .filter_map(|id| {
-                let mut prev = self.total(id, in_days(newest - 13, newest - 7));
-                let mut last = self.total(id, in_days(newest - 6, newest));
+                let mut prev = self.total(
+                    id,
+                    in_days(newest.saturating_sub(13), newest.saturating_sub(7)),
+                );
+                let mut last = self.total(id, in_days(newest.saturating_sub(6), newest));
                 (prev.runs + last.runs > 0)
                     .then(|| Comparison::of(id, names.get(id).cloned(), &mut prev, &mut last))
             })
@@ -494,9 +508,12 @@ impl Comparison {
             .filter(|r| r.is_finite());
         let enough = i64::from(MIN_RUNS_FOR_REGRESSION);
         let judged = prev.runs >= enough && last.runs >= enough;
+        // From 0 s to more is a regression too (the ratio, infinite, is left NULL).
+        let from_zero = p95_prev == Some(0.0) && p95_last.is_some_and(|p| p > 0.0);
         let regressed = judged
             && (error_rate_change.is_some_and(|c| c >= ERROR_RATE_REGRESSION)
-                || p95_ratio.is_some_and(|r| r >= P95_REGRESSION_FACTOR));
+                || p95_ratio.is_some_and(|r| r >= P95_REGRESSION_FACTOR)
+                || from_zero);
         Self {
             workflow_id: id.to_owned(),
             name,

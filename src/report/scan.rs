@@ -6,17 +6,19 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{
     Array, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use chrono::NaiveDate;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 use super::{ReportError, ReportOptions};
+use crate::table::Table;
 
 /// Rows per batch read.
 const BATCH_ROWS: usize = 65_536;
@@ -151,22 +153,47 @@ pub fn fold<A: Send>(
     step: impl Fn(&mut A, &Batch) + Sync + Send,
     merge: impl Fn(A, A) -> A + Sync + Send,
 ) -> Result<A, ReportError> {
+    let declared = [
+        Table::Runs,
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Workflows,
+    ]
+    .into_iter()
+    .find(|t| t.name() == name)
+    .map(|t| t.schema());
     files(data, name)
         .par_iter()
         .map(|path| {
             let mut acc = init();
-            read(path, columns, instead, |batch| step(&mut acc, batch))?;
+            let columns = Wanted {
+                columns,
+                instead,
+                declared: declared.as_ref(),
+            };
+            read(path, columns, |batch| step(&mut acc, batch))?;
             Ok(acc)
         })
         .try_reduce(&init, |a, b| Ok(merge(a, b)))
 }
 
-fn read(
-    path: &Path,
-    columns: &[&str],
-    instead: &[(&str, &str)],
-    mut each: impl FnMut(&Batch),
-) -> Result<(), ReportError> {
+/// What [`read`] reads of one file, and the table's declared columns.
+struct Wanted<'a> {
+    columns: &'a [&'a str],
+    instead: &'a [(&'a str, &'a str)],
+    declared: Option<&'a SchemaRef>,
+}
+
+/// Reads `wanted` of the file at `path`. A column the table declares NOT NULL must be there; a
+/// column stored in another type than declared (a file rewritten by another tool: large or view
+/// strings, dictionaries, nanoseconds) is cast to the declared type, or the file is refused.
+fn read(path: &Path, wanted: Wanted<'_>, mut each: impl FnMut(&Batch)) -> Result<(), ReportError> {
+    let Wanted {
+        columns,
+        instead,
+        declared,
+    } = wanted;
     let err = |source: parquet::errors::ParquetError| ReportError::Read {
         path: path.to_path_buf(),
         source,
@@ -186,6 +213,19 @@ fn read(
         .chain(replaced)
         .filter_map(|c| schema.index_of(c).ok())
         .collect();
+    let refuse = |message: String| ReportError::Read {
+        path: path.to_path_buf(),
+        source: parquet::errors::ParquetError::General(message),
+    };
+    if let Some(declared) = declared {
+        let missing = columns.iter().find(|c| {
+            schema.index_of(c).is_err()
+                && declared.field_with_name(c).is_ok_and(|f| !f.is_nullable())
+        });
+        if let Some(c) = missing {
+            return Err(refuse(format!("column `{c}` is missing")));
+        }
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder
         .with_projection(mask)
@@ -194,9 +234,44 @@ fn read(
         .map_err(err)?;
     for batch in reader {
         let batch = batch.map_err(|e| err(e.into()))?;
-        each(&Batch(batch));
+        each(&Batch(conform(batch, declared).map_err(refuse)?));
     }
     Ok(())
+}
+
+/// `batch` with each column in the type the table declares for it.
+fn conform(batch: RecordBatch, declared: Option<&SchemaRef>) -> Result<RecordBatch, String> {
+    let Some(declared) = declared else {
+        return Ok(batch);
+    };
+    let schema = batch.schema();
+    if schema.fields().iter().all(|f| {
+        declared
+            .field_with_name(f.name())
+            .map_or(true, |d| d.data_type() == f.data_type())
+    }) {
+        return Ok(batch);
+    }
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        let array = match declared.field_with_name(field.name()) {
+            Ok(want) if want.data_type() != field.data_type() => {
+                arrow::compute::cast(array, want.data_type()).map_err(|e| {
+                    format!(
+                        "column `{}` is {}, not {} as declared: {e}",
+                        field.name(),
+                        field.data_type(),
+                        want.data_type()
+                    )
+                })?
+            }
+            _ => array.clone(),
+        };
+        fields.push(Field::new(field.name(), array.data_type().clone(), true));
+        arrays.push(array);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ pub struct Trend {
     pub p95_per_day: Vec<Option<f64>>,
 }
 
-/// Every day from the first to the last of `daily_trends`, and whether it is complete.
+/// Every day from the first to the last of `daily_trends`, and whether it is complete (its
+/// `complete` column: only the first and the last day of the whole data are partial, whatever
+/// the scope; a day without runs inside them is complete).
 pub fn days(daily: &DataFrame) -> Vec<(NaiveDate, bool)> {
     let Ok(column) = daily.column("day").and_then(|c| c.date().cloned()) else {
         return Vec::new();
@@ -29,11 +31,15 @@ pub fn days(daily: &DataFrame) -> Vec<(NaiveDate, bool)> {
     let (Some(first), Some(last)) = (physical.min(), physical.max()) else {
         return Vec::new();
     };
+    let partial: std::collections::HashSet<i32> = (0..daily.height())
+        .filter(|i| !bool_at(daily, "complete", *i))
+        .filter_map(|i| physical.get(i))
+        .collect();
     (first..=last)
         .filter_map(|d| {
             let day = NaiveDate::from_num_days_from_ce_opt(d + 719_163)?;
             debug_assert_eq!(epoch_days(day), d);
-            Some((day, d != first && d != last))
+            Some((day, !partial.contains(&d)))
         })
         .collect()
 }
@@ -71,9 +77,16 @@ pub fn trends(
         .filter(|i| bool_at(regressions, "regressed", *i))
         .filter_map(|i| text_at(regressions, "workflow_id", i))
         .collect();
-    // `workflow_summary` is sorted busiest first.
-    let mut rows: Vec<Trend> = (0..summary.height().min(TREND_WORKFLOWS))
-        .map(|i| {
+    // Regressed workflows first, then the busiest (`workflow_summary`'s order), up to the limit.
+    let mut order: Vec<usize> = (0..summary.height()).collect();
+    order.sort_by_key(|i| {
+        let id = text_at(summary, "workflow_id", *i).unwrap_or_default();
+        !regressed.contains(&id)
+    });
+    order.truncate(TREND_WORKFLOWS);
+    let mut rows: Vec<Trend> = order
+        .iter()
+        .map(|&i| {
             let id = text_at(summary, "workflow_id", i).unwrap_or_default();
             Trend {
                 workflow: cell(summary, &WORKFLOW, i),
@@ -87,8 +100,9 @@ pub fn trends(
             }
         })
         .collect();
-    let ids: Vec<String> = (0..rows.len())
-        .map(|i| text_at(summary, "workflow_id", i).unwrap_or_default())
+    let ids: Vec<String> = order
+        .iter()
+        .map(|i| text_at(summary, "workflow_id", *i).unwrap_or_default())
         .collect();
     for i in 0..daily.height() {
         let (Some(id), Some(d)) = (text_at(daily, "workflow_id", i), day_index(days, daily, i))
@@ -101,8 +115,6 @@ pub fn trends(
             rows[row].p95_per_day[d] = f64_at(daily, "p95_s", i);
         }
     }
-    // Regressed workflows first, then the busiest.
-    rows.sort_by_key(|t| !t.regressed);
     rows
 }
 
@@ -114,7 +126,8 @@ mod tests {
     fn the_first_and_last_days_are_partial_and_gaps_are_filled() {
         let day = |d: &str| d.parse::<NaiveDate>().unwrap();
         let daily = df!("day" => [day("2026-11-01"), day("2026-11-02"), day("2026-11-04")],
-                        "runs" => [3_i64, 10, 4], "failed" => [0_i64, 1, 2])
+                        "runs" => [3_i64, 10, 4], "failed" => [0_i64, 1, 2],
+                        "complete" => [false, true, false])
         .unwrap();
         let days = days(&daily);
         assert_eq!(
@@ -130,5 +143,21 @@ mod tests {
             all_runs_per_day(&daily, &days),
             [(3.0, 0.0), (10.0, 1.0), (0.0, 0.0), (4.0, 2.0)]
         );
+        // A regressed workflow outside the busiest still gets its row, first.
+        let ids: Vec<String> = (0..30).map(|i| format!("w{i:02}")).collect();
+        let summary = df!("workflow_id" => ids.clone(), "name" => ids.clone(),
+                          "runs" => (0..30).map(|i| 100 - i as i64).collect::<Vec<_>>())
+        .unwrap();
+        let regressions = df!("workflow_id" => ["w28"], "regressed" => [true]).unwrap();
+        let rows = trends(&summary, &daily, &regressions, &days);
+        assert_eq!(rows.len(), TREND_WORKFLOWS);
+        assert_eq!(rows[0].workflow.text, "w28");
+        assert!(rows[0].regressed && !rows[1].regressed);
+        assert_eq!(rows[1].workflow.text, "w00");
+        // A scope that cuts inside the data: its first and last days are whole days.
+        let scoped = df!("day" => [day("2026-11-02"), day("2026-11-03")],
+                         "complete" => [true, true])
+        .unwrap();
+        assert!(super::days(&scoped).iter().all(|(_, complete)| *complete));
     }
 }

@@ -198,6 +198,15 @@ fn the_report_computes_counts_rates_quantiles_and_groups() {
     assert_ok(&out);
     let summary = read(&scoped.join("workflow_summary.parquet"));
     assert_eq!(i64s(&summary, "runs"), [Some(1)]);
+    // 2025-03-02 lies inside the data (03-01 to 03-03): a whole day, whatever the scope.
+    let daily = read(&scoped.join("daily_trends.parquet"));
+    let complete: Vec<Option<bool>> = daily
+        .column_by_name("complete")
+        .unwrap()
+        .as_boolean()
+        .iter()
+        .collect();
+    assert_eq!(complete, [Some(true)]);
 }
 
 #[test]
@@ -548,4 +557,65 @@ fn output_sizes_in_files_without_value_bytes_are_measured_from_the_text() {
         measured_old > 0,
         "older rows of the rewritten partition are measured"
     );
+}
+
+/// A dataset rewritten by another tool (large strings, nanosecond timestamps) reports the same
+/// numbers; a file without a column the table needs is refused by name, not read as no runs.
+#[test]
+fn files_rewritten_in_other_types_report_the_same_and_a_missing_key_is_an_error() {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let (_sim, dir) = exported_with_steps(2, 80);
+    let data = dir.path().to_str().unwrap();
+    assert_ok(&run(&["report", "--data", data]));
+    let want = std::fs::read_to_string(dir.path().join("reports/workflow_summary.csv")).unwrap();
+    let rewrite = |drop: Option<&str>| {
+        for path in parquet_files(&dir.path().join("runs")) {
+            let batches: Vec<RecordBatch> =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+            let retype = |t: &DataType| match t {
+                DataType::Utf8 => DataType::LargeUtf8,
+                DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
+                other => other.clone(),
+            };
+            let schema = batches[0].schema();
+            let keep: Vec<usize> = (0..schema.fields().len())
+                .filter(|i| Some(schema.field(*i).name().as_str()) != drop)
+                .collect();
+            let fields: Vec<Field> = keep
+                .iter()
+                .map(|i| {
+                    let f = schema.field(*i);
+                    Field::new(f.name(), retype(f.data_type()), true)
+                })
+                .collect();
+            let schema = std::sync::Arc::new(Schema::new(fields));
+            let file = std::fs::File::create(&path).unwrap();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+            for batch in &batches {
+                let columns = keep
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(i, f)| arrow::compute::cast(batch.column(*i), f.data_type()).unwrap())
+                    .collect();
+                writer
+                    .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+                    .unwrap();
+            }
+            writer.close().unwrap();
+        }
+    };
+    rewrite(None);
+    assert_ok(&run(&["report", "--data", data]));
+    let got = std::fs::read_to_string(dir.path().join("reports/workflow_summary.csv")).unwrap();
+    assert_eq!(got, want);
+    rewrite(Some("workflow_id"));
+    let out = run(&["report", "--data", data]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_stderr_contains(&out, "column `workflow_id` is missing");
 }
