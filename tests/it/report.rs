@@ -495,16 +495,20 @@ fn thousands(n: i64) -> String {
     out
 }
 
+/// The batches of one Parquet file.
+fn batches(path: &std::path::Path) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// Rewrites every `node_outputs` file without `value_bytes`, as a release before it wrote them.
 fn strip_value_bytes(dataset: &std::path::Path) {
     for path in parquet_files(&dataset.join("node_outputs")) {
-        let batches: Vec<RecordBatch> =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                .unwrap()
-                .build()
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
+        let batches = batches(&path);
         let keep: Vec<usize> = (0..batches[0].num_columns())
             .filter(|i| batches[0].schema().field(*i).name() != "value_bytes")
             .collect();
@@ -570,13 +574,7 @@ fn files_rewritten_in_other_types_report_the_same_and_a_missing_key_is_an_error(
     let want = std::fs::read_to_string(dir.path().join("reports/workflow_summary.csv")).unwrap();
     let rewrite = |drop: Option<&str>| {
         for path in parquet_files(&dir.path().join("runs")) {
-            let batches: Vec<RecordBatch> =
-                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
+            let batches = batches(&path);
             let retype = |t: &DataType| match t {
                 DataType::Utf8 => DataType::LargeUtf8,
                 DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
