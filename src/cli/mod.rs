@@ -107,13 +107,13 @@ struct ReportArgs {
     /// Where to write the reports [default: DATA/reports].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// First UTC day to include (YYYY-MM-DD).
-    #[arg(long, value_name = "DATE")]
+    /// First UTC day to include (YYYY-MM-DD, or an RFC 3339 instant: its UTC day).
+    #[arg(long, value_name = "DATE", value_parser = parse_day)]
     since: Option<chrono::NaiveDate>,
-    /// Last UTC day to include (YYYY-MM-DD).
-    #[arg(long, value_name = "DATE")]
+    /// Last UTC day to include (YYYY-MM-DD, or an RFC 3339 instant: its UTC day).
+    #[arg(long, value_name = "DATE", value_parser = parse_day)]
     until: Option<chrono::NaiveDate>,
-    /// Only this workflow; repeat for several.
+    /// Only this workflow (its id, or a name only one workflow has); repeat for several.
     #[arg(long = "workflow", value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
     workflows: Vec<String>,
     /// Rows in `slowest_runs` (1–100000).
@@ -123,6 +123,20 @@ struct ReportArgs {
     /// What a million tokens cost (in your currency, e.g. `3.5`): adds cost to the token figures.
     #[arg(long, allow_negative_numbers = true, value_name = "PRICE", value_parser = parse_price)]
     price_per_million_tokens: Option<f64>,
+}
+
+/// A UTC day: `YYYY-MM-DD`, or the UTC day of an RFC 3339 instant.
+fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day);
+    }
+    if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(instant.with_timezone(&chrono::Utc).date_naive());
+    }
+    Err(format!(
+        "`{text}` is not a date: expected YYYY-MM-DD (or an RFC 3339 instant such as \
+         2026-11-01T08:00:00Z)"
+    ))
 }
 
 fn parse_price(text: &str) -> Result<f64, String> {
@@ -879,6 +893,9 @@ fn download_for_report(data: &std::path::Path, has_out: bool) -> Result<tempfile
 fn write_report(options: &ReportOptions) -> i32 {
     match report::run(options) {
         Ok(done) => {
+            for warning in &done.warnings {
+                shout!("warning: {warning}");
+            }
             let tables: Vec<String> = done
                 .tables
                 .iter()
@@ -901,6 +918,10 @@ fn write_report(options: &ReportOptions) -> i32 {
                 ),
                 ReportError::Io { .. } => (exit::OUTPUT, None),
                 ReportError::Polars { .. } => (exit::PARTIAL_FAILURE, None),
+                ReportError::Filter { ref hint, .. } => {
+                    report_error(&e, Some(hint.as_str()));
+                    return exit::USAGE;
+                }
                 ReportError::Read { .. } => (
                     exit::PARTIAL_FAILURE,
                     Some("`verify --data DIR` checks every file of the dataset"),

@@ -12,6 +12,63 @@ use super::runs::{Names, RunStats};
 use super::scan::{self, Scope};
 use super::{ReportError, ReportOptions, polars_err};
 
+/// The workflow ids `asked` names: an id as it is, or a name one workflow has. A name several
+/// workflows share is refused with their ids.
+fn resolve(asked: &[String], names: &Names) -> Result<Vec<String>, ReportError> {
+    asked
+        .iter()
+        .map(|w| {
+            if names.contains_key(w) {
+                return Ok(w.clone());
+            }
+            let mut ids: Vec<&String> = names
+                .iter()
+                .filter(|(_, name)| *name == w)
+                .map(|(id, _)| id)
+                .collect();
+            ids.sort();
+            match ids.as_slice() {
+                [] => Ok(w.clone()),
+                [id] => Ok((*id).clone()),
+                many => Err(ReportError::Filter {
+                    message: format!("`{}` names {} workflows", w, many.len()),
+                    hint: format!(
+                        "pass one of their ids: {}",
+                        many.iter()
+                            .map(|id| id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A hint naming a few of the dataset's workflows.
+fn known_workflows(runs: &RunStats, names: &Names) -> String {
+    let mut ids: Vec<&String> = runs.seen.iter().collect();
+    ids.sort();
+    let shown: Vec<String> = ids
+        .iter()
+        .take(5)
+        .map(|id| match names.get(*id) {
+            Some(name) => format!("`{}` ({})", name, id),
+            None => format!("`{}`", id),
+        })
+        .collect();
+    let more = ids.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "`--workflow` takes an id or a name; the dataset has {}{more}",
+        shown.join(", ")
+    )
+}
+
 /// The inputs of every table: the names of the workflows and the runs in scope.
 pub(super) struct Sources {
     options: ReportOptions,
@@ -25,7 +82,6 @@ impl Sources {
     /// Reads the names and the runs of `options.data`.
     pub(super) fn open(options: &ReportOptions) -> Result<Self, ReportError> {
         let started = std::time::Instant::now();
-        let scope = Scope::of(options);
         let names = scan::fold(
             &options.data,
             "workflows",
@@ -48,17 +104,56 @@ impl Sources {
                 a
             },
         )?;
+        let mut options = options.clone();
+        options.workflows = resolve(&options.workflows, &names)?;
+        let scope = Scope::of(&options);
         let runs = RunStats::read(&options.data, &scope, options.top_n)?;
+        if let Some(missing) = options.workflows.iter().find(|w| !runs.seen.contains(*w)) {
+            return Err(ReportError::Filter {
+                message: format!("no workflow `{}` in `{}`", missing, options.data_name()),
+                hint: known_workflows(&runs, &names),
+            });
+        }
         let deleted = deleted_keys(&runs.deleted);
         let seconds = started.elapsed().as_secs_f64();
         tracing::debug!(target: "report", seconds, "names and runs read");
         Ok(Self {
-            options: options.clone(),
+            options,
             scope,
             names,
             runs,
             deleted,
         })
+    }
+
+    /// When a day range leaves no run of the data in scope: which, and what the data covers.
+    pub(super) fn empty_scope(&self) -> Option<String> {
+        let (first, last) = self.runs.data_days?;
+        let in_scope: i64 = self
+            .runs
+            .workflows
+            .values()
+            .flatten()
+            .map(|(_, c)| c.runs)
+            .sum();
+        if in_scope > 0 || !self.scope.by_day() {
+            return None;
+        }
+        let day = |d: i32| {
+            chrono::NaiveDate::from_num_days_from_ce_opt(d + 719_163)
+                .map_or_else(String::new, |d| d.to_string())
+        };
+        let range = match (self.options.since, self.options.until) {
+            (Some(s), Some(u)) => format!("between {s} and {u}"),
+            (Some(s), None) => format!("since {s}"),
+            (None, Some(u)) => format!("until {u}"),
+            (None, None) => String::new(),
+        };
+        Some(format!(
+            "no runs {range}: the data covers {} to {}",
+            day(first),
+            day(last)
+        ))
     }
 
     /// Every table, in the order they are written.
@@ -136,5 +231,38 @@ impl Sources {
             ));
         }
         Ok(tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_filter_takes_an_id_or_a_name_one_workflow_has() {
+        let names = Names::from([
+            ("id-a".to_owned(), "Triage".to_owned()),
+            ("id-b".to_owned(), "Jokes".to_owned()),
+            ("id-c".to_owned(), "Jokes".to_owned()),
+        ]);
+        let asked = |w: &[&str]| {
+            resolve(
+                &w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+                &names,
+            )
+        };
+        assert_eq!(asked(&["id-b", "Triage"]).unwrap(), ["id-b", "id-a"]);
+        assert_eq!(
+            asked(&["unknown"]).unwrap(),
+            ["unknown"],
+            "checked against the runs later"
+        );
+        match asked(&["Jokes"]) {
+            Err(ReportError::Filter { message, hint }) => {
+                assert_eq!(message, "`Jokes` names 2 workflows");
+                assert_eq!(hint, "pass one of their ids: id-b, id-c");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

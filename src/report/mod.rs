@@ -85,6 +85,9 @@ pub enum ReportError {
         #[source]
         source: PolarsError,
     },
+    /// `--workflow` names no workflow of the dataset, or a name several workflows share.
+    #[error("{message}")]
+    Filter { message: String, hint: String },
     /// A table's Parquet file could not be read.
     #[error("cannot read `{}`", path.display())]
     Read {
@@ -111,6 +114,8 @@ pub struct Report {
     pub totals: Totals,
     /// Time taken to compute and write.
     pub elapsed: Duration,
+    /// What the reader should know about the scope (a day range without runs).
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -225,6 +230,7 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
         });
     }
     let sources = compute::Sources::open(options)?;
+    let warnings = sources.empty_scope().into_iter().collect();
     let mut tables = sources.tables()?;
     let totals = Totals::of(&tables);
     tables.insert(
@@ -236,6 +242,7 @@ pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
         runs: usize::try_from(totals.runs).unwrap_or(0),
         totals,
         elapsed: started.elapsed(),
+        warnings,
     })
 }
 

@@ -107,7 +107,9 @@ pub struct RunStats {
     floor: Option<i64>,
     /// The first and the last UTC day of the live runs, in scope or not: only these two are
     /// partial days.
-    data_days: Option<(i32, i32)>,
+    pub data_days: Option<(i32, i32)>,
+    /// Every workflow with live runs, in scope or not.
+    pub seen: HashSet<String>,
 }
 
 /// The columns of `runs` the report reads.
@@ -156,6 +158,9 @@ impl RunStats {
                 continue;
             }
             let start = at(start, i, |c, i| c.value(i));
+            if !self.seen.contains(workflow) {
+                self.seen.insert(workflow.to_owned());
+            }
             if let Some(day) = start.map(day_of) {
                 self.data_days = Some(
                     self.data_days
@@ -224,6 +229,7 @@ impl RunStats {
         }
         self.deleted.extend(other.deleted);
         self.errors.absorb(other.errors);
+        self.seen.extend(other.seen);
         self.data_days = match (self.data_days, other.data_days) {
             (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
             (x, y) => x.or(y),

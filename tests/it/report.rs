@@ -617,3 +617,68 @@ fn files_rewritten_in_other_types_report_the_same_and_a_missing_key_is_an_error(
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_stderr_contains(&out, "column `workflow_id` is missing");
 }
+
+/// `--workflow` takes an id or a name; a filter that matches nothing says so instead of writing
+/// an empty report without a word.
+#[test]
+fn report_filters_take_names_and_say_when_they_match_nothing() {
+    let (sim, dir) = exported_with_steps(3, 60);
+    let data = dir.path().to_str().unwrap();
+    let wf = &sim.server.workflows()[1];
+
+    let out = run(&["report", "--data", data, "--workflow", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_stderr_contains(&out, &format!("error: no workflow `nope` in `{data}`"));
+    assert_stderr_contains(
+        &out,
+        "hint: `--workflow` takes an id or a name; the dataset has `",
+    );
+
+    let by_name = dir.path().join("by-name");
+    let out = run(&[
+        "report",
+        "--data",
+        data,
+        "--workflow",
+        &wf.name,
+        "--out",
+        by_name.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let summary = read(&by_name.join("workflow_summary.parquet"));
+    assert_eq!(strs(&summary, "workflow_id"), [Some(wf.id.clone())]);
+
+    // An RFC 3339 instant stands for its UTC day (20:00 in New York is the next day in UTC).
+    let instant = dir.path().join("instant");
+    let out = run(&[
+        "report",
+        "--data",
+        data,
+        "--since",
+        "2026-11-19T20:00:00-05:00",
+        "--out",
+        instant.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let daily = read(&instant.join("daily_trends.parquet"));
+    let days = arrow::compute::cast(
+        daily.column_by_name("day").unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let days: std::collections::BTreeSet<_> = days
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(days.into_iter().collect::<Vec<_>>(), ["2026-11-20"]);
+
+    let out = run(&["report", "--data", data, "--since", "2030-01-01"]);
+    assert_ok(&out);
+    assert_stderr_contains(
+        &out,
+        "warning: no runs since 2030-01-01: the data covers 2026-",
+    );
+    assert!(stdout(&out).contains("report: 0 runs"), "{}", stdout(&out));
+}
