@@ -899,7 +899,15 @@ fn write_report(options: &ReportOptions) -> i32 {
             let tables: Vec<String> = done
                 .tables
                 .iter()
-                .map(|(name, df)| format!("{name} ({})", df.height()))
+                .map(|(name, df)| match *name {
+                    // Rows compared are not regressions: say how many regressed.
+                    "regressions" => format!(
+                        "{name} ({} of {} workflows regressed)",
+                        done.regressed(),
+                        df.height()
+                    ),
+                    _ => format!("{name} ({})", df.height()),
+                })
                 .collect();
             say!(
                 "report: {} runs in {:.2} s -> `{}`: {}, summary.md, report.html",

@@ -119,6 +119,13 @@ pub struct Report {
 }
 
 impl Report {
+    /// Workflows flagged in `regressions`.
+    pub fn regressed(&self) -> usize {
+        self.table("regressions")
+            .and_then(|df| df.column("regressed").ok()?.bool().ok()?.sum())
+            .unwrap_or(0) as usize
+    }
+
     /// A table by name.
     pub fn table(&self, name: &str) -> Option<&DataFrame> {
         self.tables

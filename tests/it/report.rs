@@ -336,13 +336,19 @@ fn steps_with_a_small_concurrency_budget_complete_without_stalling() {
 #[test]
 fn the_report_leads_with_what_regressed_and_names_every_workflow() {
     let (sim, dir) = exported_with_steps(4, 700);
-    assert_ok(&run(&[
+    let out = run(&[
         "report",
         "--data",
         dir.path().to_str().unwrap(),
         "--top",
         "30",
-    ]));
+    ]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(" regressions (1 of 4 workflows regressed), "),
+        "{}",
+        stdout(&out)
+    );
     let reports = dir.path().join("reports");
     let regressed_name = sim.server.workflows()[REGRESSING_WORKFLOW as usize]
         .name
