@@ -72,6 +72,8 @@ pub struct ExportSummary {
     pub workflows: Vec<WorkflowOutcome>,
     /// Whether the export ignored earlier state and paged every history to its end.
     pub full: bool,
+    /// No workflow had a saved state: the dataset's first export (of these workflows).
+    pub first: bool,
     /// Files written to staging.
     pub staged: WriteSummary,
     /// What the commit did, partition by partition.
@@ -218,6 +220,7 @@ pub async fn export(
             };
             work.push((id, previous));
         }
+        let first = !config.full && work.iter().all(|(_, state)| state.is_none());
         reporter.on_start(work.len());
         let selected: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
         // Where the runs fetched again (unfinished when stored) were stored: a start corrected
@@ -300,6 +303,7 @@ pub async fn export(
         let summary = ExportSummary {
             export_id,
             full: config.full,
+            first,
             workflows: outcomes,
             staged,
             committed,

@@ -12,7 +12,11 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     let failed = s.failed().count();
     let secs = s.elapsed.as_secs_f64();
     let runs = s.runs();
-    let mode = if s.full { "full" } else { "incremental" };
+    let mode = match (s.full, s.first) {
+        (true, _) => "full",
+        (false, true) => "first export",
+        (false, false) => "incremental",
+    };
     let mut text = String::new();
     let _ = writeln!(
         text,

@@ -49,6 +49,11 @@ fn an_incremental_rerun_fetches_only_what_is_new_and_finishes_running_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = export(&sim, dir.path(), &["--workflow", &id]);
     assert_ok(&out);
+    assert!(
+        stdout(&out).contains(" (first export): "),
+        "nothing saved yet: not labelled incremental\n{}",
+        stdout(&out)
+    );
     let full_requests = sim.paths().len();
     assert!(full_requests >= 101, "{full_requests}");
     let (_, runs) = read_table(dir.path(), "runs");
