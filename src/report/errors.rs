@@ -12,6 +12,7 @@ use regex::Regex;
 
 use super::frame::FrameBuilder;
 use super::runs::Names;
+use super::scan::min_of;
 
 /// The masks, applied in order (`queries/top_errors.sql` applies the same).
 static MASKS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
@@ -67,10 +68,7 @@ struct Cell {
 impl Cell {
     fn absorb(&mut self, other: Cell) {
         self.count += other.count;
-        self.first = match (self.first, other.first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.first = min_of(self.first, other.first);
         self.last = self.last.max(other.last);
         self.sample = newer(self.sample.take(), other.sample);
     }
@@ -97,10 +95,7 @@ impl ErrorGroups {
         }
         let cell = cells.get_mut(workflow).expect("inserted above");
         cell.count += 1;
-        cell.first = match (cell.first, start) {
-            (Some(f), Some(s)) => Some(f.min(s)),
-            (f, s) => f.or(s),
-        };
+        cell.first = min_of(cell.first, start);
         cell.last = cell.last.max(start);
         let newer_than = |s: &Sample| {
             (start, std::cmp::Reverse(run_id)) > (s.0, std::cmp::Reverse(s.1.as_str()))

@@ -11,7 +11,7 @@ use super::ReportError;
 use super::distribution::Samples;
 use super::frame::FrameBuilder;
 use super::runs::Names;
-use super::scan::{self, Batch, Scope, at, day_of, text_at};
+use super::scan::{self, Batch, Scope, at, day_of, min_of, text_at};
 use crate::table::VALUE_BYTES;
 
 /// Stands for a NULL node id in the maps (output as NULL).
@@ -137,10 +137,7 @@ impl NodeStats {
             |a, b| {
                 NodeStats(merge_maps(a.0, b.0, |mine, other| {
                     mine.rows += other.rows;
-                    mine.position = match (mine.position, other.position) {
-                        (Some(x), Some(y)) => Some(x.min(y)),
-                        (x, y) => x.or(y),
-                    };
+                    mine.position = min_of(mine.position, other.position);
                     mine.types.extend(other.types);
                     mine.sizes.absorb(other.sizes);
                 }))
@@ -188,7 +185,7 @@ impl NodeStats {
                 cell.rows += 1;
                 if let Some(p) = at(index, i, |c, i| i64::from(c.value(i))) {
                     let p = p as i32;
-                    cell.position = Some(cell.position.map_or(p, |q| q.min(p)));
+                    cell.position = min_of(cell.position, Some(p));
                 }
                 if let Some(t) = text_at(types, i)
                     && !cell.types.contains(t)

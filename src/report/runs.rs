@@ -11,7 +11,7 @@ use polars::prelude::*;
 use super::distribution::Samples;
 use super::errors::ErrorGroups;
 use super::frame::FrameBuilder;
-use super::scan::{self, Batch, Scope, at, day_of, text_at};
+use super::scan::{self, Batch, Scope, at, day_of, min_of, text_at};
 use super::{ERROR_RATE_REGRESSION, MIN_RUNS_FOR_REGRESSION, P95_REGRESSION_FACTOR, ReportError};
 use crate::table::DELETED_UPSTREAM_AT;
 
@@ -43,8 +43,8 @@ impl Cell {
         if let Some(d) = duration_ms {
             self.durations.push(d);
         }
-        self.first = min(self.first, start);
-        self.last = max(self.last, start);
+        self.first = min_of(self.first, start);
+        self.last = self.last.max(start);
     }
 
     fn absorb(&mut self, other: Cell) {
@@ -53,8 +53,8 @@ impl Cell {
         self.failed += other.failed;
         self.cancelled += other.cancelled;
         self.durations.absorb(other.durations);
-        self.first = min(self.first, other.first);
-        self.last = max(self.last, other.last);
+        self.first = min_of(self.first, other.first);
+        self.last = self.last.max(other.last);
     }
 
     fn error_rate(&self) -> Option<f64> {
@@ -66,17 +66,6 @@ impl Cell {
         self.durations.sort();
         self.durations.quantile(q).map(|ms| ms / 1000.0)
     }
-}
-
-fn min(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn max(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    a.max(b)
 }
 
 /// One of the slowest runs.
@@ -258,8 +247,8 @@ impl RunStats {
                 total.failed += cell.failed;
                 total.cancelled += cell.cancelled;
                 total.durations.extend(&cell.durations);
-                total.first = min(total.first, cell.first);
-                total.last = max(total.last, cell.last);
+                total.first = min_of(total.first, cell.first);
+                total.last = total.last.max(cell.last);
             }
         }
         total

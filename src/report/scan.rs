@@ -95,6 +95,14 @@ pub fn text_at(column: Option<&StringArray>, i: usize) -> Option<&str> {
     column.filter(|c| c.is_valid(i)).map(|c| c.value(i))
 }
 
+/// The smaller of two optional values (`None` only when both are).
+pub fn min_of<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The UTC day (days since 1970-01-01) of an instant in µs.
 pub fn day_of(us: i64) -> i32 {
     us.div_euclid(DAY_US) as i32
