@@ -47,7 +47,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
 use crate::api::{self, ApiError, TransportKind};
-use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
+use crate::config::{self, ConfigFile, ExportConfig, ExportInputs, units};
 use crate::dataset::{self, Location};
 use crate::exit;
 use crate::extract::state::StateError;
@@ -197,18 +197,23 @@ struct ExportArgs {
     full: bool,
     /// How far before the newest stored run an incremental export re-reads (`30m`, `1h`, `2d`).
     /// [default: 1h]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::LOOKBACK.parse(t))]
     lookback: Option<Duration>,
     /// Also fetch each run's steps (one request per run) into the `steps` table.
     #[arg(long)]
     with_steps: bool,
     /// Stop fetching after this long (`90s`, `30m`, `1h`) and commit what was fetched by then;
     /// workflows not finished are reported as failed (exit 1) and fetched again next time.
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::DEADLINE.parse(t))]
     deadline: Option<Duration>,
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::UNFINISHED_HORIZON.parse(t))]
     unfinished_horizon: Option<Duration>,
+    /// Manifests kept in `_manifest/` (the newest; older ones are removed after an export).
+    /// [default: 1000]
+    #[arg(long, allow_negative_numbers = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    keep_manifests: Option<u32>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -237,36 +242,26 @@ struct Tuning {
     #[arg(long, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
     concurrency: Option<usize>,
-    /// Seconds one request may take, body included. [default: 60]
-    #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = parse_seconds)]
-    request_timeout: Option<f64>,
+    /// How long one request may take, body included (`90`, `30s`, `5m`). [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::REQUEST_TIMEOUT.parse(t))]
+    request_timeout: Option<Duration>,
     /// Retries of a transient failure (timeouts, resets, 408, 429, 5xx) before giving up.
     /// [default: 6]
     #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
     max_retries: Option<u32>,
-    /// Seconds before the first retry; doubled each time (with jitter), at most 30 s unless the
-    /// API's `Retry-After` asks for more. [default: 0.25]
-    #[arg(long, allow_negative_numbers = true, value_name = "SECS",
-          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_retry_delay))]
-    retry_delay: Option<f64>,
+    /// Wait before the first retry (`0.25`, `250ms`, `2s`); doubled each time (with jitter), at
+    /// most 30 s unless the API's `Retry-After` asks for more. [default: 250ms]
+    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::RETRY_DELAY.parse(t))]
+    retry_delay: Option<Duration>,
     /// Requests started per second at most, across all workflows. Without it only the API's
     /// 429 answers slow the export down (it then halves its rate and speeds back up slowly).
     #[arg(long, allow_negative_numbers = true, value_name = "N",
-          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_max_rps))]
+          value_parser = config::parse_rps)]
     max_rps: Option<f64>,
     /// Largest response body accepted (`512KB`, `256MB`, `1GB`); a larger one fails its workflow
     /// without being read further. [default: 256MB]
     #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
     max_response_size: Option<u64>,
-}
-
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
-        _ => Err(format!(
-            "`{text}` is not a number of seconds between 0 and 86400"
-        )),
-    }
 }
 
 #[derive(Debug, Args)]
@@ -324,7 +319,7 @@ struct SimulateArgs {
     faults: Vec<simulate::Fault>,
     /// Answer 429 (with `Retry-After`) beyond this many requests per second.
     #[arg(long, allow_negative_numbers = true, value_name = "RPS",
-          value_parser = |t: &str| t.parse::<f64>().map_err(|_| format!("`{t}` is not a number")).and_then(config::check_max_rps))]
+          value_parser = config::parse_rps)]
     rate_limit: Option<f64>,
     /// Change histories while they are paged: `insert=N,delete=N,purge=N,jitter=MS` (runs added
     /// at the head, deleted above the offset asked for and purged from the tail after each page
@@ -439,7 +434,6 @@ fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> Ex
             .unwrap_or(config::DEFAULT_CONCURRENCY),
         request_timeout: tuning
             .request_timeout
-            .map(Duration::from_secs_f64)
             .or(file.request_timeout)
             .unwrap_or(api::DEFAULT_REQUEST_TIMEOUT),
         max_retries: tuning
@@ -448,10 +442,7 @@ fn export_inputs(tuning: &Tuning, file: &ConfigFile, out: Option<PathBuf>) -> Ex
             .unwrap_or(api::retry::DEFAULT_MAX_RETRIES),
         max_rps: tuning.max_rps.or(file.max_rps),
         max_response_bytes: tuning.max_response_size.or(file.max_response_size),
-        retry_delay: tuning
-            .retry_delay
-            .map(Duration::from_secs_f64)
-            .or(file.retry_delay),
+        retry_delay: tuning.retry_delay.or(file.retry_delay),
         lookback: file.lookback.unwrap_or(config::DEFAULT_LOOKBACK),
         unfinished_horizon: file
             .unfinished_horizon
@@ -510,6 +501,7 @@ async fn run_export(args: ExportArgs, bars: bool) -> i32 {
         with_steps: args.with_steps || file.with_steps.unwrap_or(false),
         lookback: args.lookback.unwrap_or(inputs.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(inputs.unfinished_horizon),
+        keep_manifests: args.keep_manifests.or(file.keep_manifests),
         ..inputs
     };
     let config = match inputs.validate() {

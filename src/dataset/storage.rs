@@ -183,18 +183,46 @@ fn check_held(held: &Mutex<Vec<(PathBuf, String)>>) -> Result<(), DatasetError> 
 
 /// A held local lock: the open file (whose kernel lock dies with it) and its entry in `held`.
 struct LocalLock {
-    _file: File,
+    file: File,
     path: PathBuf,
     held: Arc<Mutex<Vec<(PathBuf, String)>>>,
 }
 
 impl Drop for LocalLock {
+    /// Says in the file that the lock is free, while still holding it: the file stays (it is
+    /// the layout's evidence, and removing a lock file others may have open races them), but
+    /// it no longer names a live holder. A killed process leaves its holder line; the kernel
+    /// releases the lock all the same.
     fn drop(&mut self) {
         let mut held = self
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ours = held
+            .iter()
+            .find(|(path, _)| *path == self.path)
+            .map(|(_, content)| content.clone())
+            .unwrap_or_default();
+        // Where the volume does not honour the lock, another export may have written its own
+        // holder line since: that one stays.
+        let mut now = String::new();
+        let still_ours = io::Seek::seek(&mut self.file, io::SeekFrom::Start(0)).is_ok()
+            && io::Read::read_to_string(&mut self.file, &mut now).is_ok()
+            && now == ours;
         held.retain(|(path, _)| *path != self.path);
+        if !still_ours {
+            return;
+        }
+        let holder = ours.lines().next().unwrap_or_default();
+        let released = format!(
+            "released {}; was held by {holder}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let _ = self
+            .file
+            .set_len(0)
+            .and_then(|()| io::Seek::seek(&mut self.file, io::SeekFrom::Start(0)))
+            .and_then(|_| self.file.write_all(released.as_bytes()));
     }
 }
 
@@ -509,7 +537,7 @@ impl Storage for LocalStorage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((path.clone(), content));
         Ok(Box::new(LocalLock {
-            _file: file,
+            file,
             path,
             held: self.held.clone(),
         }))

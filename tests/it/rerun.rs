@@ -500,6 +500,65 @@ fn the_manifest_records_what_an_export_did() {
         wf.iter()
             .all(|w| w["ok"] == true && w["cursor"].is_string())
     );
+    assert_eq!(manifest["tool"]["name"], "orchestra-export");
+    assert_eq!(manifest["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    let settings = &manifest["settings"];
+    assert_eq!(settings["base_url"], sim.url());
+    assert_eq!(settings["all_workflows"], true);
+    assert_eq!(settings["page_size"], 100);
+    assert_eq!(settings["request_timeout"], "1m");
+    assert_eq!(settings["lookback"], "1h");
+    assert_eq!(settings["keep_manifests"], 1000);
+    let text = manifest.to_string();
+    assert!(!text.contains(KEY), "the key is in the manifest: {text}");
+}
+
+#[test]
+fn only_the_newest_manifests_are_kept_and_the_lock_file_says_it_is_free() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 20,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("_manifest"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let out = export(
+            &sim,
+            dir.path(),
+            &["--all-workflows", "--keep-manifests", "2"],
+        );
+        assert_ok(&out);
+        let success: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("_SUCCESS")).unwrap())
+                .unwrap();
+        ids.push(format!("{}.json", success["export_id"].as_str().unwrap()));
+        assert!(manifests().len() <= 2, "{:?}", manifests());
+    }
+    assert_eq!(manifests(), ids[2..], "the two newest are kept");
+    // The config key does the same.
+    let config = dir.path().join("export.toml");
+    std::fs::write(&config, "keep_manifests = 1\n").unwrap();
+    let config = config.to_str().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", "--config", config],
+    ));
+    assert_eq!(manifests().len(), 1);
+
+    // After a clean exit the lock file stays (it is the layout's mark) and says it is free.
+    let lock = std::fs::read_to_string(dir.path().join("_lock")).unwrap();
+    assert!(lock.starts_with("released 20"), "{lock}");
+    assert!(lock.contains("; was held by pid "), "{lock}");
 }
 
 #[test]

@@ -573,7 +573,7 @@ fn bad_shard_values_are_one_line_errors() {
     assert_usage_error(
         &out,
         &format!(
-            "error: invalid config file `{}`: `shard`: {}",
+            "error: invalid config file `{}`: line 2: `shard`: {}",
             config.display(),
             syntax("1/x")
         ),

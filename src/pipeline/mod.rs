@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -14,14 +14,19 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, CommitSummary, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate,
-    Revisit, Shard, StagedFile, Storage, Table, WriteSummary, WriterOptions, write_jsonl,
-    write_snapshot,
+    self, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate, Revisit, StagedFile,
+    Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
 use crate::flatten::{KeySet, PageError, Rejected, WorkflowList, flatten_workflows};
 use crate::progress::Reporter;
+
+mod manifest;
+mod summary;
+
+pub use manifest::DEFAULT_KEEP_MANIFESTS;
+pub use summary::{ExportSummary, ShardSelection};
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
 const WRITER_QUEUE_DEPTH: usize = 32;
@@ -61,89 +66,6 @@ impl ExportError {
             _ => None,
         }
     }
-}
-
-/// The result of an export.
-#[derive(Debug)]
-pub struct ExportSummary {
-    /// Identifies the export in file names.
-    pub export_id: String,
-    /// One outcome per workflow, in the order requested.
-    pub workflows: Vec<WorkflowOutcome>,
-    /// Whether the export ignored earlier state and paged every history to its end.
-    pub full: bool,
-    /// No workflow had a saved state: the dataset's first export (of these workflows).
-    pub first: bool,
-    /// Files written to staging.
-    pub staged: WriteSummary,
-    /// What the commit did, partition by partition.
-    pub committed: CommitSummary,
-    /// Rows in the `workflows` table (this shard's part of it), when it was written.
-    pub workflows_table_rows: Option<usize>,
-    /// With `--full --all-workflows`: workflows earlier exports stored that the API no longer
-    /// lists nor serves (404); their stored runs were marked deleted upstream.
-    pub workflows_gone: Vec<String>,
-    /// With `--shard`: how many of the workflows named and listed the shard kept.
-    pub shard: Option<ShardSelection>,
-    /// Lines written to `_rejected/`: quarantined records and the traces of runs kept with
-    /// unreadable values.
-    pub rejected: u64,
-    /// HTTP attempts made.
-    pub requests: u64,
-    /// Of which retries.
-    pub retries: u64,
-    /// Answers that were 429 Too Many Requests.
-    pub throttled: u64,
-    /// Response bytes received.
-    pub bytes_received: u64,
-    /// Wall time of the export.
-    pub elapsed: Duration,
-}
-
-impl ExportSummary {
-    /// Workflows that failed.
-    pub fn failed(&self) -> impl Iterator<Item = &WorkflowOutcome> {
-        self.workflows.iter().filter(|w| w.error.is_some())
-    }
-
-    /// Distinct runs exported.
-    pub fn runs(&self) -> u64 {
-        self.workflows.iter().map(|w| w.stats.runs).sum()
-    }
-
-    /// Pages received.
-    pub fn pages(&self) -> u64 {
-        self.workflows.iter().map(|w| w.stats.pages).sum()
-    }
-
-    /// Runs skipped because they were already exported in this run.
-    pub fn duplicates(&self) -> u64 {
-        self.workflows.iter().map(|w| w.stats.duplicates).sum()
-    }
-
-    /// Records quarantined instead of stored (no usable id, not valid JSON, duplicate keys).
-    pub fn quarantined(&self) -> u64 {
-        self.workflows.iter().map(|w| w.stats.rejected).sum()
-    }
-
-    /// Values stored as NULL because they could not be read.
-    pub fn unreadable_values(&self) -> u64 {
-        self.workflows
-            .iter()
-            .map(|w| w.stats.unreadable_values)
-            .sum()
-    }
-}
-
-/// What a sharded export kept of the workflows it was given (the others are other shards').
-#[derive(Debug, Clone, Copy)]
-pub struct ShardSelection {
-    /// The shard.
-    pub shard: Shard,
-    /// Workflows it exported.
-    pub kept: usize,
-    /// Workflows named and listed, before sharding.
-    pub listed: usize,
 }
 
 /// A new export id: UTC time (sortable) and a random suffix, e.g. `20261128T151000Z-3fa2c1`.
@@ -317,12 +239,16 @@ pub async fn export(
             bytes_received: load(&stats.bytes),
             elapsed: started.elapsed(),
         };
-        let manifest = manifest(&summary, started_at);
+        let manifest = manifest::manifest(&summary, &config, started_at);
         write_jsonl(
             storage.as_ref(),
             &format!("{MANIFEST_DIR}/{}.json", summary.export_id),
             [manifest.to_string()],
         )?;
+        let pruned = manifest::prune(storage.as_ref(), layout, config.keep_manifests)?;
+        if pruned > 0 {
+            tracing::debug!(target: "dataset", pruned, keep = config.keep_manifests, "removed the oldest manifests");
+        }
         if summary.failed().next().is_none() {
             write_jsonl(storage.as_ref(), &success_marker, [manifest.to_string()])?;
         }
@@ -428,93 +354,6 @@ fn lock_holder(export_id: &str) -> String {
         std::process::id(),
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
-}
-
-/// The manifest record of an export: what a downstream job checks before it reads.
-fn manifest(s: &ExportSummary, started_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
-    let tables: serde_json::Map<String, serde_json::Value> = Table::RUN_TABLES
-        .iter()
-        .map(|table| {
-            let partitions: Vec<serde_json::Value> = s
-                .committed
-                .partitions
-                .iter()
-                .filter(|p| p.table == *table)
-                .map(|p| {
-                    json!({
-                        "partition": p.date.dir_name(),
-                        "rows_written": p.rows_staged,
-                        "rows_replaced": p.rows_replaced,
-                        "rows_after": p.rows_after,
-                        "rows_marked_deleted": p.rows_marked,
-                        "file_replaced": p.rewrote,
-                    })
-                })
-                .collect();
-            (
-                table.name().to_owned(),
-                json!({
-                    "rows_new": s.committed.rows_new(*table),
-                    "rows_updated": s.committed.rows_updated(*table),
-                    "partitions": partitions,
-                }),
-            )
-        })
-        .collect();
-    let workflows: Vec<serde_json::Value> = s
-        .workflows
-        .iter()
-        .map(|w| {
-            json!({
-                "workflow_id": w.workflow_id,
-                "ok": w.error.is_none(),
-                "error": w.error.as_ref().map(|e| crate::error_chain(e)),
-                "pages": w.stats.pages,
-                "runs_fetched": w.stats.runs,
-                "duplicates": w.stats.duplicates,
-                "page_retries": w.stats.page_retries,
-                "drift_shifts": w.stats.drift_shifts,
-                "drift_rereads": w.stats.drift_rereads,
-                "drift_vanished": w.stats.drift_vanished,
-                "unchecked_boundaries": w.stats.unchecked_boundaries,
-                "aligned_offsets": w.stats.aligned_offsets,
-                "rejected": w.stats.rejected,
-                "unfinished_refreshed": w.stats.refreshed,
-                "unfinished_abandoned": w.stats.abandoned,
-                "unfinished_fetch_failed": w.stats.refresh_failed,
-                "unfinished_deferred": w.stats.refresh_deferred,
-                "cursor": w.new_state.as_ref().and_then(|st| st.cursor.clone()),
-            })
-        })
-        .collect();
-    let mut manifest = json!({
-        "export_id": s.export_id,
-        "status": if s.failed().next().is_none() { "ok" } else { "partial" },
-        "mode": if s.full { "full" } else { "incremental" },
-        "started_at": started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "requests": s.requests,
-        "retries": s.retries,
-        "throttled": s.throttled,
-        "rejected": s.quarantined(),
-        "rejected_lines": s.rejected,
-        "files_replaced": s.committed.files_rewritten(),
-        "runs_marked_deleted_upstream": s.committed.runs_marked_deleted(),
-        "workflows": workflows,
-        "tables": tables,
-        "workflows_table_rows": s.workflows_table_rows,
-        "workflows_gone_upstream": s.workflows_gone,
-    });
-    if let Some(sel) = s.shard {
-        manifest["shard"] = json!({
-            "shard": sel.shard.to_string(),
-            "index": sel.shard.index(),
-            "count": sel.shard.count(),
-            "workflows_kept": sel.kept,
-            "workflows_listed": sel.listed,
-        });
-    }
-    manifest
 }
 
 type WriterResult = Result<(WriteSummary, u64), DatasetError>;

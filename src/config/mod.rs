@@ -4,8 +4,14 @@
 //! before a request is sent happens here, with an error that names the flag, config key or file
 //! involved, and never the key or a password.
 
+mod file;
+pub mod units;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use file::ConfigFile;
+pub use units::{check_max_rps, format_duration, parse_duration, parse_rps, parse_size};
 
 use url::Url;
 
@@ -81,259 +87,6 @@ pub enum ConfigError {
     Out(crate::dataset::DatasetError),
 }
 
-/// Longest duration accepted anywhere (ten years): beyond it arithmetic on timestamps overflows.
-const MAX_DURATION_SECS: u64 = 3650 * 86_400;
-
-/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let bad = || format!("`{text}` is not a duration like `30m`, `1h` or `7d` (at most 3650d)");
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(seconds))
-        .filter(|s| *s <= MAX_DURATION_SECS)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
-}
-
-/// Settings from a `--config` TOML file; every key is optional and flags win over it.
-/// Relative paths in it are relative to the file's folder.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub base_url: Option<String>,
-    pub api_key_file: Option<PathBuf>,
-    /// Never allowed: present only to refuse it with a clear message.
-    api_key: Option<toml::Value>,
-    pub workflows: Option<Vec<String>>,
-    pub workflows_file: Option<PathBuf>,
-    pub all_workflows: Option<bool>,
-    pub out: Option<PathBuf>,
-    pub page_size: Option<u32>,
-    pub concurrency: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
-    pub request_timeout: Option<Duration>,
-    pub max_retries: Option<u32>,
-    pub max_rps: Option<f64>,
-    #[serde(default, deserialize_with = "size")]
-    pub max_response_size: Option<u64>,
-    #[serde(default, deserialize_with = "seconds")]
-    pub retry_delay: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    pub lookback: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    pub unfinished_horizon: Option<Duration>,
-    pub with_steps: Option<bool>,
-    /// `"K/N"`: export only shard K (from 0) of N; see [`Shard`].
-    #[serde(default, deserialize_with = "shard")]
-    pub shard: Option<Shard>,
-}
-
-fn shard<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Shard>, D::Error> {
-    let text = <String as serde::Deserialize>::deserialize(d)?;
-    text.parse().map(Some).map_err(serde::de::Error::custom)
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = <String as serde::Deserialize>::deserialize(d)?;
-    parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let text = <String as serde::Deserialize>::deserialize(d)?;
-    parse_size(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let secs = <f64 as serde::Deserialize>::deserialize(d)?;
-    check_retry_delay(secs)
-        .map(|s| Some(Duration::from_secs_f64(s)))
-        .map_err(serde::de::Error::custom)
-}
-
-/// Smallest and largest `--max-response-size`.
-pub const RESPONSE_SIZE_RANGE: (u64, u64) = (1024, 16 << 30);
-
-/// A byte size: a number with an optional unit `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`
-/// (powers of 1024 for all: a response limit is about memory).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        _ => u32::MAX,
-    };
-    let (min, max) = RESPONSE_SIZE_RANGE;
-    number
-        .parse::<u64>()
-        .ok()
-        .filter(|_| shift != u32::MAX)
-        .and_then(|n| n.checked_mul(1 << shift))
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| format!("`{text}` is not a size between 1KB and 16GB, like `256MB`"))
-}
-
-/// A first retry delay in seconds: more than 0, at most 60.
-pub fn check_retry_delay(secs: f64) -> Result<f64, String> {
-    if secs.is_finite() && secs > 0.0 && secs <= 60.0 {
-        Ok(secs)
-    } else {
-        Err(format!(
-            "`{secs}` is not a number of seconds above 0 and at most 60"
-        ))
-    }
-}
-
-/// A request rate: more than 0, at most 100000 per second.
-pub fn check_max_rps(rps: f64) -> Result<f64, String> {
-    if rps.is_finite() && rps > 0.0 && rps <= 100_000.0 {
-        Ok(rps)
-    } else {
-        Err(format!(
-            "`{rps}` is not a rate above 0 and at most 100000 requests per second"
-        ))
-    }
-}
-
-impl ConfigFile {
-    /// Reads and checks a config file: every error names the key at fault.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ConfigFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |message: String| ConfigError::ConfigInvalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let mut file: ConfigFile =
-            toml::from_str(&text).map_err(|e| bad(toml_message(&text, &e)))?;
-        let dir = path.parent().unwrap_or(Path::new(""));
-        for p in [
-            &mut file.api_key_file,
-            &mut file.workflows_file,
-            &mut file.out,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.is_relative() && !p.as_os_str().is_empty() && !Location::is_url(p) {
-                *p = dir.join(&*p);
-            }
-        }
-        file.check().map_err(bad)?;
-        Ok(file)
-    }
-
-    /// Checks values the types alone do not.
-    fn check(&self) -> Result<(), String> {
-        if self.api_key.is_some() {
-            return Err(format!(
-                "`api_key` is not allowed: keep the key out of config files; set `{API_KEY_ENV}` or `api_key_file`"
-            ));
-        }
-        if self.page_size.is_some_and(|n| !(1..=100_000).contains(&n)) {
-            return Err("`page_size` must be between 1 and 100000".to_owned());
-        }
-        if self.concurrency.is_some_and(|n| !(1..=256).contains(&n)) {
-            return Err("`concurrency` must be between 1 and 256".to_owned());
-        }
-        if self.max_retries.is_some_and(|n| n > 50) {
-            return Err("`max_retries` must be at most 50".to_owned());
-        }
-        if let Some(rps) = self.max_rps {
-            check_max_rps(rps).map_err(|e| format!("`max_rps`: {e}"))?;
-        }
-        if self
-            .request_timeout
-            .is_some_and(|t| t.is_zero() || t > MAX_REQUEST_TIMEOUT)
-        {
-            return Err("`request_timeout` must be more than 0s and at most 1d".to_owned());
-        }
-        if let Some(url) = &self.base_url {
-            parse_base_url(url).map_err(|e| match e {
-                ConfigError::BaseUrl { url, reason } => format!("`base_url` `{url}`: {reason}"),
-                other => other.to_string(),
-            })?;
-        }
-        for id in self.workflows.iter().flatten() {
-            api::check_workflow_id(id).map_err(|reason| {
-                format!(
-                    "`workflows`: invalid workflow id `{}`: {reason}",
-                    crate::terminal::safe(id)
-                )
-            })?;
-        }
-        for (key, path) in [
-            ("api_key_file", &self.api_key_file),
-            ("workflows_file", &self.workflows_file),
-        ] {
-            if let Some(path) = path {
-                check_readable_file(path)
-                    .map_err(|e| format!("`{key}` `{}`: {e}", path.display()))?;
-            }
-        }
-        if self.out.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err("`out` must not be empty".to_owned());
-        }
-        Ok(())
-    }
-}
-
-/// Longest `request_timeout`, the same bound as `--request-timeout`.
-const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(86_400);
-
-/// A TOML error on one line, prefixed with the key of the line it points at unless the message
-/// names it already. Never quotes the file's text beyond that key.
-fn toml_message(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().replace('\n', "; ");
-    match error.span().and_then(|span| key_above(text, span.start)) {
-        Some(key) if !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
-        _ => message,
-    }
-}
-
-/// The key of the nearest `key = …` line at or above byte `at` (an array may span lines).
-fn key_above(text: &str, at: usize) -> Option<String> {
-    let end = text.get(at..)?.find('\n').map_or(text.len(), |i| at + i);
-    text[..end].lines().rev().find_map(|line| {
-        let key = line.split_once('=')?.0.trim().trim_matches(['"', '\'']);
-        let plain = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        plain.then(|| key.to_owned())
-    })
-}
-
-fn check_readable_file(path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err("is not a file".to_owned()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Validated settings of `export`.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -353,6 +106,8 @@ pub struct ExportConfig {
     pub lookback: Duration,
     /// Export only the workflows of this shard, into its own files.
     pub shard: Option<Shard>,
+    /// `_manifest/` files of this layout kept after an export (the newest).
+    pub keep_manifests: u32,
 }
 
 /// Raw inputs, as the CLI collected them. No `Debug`: it holds the raw key.
@@ -380,6 +135,8 @@ pub struct ExportInputs {
     pub unfinished_horizon: Duration,
     pub with_steps: bool,
     pub shard: Option<Shard>,
+    /// `_manifest/` files kept (`None`: the default).
+    pub keep_manifests: Option<u32>,
 }
 
 impl ExportInputs {
@@ -427,6 +184,9 @@ impl ExportInputs {
             full: self.full,
             lookback: self.lookback,
             shard: self.shard,
+            keep_manifests: self
+                .keep_manifests
+                .unwrap_or(crate::pipeline::DEFAULT_KEEP_MANIFESTS),
             extract: ExtractOptions {
                 export_id: String::new(),
                 lookback: None,
@@ -659,81 +419,5 @@ mod tests {
         let config = i.validate().unwrap();
         assert_eq!(format!("{:?}", config.client.key), "ApiKey(***)");
         assert!(!format!("{config:?}").contains("from-file"));
-    }
-}
-
-#[cfg(test)]
-mod file_tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<ConfigFile, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("export.toml");
-        std::fs::write(&path, text).unwrap();
-        ConfigFile::load(&path).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn the_example_config_loads_with_paths_relative_to_it() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("export.example.toml");
-        let file = ConfigFile::load(&path).unwrap();
-        assert_eq!(file.lookback, Some(Duration::from_secs(3600)));
-        assert_eq!(
-            file.unfinished_horizon,
-            Some(Duration::from_secs(7 * 86_400))
-        );
-        assert_eq!(
-            file.out,
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/export"))
-        );
-        assert_eq!(file.all_workflows, Some(true));
-    }
-
-    #[test]
-    fn an_object_store_out_is_kept_as_written() {
-        let file = load("out = \"s3://bucket/exports/orchestra\"").unwrap();
-        assert_eq!(
-            file.out,
-            Some(PathBuf::from("s3://bucket/exports/orchestra"))
-        );
-        let file = load("out = \"data/export\"").unwrap();
-        assert!(file.out.unwrap().is_absolute());
-    }
-
-    #[test]
-    fn bad_config_files_name_the_key() {
-        let cases = [
-            ("page_size = 0", "`page_size` must be between 1 and 100000"),
-            ("concurency = 3", "unknown field `concurency`"),
-            ("lookback = \"soon\"", "`soon` is not a duration"),
-            ("api_key = \"sk-123\"", "`api_key` is not allowed"),
-            ("page_size = \"ten\"", "invalid type"),
-            ("out = ", "invalid"),
-            ("shard = \"3/2\"", "the shard index K must be below N"),
-            (
-                "shard = \"0/0\"",
-                "the shard count N must be between 1 and 1000",
-            ),
-            ("shard = 2", "invalid type"),
-        ];
-        for (text, want) in cases {
-            let err = load(text).unwrap_err();
-            assert!(
-                err.contains(want) && err.contains("export.toml"),
-                "{text}: {err}"
-            );
-            assert!(!err.contains("sk-123"), "the key leaked: {err}");
-        }
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("3651d").is_err());
-        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }
