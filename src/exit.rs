@@ -1,4 +1,4 @@
-//! Exit codes of `orchestra-export`, documented in one place (also in the README).
+//! Exit codes of `orchestra-export`, documented in one place (also in `docs/exporting.md`).
 
 /// Every workflow was exported completely.
 pub const SUCCESS: i32 = 0;

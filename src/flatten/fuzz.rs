@@ -1,7 +1,7 @@
 //! Property tests ("fuzzing" with proptest) of the page parser and the flattener, and the seed
 //! corpus in `tests/fuzz-corpus/`.
 //!
-//! A longer run: `PROPTEST_CASES=20000 cargo test --lib flatten::fuzz` (README, "Fuzzing").
+//! A longer run: `PROPTEST_CASES=20000 cargo test --lib flatten::fuzz` (`docs/fuzzing.md`).
 //! Failing cases proptest finds are saved under `proptest-regressions/` and replayed first.
 
 use std::collections::{BTreeMap, HashSet};

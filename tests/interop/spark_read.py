@@ -113,7 +113,7 @@ def read_dataset(spark, path):
     return out
 
 
-# The DDL the README documents for Spark SQL, run as written there (with the path filled in).
+# The DDL `docs/engines.md` documents for Spark SQL, run as written there (with the path filled in).
 RUNS_DDL = """
 CREATE TABLE orchestra_runs (
   workflow_id STRING, run_id STRING, status STRING,

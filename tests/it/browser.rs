@@ -1,6 +1,6 @@
 //! `report.html` in a real browser: headless Chromium lays the page out at 1280 and 800 px and a
 //! probe script (added to a copy of the page, never to the report) reads back what a reader sees.
-//! Set `ORCHESTRA_SCREENSHOT_DIR` to keep screenshots (the README's is `docs/report.png`).
+//! Set `ORCHESTRA_SCREENSHOT_DIR` to keep screenshots (`docs/report.md` shows `docs/report.png`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -33,7 +33,7 @@ fn duckdb_polars_and_pyarrow_read_the_dataset_and_agree_with_the_report() {
 
 /// Spark (pyspark from PyPI on the machine's Java 17, `local[2]`) reads an unsharded and a
 /// sharded export of the same history with partition discovery, and through the external-table
-/// DDL the README documents; the values it sees are checked here (`tests/interop/spark_read.py`).
+/// DDL `docs/engines.md` documents; the values it sees are checked here (`tests/interop/spark_read.py`).
 #[test]
 fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
     let sim = sim_with_samples(4, 250, 0);
@@ -248,7 +248,7 @@ fn spark_reads_the_dataset_with_partition_discovery_and_as_an_external_table() {
         assert_eq!(join["undated_runs"], undated_runs, "{what}");
         assert_eq!(dataset["distinct_run_keys"], runs.len(), "{what}");
 
-        // The README's `CREATE TABLE … LOCATION` + `MSCK REPAIR TABLE`.
+        // `docs/engines.md`'s `CREATE TABLE … LOCATION` + `MSCK REPAIR TABLE`.
         let table = &dataset["external_table"];
         assert_eq!(
             table["rows_before_repair"], 0,

@@ -478,7 +478,7 @@ impl Storage for ObjectStorage {
         _owned: &dyn Fn(&str) -> bool,
     ) -> Result<usize, DatasetError> {
         // Staged files spool to unlinked local temp files: a killed process leaves no temp
-        // object, of any writer (an unfinished multipart upload is invisible; see the README on
+        // object, of any writer (an unfinished multipart upload is invisible; see `docs/object-storage.md` on
         // lifecycle rules). What it leaves under its staging folder, the pipeline removes by
         // prefix, and a shard only its own (`_staging/shard-KK-of-NN/`).
         Ok(0)
