@@ -12,7 +12,7 @@ pub mod retry;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -218,6 +218,9 @@ pub struct ClientStats {
     pub throttled: AtomicU64,
     /// Of the retries, those of 429s within a pause another began: outside the retry budget.
     pub paused_retries: AtomicU64,
+    /// Whether any request got an HTTP answer: until one does, a refused connection or a failed
+    /// TLS handshake is a wrong address or scheme, not a blip worth retrying.
+    pub answered: AtomicBool,
 }
 
 /// Called before each retry wait, for progress reporting.
@@ -408,8 +411,12 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| {
-                if is_unknown_host(&e) {
-                    // A name that does not exist will not appear within a retry's backoff.
+                // A name that does not exist will not appear within a retry's backoff; nor will
+                // a server at an address that refuses, or one that speaks no TLS, before the API
+                // ever answered (as `curl --retry` does not retry a refused connection). Once it
+                // has answered, the same failures are a restart or a blip: retried.
+                let first_contact = !self.stats.answered.load(Ordering::Relaxed);
+                if is_unknown_host(&e) || (first_contact && is_wrong_address(&e)) {
                     let error = TransientError::Transport(e);
                     Attempt::Final(error.into_api_error(shown.to_owned(), 1, sent_at.elapsed()))
                 } else {
@@ -420,6 +427,7 @@ impl ApiClient {
                     }
                 }
             })?;
+        self.stats.answered.store(true, Ordering::Relaxed);
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(Attempt::Final(ApiError::Unauthorized {
@@ -559,6 +567,29 @@ fn is_unknown_host(e: &reqwest::Error) -> bool {
         cause = error.source();
     }
     true
+}
+
+/// A refused connection or a failed TLS handshake: nothing at that address speaks this API
+/// (wrong port or host, `https` to a plain-HTTP server, a certificate that will not verify).
+fn is_wrong_address(e: &reqwest::Error) -> bool {
+    match transport_kind(e) {
+        TransportKind::Tls => true,
+        TransportKind::Connect => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(error) = cause {
+                let io = error.downcast_ref::<std::io::Error>();
+                if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+                    return true;
+                }
+                cause = match io.and_then(std::io::Error::get_ref) {
+                    Some(inner) => Some(inner),
+                    None => error.source(),
+                };
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 fn transport_kind(e: &reqwest::Error) -> TransportKind {

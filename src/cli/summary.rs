@@ -9,7 +9,6 @@ use crate::pipeline::ExportSummary;
 /// Renders the summary printed after an export.
 pub fn render(s: &ExportSummary, out: &Path) -> String {
     let total = s.workflows.len();
-    let failed = s.failed().count();
     let secs = s.elapsed.as_secs_f64();
     let runs = s.runs();
     let mode = match (s.full, s.first) {
@@ -18,11 +17,41 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         (false, false) => "incremental",
     };
     let mut text = String::new();
+    let errors = s.errors().count();
+    let ok = total - s.failed().count();
+    if ok == 0 && runs == 0 && s.stopped().is_none_or(|st| st.partway == 0) && total > 0 {
+        // Nothing fetched: the errors above say why; a table of zeros would only bury them.
+        let _ = writeln!(
+            text,
+            "export {}: nothing exported ({errors} of {total} workflows failed{}); the data in `{}` is unchanged",
+            s.export_id,
+            if errors < total {
+                ", the rest were not started"
+            } else {
+                ""
+            },
+            out.display()
+        );
+        return text;
+    }
+    let mut parts = vec![format!("{ok} of {total} workflows ok")];
+    if errors > 0 {
+        parts.push(format!("{errors} failed"));
+    }
+    if let Some(stopped) = s.stopped() {
+        if stopped.partway > 0 {
+            parts.push(format!("{} stopped partway", stopped.partway));
+        }
+        if stopped.not_started > 0 {
+            parts.push(format!("{} not started", stopped.not_started));
+        }
+        parts.push(format!("({})", stopped.reason));
+    }
     let _ = writeln!(
         text,
-        "export {} ({mode}): {} of {total} workflows ok, {failed} failed",
+        "export {} ({mode}): {}",
         s.export_id,
-        total - failed
+        parts.join(", ").replace(", (", " (")
     );
     if let Some(sel) = s.shard {
         let _ = writeln!(

@@ -6,15 +6,16 @@ use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::verify::{self, Verification, VerifyError, render};
 
-use super::{
-    AUTH_HINT, VerifyArgs, api_inputs, failure_code, report_failure, reporter_for, stop_on_signals,
-    unreachable, usage_error,
+use super::args::VerifyArgs;
+use super::export::{
+    AUTH_HINT, api_inputs, failure_code, report_failure, stop_on_signals, unreachable,
 };
+use super::{Ui, reporter_for, usage_error};
 
 /// What to do about a dataset that differs.
 const DIFFERS_HINT: &str = "runs that arrived or finished since the last export show up until the next one; `orchestra-export export --full` with the same flags brings the dataset in line and marks runs deleted upstream";
 
-pub(super) async fn run_verify(args: VerifyArgs, bars: bool) -> i32 {
+pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
     let json = args.json;
     let (inputs, _) = match api_inputs(args.api, &args.tuning, args.out) {
         Ok(inputs) => inputs,
@@ -32,11 +33,14 @@ pub(super) async fn run_verify(args: VerifyArgs, bars: bool) -> i32 {
     };
     let shown = crate::dataset::shown_url(&config.out.to_string_lossy());
     let stopper = Stopper::default();
+    let reporter = reporter_for(ui, "verify");
     let watcher = stop_on_signals(
         &stopper,
         "interrupted: stopping (interrupt again to quit at once)",
+        reporter.clone(),
     );
-    let result = verify::verify(config, reporter_for(bars, "verify"), stopper).await;
+    let result = verify::verify(config, reporter.clone(), stopper).await;
+    reporter.on_done();
     watcher.abort();
     match result {
         Ok(v) => finish(&v, &shown, json),

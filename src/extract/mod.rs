@@ -406,6 +406,7 @@ impl Extractor {
             let keep: Vec<bool> = page.keys.iter().map(|k| tally.seen.insert(*k)).collect();
             tally.keep(&mut page, &keep);
             tally.count_days(&page)?;
+            self.reporter.on_steps(steps.len() as u64);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;
@@ -502,6 +503,7 @@ impl Extractor {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)
                     .await?;
             }
+            self.reporter.on_steps(steps.len() as u64);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
             self.send(page, steps).await?;

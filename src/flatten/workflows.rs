@@ -15,6 +15,9 @@ pub struct WorkflowList {
     pub ids: Vec<String>,
     /// Entries without a usable id (counted, not exported).
     pub skipped: usize,
+    /// Workflow id → name, for the entries that have a text name (for people, in progress and
+    /// messages).
+    pub names: std::collections::HashMap<String, String>,
 }
 
 /// Flattens a `GET /workflows` body. Ids come from `workflow_id` (or `id` when that is absent).
@@ -31,6 +34,7 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
     };
     let mut ids = Vec::new();
     let mut skipped = 0;
+    let mut names = std::collections::HashMap::new();
     let mut rows = WorkflowsRows::default();
     for entry in &entries {
         let id = match entry.get("workflow_id").or_else(|| entry.get("id")) {
@@ -42,6 +46,11 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
             }
         };
         rows.workflow_id.append_value(&id);
+        if let Some(Value::String(name)) = entry.get("name")
+            && !name.trim().is_empty()
+        {
+            names.insert(id.clone(), name.clone());
+        }
         ids.push(id);
         append_json(&mut rows.name, entry.get("name"));
         append_json(&mut rows.description, entry.get("description"));
@@ -62,5 +71,6 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
         batch,
         ids,
         skipped,
+        names,
     })
 }

@@ -26,7 +26,7 @@ mod manifest;
 mod summary;
 
 pub use manifest::DEFAULT_KEEP_MANIFESTS;
-pub use summary::{ExportSummary, ShardSelection};
+pub use summary::{ExportSummary, ShardSelection, Stopped};
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
 const WRITER_QUEUE_DEPTH: usize = 32;
@@ -68,11 +68,12 @@ impl ExportError {
     }
 }
 
-/// A new export id: UTC time (sortable) and a random suffix, e.g. `20261128T151000Z-3fa2c1`.
+/// A new export id: UTC time to the millisecond (sortable: manifests are pruned by it) and a
+/// random suffix, e.g. `20261128T151000.042Z-3fa2c1`.
 pub fn new_export_id() -> String {
     format!(
         "{}-{:06x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
         rand::random::<u32>() & 0xff_ffff
     )
 }
@@ -143,7 +144,11 @@ pub async fn export(
             work.push((id, previous));
         }
         let first = !config.full && work.iter().all(|(_, state)| state.is_none());
-        reporter.on_start(work.len());
+        let no_names = std::collections::HashMap::new();
+        reporter.on_start(
+            work.len(),
+            workflow_list.as_ref().map_or(&no_names, |l| &l.names),
+        );
         let selected: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
         // Where the runs fetched again (unfinished when stored) were stored: a start corrected
         // to another day moves a run, and its older row must go.
@@ -238,6 +243,8 @@ pub async fn export(
             throttled: load(&stats.throttled),
             bytes_received: load(&stats.bytes),
             elapsed: started.elapsed(),
+            listed: workflow_list.is_some(),
+            names: workflow_list.map(|list| list.names).unwrap_or_default(),
         };
         let manifest = manifest::manifest(&summary, &config, started_at);
         write_jsonl(

@@ -1,9 +1,10 @@
 //! What an export did, as the CLI prints it and the manifest records it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::dataset::{CommitSummary, Shard, WriteSummary};
-use crate::extract::WorkflowOutcome;
+use crate::extract::{ExtractError, StopReason, WorkflowOutcome};
 
 /// The result of an export.
 #[derive(Debug)]
@@ -40,12 +41,50 @@ pub struct ExportSummary {
     pub bytes_received: u64,
     /// Wall time of the export.
     pub elapsed: Duration,
+    /// Workflow id → name, from `GET /workflows` (empty without `--all-workflows`).
+    pub names: HashMap<String, String>,
+    /// Whether the workflows were listed (`--all-workflows`).
+    pub listed: bool,
 }
 
 impl ExportSummary {
-    /// Workflows that failed.
+    /// Workflows that failed, for any reason (stopped ones included).
     pub fn failed(&self) -> impl Iterator<Item = &WorkflowOutcome> {
         self.workflows.iter().filter(|w| w.error.is_some())
+    }
+
+    /// Workflows that failed on their own (not stopped for the whole export).
+    pub fn errors(&self) -> impl Iterator<Item = &WorkflowOutcome> {
+        self.failed().filter(|w| stop_reason(w).is_none())
+    }
+
+    /// Why the export stopped before every workflow was done (an interrupt, the deadline, a
+    /// rejected key), and how many workflows it stopped partway and before their first page.
+    pub fn stopped(&self) -> Option<Stopped> {
+        let mut stopped: Option<Stopped> = None;
+        for w in &self.workflows {
+            let Some(reason) = stop_reason(w) else {
+                continue;
+            };
+            let s = stopped.get_or_insert(Stopped {
+                reason,
+                partway: 0,
+                not_started: 0,
+            });
+            if w.stats.pages > 0 {
+                s.partway += 1;
+            } else {
+                s.not_started += 1;
+            }
+        }
+        stopped
+    }
+
+    /// The workflow's name when the API listed one, else its id.
+    pub fn name_of<'a>(&'a self, workflow_id: &'a str) -> &'a str {
+        self.names
+            .get(workflow_id)
+            .map_or(workflow_id, String::as_str)
     }
 
     /// Distinct runs exported.
@@ -86,4 +125,22 @@ pub struct ShardSelection {
     pub kept: usize,
     /// Workflows named and listed, before sharding.
     pub listed: usize,
+}
+
+/// Workflows an export stopped for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Why.
+    pub reason: StopReason,
+    /// Workflows with pages fetched (and committed) before the stop.
+    pub partway: usize,
+    /// Workflows not reached: no page fetched.
+    pub not_started: usize,
+}
+
+fn stop_reason(w: &WorkflowOutcome) -> Option<StopReason> {
+    match w.error {
+        Some(ExtractError::Cancelled { reason }) => Some(reason),
+        _ => None,
+    }
 }

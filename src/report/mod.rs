@@ -15,7 +15,7 @@ mod attention;
 mod compute;
 mod distribution;
 mod errors;
-mod format;
+pub(crate) mod format;
 mod frame;
 mod html;
 mod markdown;

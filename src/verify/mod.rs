@@ -99,7 +99,7 @@ pub async fn verify(
         .with_retry_hook(Arc::new(move |url, attempt, delay, cause| {
             hook_reporter.on_retry(url, attempt, delay, cause);
         }));
-    let (mut ids, _) = pipeline::select_workflows(&client, &config).await?;
+    let (mut ids, list) = pipeline::select_workflows(&client, &config).await?;
     ids.retain(|id| layout.keeps(id));
     // With `--all-workflows`, stored workflows the API no longer lists are read too: one it no
     // longer knows (404) has nothing upstream any more.
@@ -116,7 +116,7 @@ pub async fn verify(
     let mut extra: Vec<String> = unlisted.iter().cloned().collect();
     extra.sort();
     ids.extend(extra);
-    reporter.on_start(ids.len());
+    reporter.on_start(ids.len(), &list.map(|l| l.names).unwrap_or_default());
     let (tx, rx) = mpsc::channel(COLLECT_QUEUE_DEPTH);
     let collector = tokio::spawn(collect(rx));
     let options = ExtractOptions {

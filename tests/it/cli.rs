@@ -183,13 +183,18 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
         "w",
         "--out",
         dir.path().to_str().unwrap(),
-        "--max-retries",
-        "1",
     ]);
+    // Nothing answered yet, so a refused connection is not retried (as `curl --retry`).
     assert_clean_error(
         &out,
         5,
-        "error: workflow `w` failed: request for offset 0 failed: request to `http://127.0.0.1:9/api/v1/workflow/workflows/w/runs?limit=100&offset=0` failed after 2 attempt(s)",
+        "error: workflow `w` failed: request for offset 0 failed: request to `http://127.0.0.1:9/api/v1/workflow/workflows/w/runs?limit=100&offset=0` failed after 1 attempt(s)",
+    );
+    assert!(!stderr(&out).contains("retrying"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": nothing exported (1 of 1 workflows failed); the data in `"),
+        "{}",
+        stdout(&out)
     );
     assert_stderr_contains(&out, ": cannot connect: ");
     assert_stderr_contains(
@@ -198,7 +203,9 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
     );
 }
 
-/// `export --all-workflows` against `base_url` with no retries: the listing fails first.
+/// `export --all-workflows` against `base_url` with the default retries: the listing fails
+/// first, after one attempt (a refused connection, a failed TLS handshake and a name that does
+/// not resolve are not retried before the API ever answered).
 fn export_unreachable(base_url: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     run_with_env(
@@ -209,8 +216,6 @@ fn export_unreachable(base_url: &str) -> std::process::Output {
             "--all-workflows",
             "--out",
             dir.path().to_str().unwrap(),
-            "--max-retries",
-            "0",
         ],
         &[("ORCHESTRA_API_KEY", KEY), ("NO_PROXY", "*")],
     )
@@ -686,12 +691,13 @@ fn demo_replaces_its_own_output_and_never_touches_other_folders() {
 #[test]
 fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
     let sim = Sim::start(SimConfig {
-        workflows: 2,
+        workflows: 6,
         runs_per_workflow: 5000,
         latency: std::time::Duration::from_millis(50),
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
+    // Two workflows at a time: four are not reached when the signal comes.
     let child = spawn_export(&sim, dir.path(), &["--all-workflows", "--concurrency", "2"]);
     // Wait (bounded) until a few pages were served, then ask it to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -705,8 +711,20 @@ fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_130() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let err = stderr(&out);
     assert_stderr_contains(&out, "interrupted: committing what was fetched");
-    assert_stderr_contains(&out, "failed: stopped: interrupted");
+    // One line for the interrupt, not one error per workflow it stopped.
+    assert_stderr_contains(
+        &out,
+        "interrupted: 6 of 6 workflows not finished (2 stopped partway, 4 not started); what was fetched is committed, and the next export continues them\n",
+    );
+    assert!(!err.contains("error:"), "{err}");
+    assert!(
+        stdout(&out)
+            .contains("0 of 6 workflows ok, 2 stopped partway, 4 not started (interrupted)"),
+        "{}",
+        stdout(&out)
+    );
     let (_, runs) = read_table(dir.path(), "runs");
     assert!(
         !runs.is_empty() && runs.len() < 10_000,
@@ -810,5 +828,54 @@ fn control_characters_from_the_api_or_the_command_line_never_reach_the_terminal(
         stderr(&listed).contains("error: workflow `wf-\\u001b"),
         "{}",
         stderr(&listed)
+    );
+}
+
+#[test]
+fn a_base_url_without_the_api_path_says_where_the_api_usually_is() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 5,
+        ..SimConfig::default()
+    });
+    // The simulator serves under `/api/v1/workflow`; its bare origin answers 404.
+    let origin = sim.url().replace("/api/v1/workflow", "");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let listing = run(&[
+        "export",
+        "--base-url",
+        &origin,
+        "--all-workflows",
+        "--out",
+        out_dir,
+    ]);
+    assert_eq!(listing.status.code(), Some(1), "{}", stderr(&listing));
+    assert_stderr_contains(&listing, "error: cannot list workflows\n");
+    assert_stderr_contains(
+        &listing,
+        "hint: the workflow list is not where `--base-url` points: the base URL usually ends in `/api/v1/workflow` (the default is `https://orchestra.arcee.ai/api/v1/workflow`)\n",
+    );
+    let id = &sim.ids()[0];
+    let explicit = run(&[
+        "export",
+        "--base-url",
+        &origin,
+        "--workflow",
+        id,
+        "--out",
+        out_dir,
+    ]);
+    assert_eq!(explicit.status.code(), Some(1), "{}", stderr(&explicit));
+    assert_stderr_contains(
+        &explicit,
+        "hint: the API does not know this workflow: check the id; `--all-workflows` exports every workflow the key can read, and `--base-url` usually ends in `/api/v1/workflow`\n",
+    );
+    // No table of zeros ending in "committed to": one line saying nothing changed.
+    let summary = stdout(&explicit);
+    assert!(
+        summary.contains(": nothing exported (1 of 1 workflows failed); the data in `")
+            && !summary.contains("committed to"),
+        "{summary}"
     );
 }

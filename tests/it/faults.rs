@@ -208,6 +208,13 @@ fn one_missing_workflow_fails_alone_and_the_others_are_committed() {
         lines[0].contains("/workflows/no-such-wf/runs?limit=100&offset=0"),
         "{err}"
     );
+    // Said once (no log line repeating it), with what to check.
+    assert_eq!(err.matches("no-such-wf").count(), 2, "{err}");
+    assert!(!err.contains("WARN"), "{err}");
+    assert_stderr_contains(
+        &out,
+        "\nhint: the API does not know this workflow: check the id; `--all-workflows` exports every workflow the key can read\n",
+    );
     assert!(
         stdout(&out).contains("2 of 3 workflows ok, 1 failed"),
         "{}",
