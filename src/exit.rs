@@ -27,3 +27,31 @@ pub const DIFFERS: i32 = 9;
 pub const INTERRUPTED: i32 = 130;
 /// A bug: an invariant broke. Please report it.
 pub const INTERNAL: i32 = 70;
+
+/// Every exit code with what it means, for `--help`.
+pub const CODES: &[(i32, &str)] = &[
+    (SUCCESS, "every workflow exported completely"),
+    (
+        PARTIAL_FAILURE,
+        "some workflows failed or were not finished; the rest is committed",
+    ),
+    (
+        USAGE,
+        "bad command line, configuration or input file; nothing was fetched",
+    ),
+    (AUTH, "the API rejected the key (401/403)"),
+    (OUTPUT, "the dataset could not be written"),
+    (
+        UNREACHABLE,
+        "the API could not be reached (connection refused, no route, timeout)",
+    ),
+    (LOCKED, "another export holds the dataset's lock"),
+    (DNS, "the API's host name does not resolve"),
+    (TLS, "the TLS handshake with the API failed"),
+    (DIFFERS, "`verify`: the dataset differs from the API"),
+    (INTERNAL, "a bug: please report it"),
+    (
+        INTERRUPTED,
+        "interrupted (SIGINT/SIGTERM); what was fetched is committed",
+    ),
+];

@@ -19,20 +19,32 @@ pub struct Cli {
     #[command(subcommand)]
     pub(super) command: Command,
     /// Log format on stderr: `text` for people, `json` for schedulers.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logging and output", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(super) log_format: LogFormat,
     /// Log more (`-v` debug, `-vv` trace); `RUST_LOG` overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(help_heading = "Logging and output", short, long, global = true, action = clap::ArgAction::Count)]
     pub(super) verbose: u8,
     /// Show no progress bars even on a terminal.
-    #[arg(long, global = true)]
+    #[arg(help_heading = "Logging and output", long, global = true)]
     pub(super) no_progress: bool,
     /// Print only warnings and errors: no progress, no summary (the exit code says how it went).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        help_heading = "Logging and output",
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose"
+    )]
     pub(super) quiet: bool,
     /// Create files readable by other users (0644, folders 0755, before the umask) instead of
     /// by their owner only (0600 and 0700): for a dataset that other accounts read in place.
-    #[arg(long, global = true, env = "ORCHESTRA_EXPORT_SHARED_FILES")]
+    #[arg(
+        help_heading = "Logging and output",
+        long,
+        global = true,
+        env = "ORCHESTRA_EXPORT_SHARED_FILES",
+        hide_env_values = true
+    )]
     pub(super) shared_files: bool,
 }
 
@@ -45,8 +57,17 @@ pub(super) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(super) enum Command {
     /// Export run history from the Orchestra API into a Parquet dataset.
+    #[command(
+        override_usage = "orchestra-export export [OPTIONS] <--workflow ID|--workflows-file PATH|--all-workflows>\n       orchestra-export export --config FILE [OPTIONS]",
+        after_long_help = export_after_help()
+    )]
     Export(ExportArgs),
     /// Start the built-in simulator and export a realistic history from it: no key, no network.
+    ///
+    /// Serves `--workflows` simulated workflows on 127.0.0.1, exports every one of them with
+    /// their steps (`--all-workflows --with-steps`) into `--out`, then writes the report to
+    /// `OUT/_reports/` and prints how to query the result. A folder an earlier demo wrote is
+    /// replaced; any other non-empty folder is refused and left untouched.
     Demo(DemoArgs),
     /// Serve an Orchestra-compatible API with seeded data (for tests, demos, benchmarks).
     Simulate(SimulateArgs),
@@ -62,7 +83,7 @@ pub(super) struct ReportArgs {
     /// is required).
     #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR|URL")]
     pub(super) data: PathBuf,
-    /// Where to write the reports [default: DATA/reports].
+    /// Where to write the reports [default: DATA/_reports].
     #[arg(long, value_name = "DIR")]
     pub(super) out: Option<PathBuf>,
     /// First UTC day to include (YYYY-MM-DD, or an RFC 3339 instant: its UTC day).
@@ -107,13 +128,29 @@ pub(super) fn parse_price(text: &str) -> Result<f64, String> {
 /// Which API and workflows, shared by `export` and `verify`.
 #[derive(Debug, Args)]
 pub(super) struct ApiArgs {
+    /// A workflow to export; repeat for several.
+    #[arg(help_heading = "What to export", long = "workflow", value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+    pub(super) workflows: Vec<String>,
+    /// A file with one workflow id per line (blank lines and `#` comments ignored).
+    #[arg(help_heading = "What to export", long, value_name = "PATH")]
+    pub(super) workflows_file: Option<PathBuf>,
+    /// Every workflow `GET /workflows` lists (`export` also writes the `workflows` table).
+    #[arg(help_heading = "What to export", long)]
+    pub(super) all_workflows: bool,
+    /// Only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose stable hash
+    /// modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the work with
+    /// no overlap and may write the same `--out` at the same time.
+    #[arg(help_heading = "What to export", long, env = "ORCHESTRA_SHARD", hide_env_values = true, value_name = "K/N", allow_hyphen_values = true,
+          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
+    pub(super) shard: Option<crate::dataset::Shard>,
     /// A TOML file with any of the settings below (see `export.example.toml`); flags win over it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "The API", long, value_name = "PATH")]
     pub(super) config: Option<PathBuf>,
     /// Base URL of the workflow API; endpoint paths are appended to it.
     /// [default: https://orchestra.arcee.ai/api/v1/workflow]
     // The environment value is hidden from `--help`: it may hold a password.
     #[arg(
+        help_heading = "The API",
         long,
         env = "ORCHESTRA_BASE_URL",
         hide_env_values = true,
@@ -121,23 +158,8 @@ pub(super) struct ApiArgs {
     )]
     pub(super) base_url: Option<String>,
     /// Read the API key from this file (default: the `ORCHESTRA_API_KEY` environment variable).
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "The API", long, value_name = "PATH")]
     pub(super) api_key_file: Option<PathBuf>,
-    /// A workflow to export; repeat for several.
-    #[arg(long = "workflow", value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
-    pub(super) workflows: Vec<String>,
-    /// A file with one workflow id per line (blank lines and `#` comments ignored).
-    #[arg(long, value_name = "PATH")]
-    pub(super) workflows_file: Option<PathBuf>,
-    /// Every workflow `GET /workflows` lists (`export` also writes the `workflows` table).
-    #[arg(long)]
-    pub(super) all_workflows: bool,
-    /// Only shard K of N (K from 0, like `JOB_COMPLETION_INDEX`): the workflows whose stable hash
-    /// modulo N is K, into this shard's own files. N workers with K = 0…N-1 split the work with
-    /// no overlap and may write the same `--out` at the same time.
-    #[arg(long, env = "ORCHESTRA_SHARD", value_name = "K/N", allow_hyphen_values = true,
-          value_parser = |t: &str| t.parse::<crate::dataset::Shard>())]
-    pub(super) shard: Option<crate::dataset::Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -146,30 +168,40 @@ pub(super) struct ExportArgs {
     pub(super) api: ApiArgs,
     /// Dataset folder, or an object store URL: `s3://bucket/prefix`, `gs://…`, `az://…`
     /// (credentials from the store's environment variables). [default: data/export]
-    #[arg(long, value_name = "DIR|URL")]
+    #[arg(help_heading = "Where", long, value_name = "DIR|URL")]
     pub(super) out: Option<PathBuf>,
     /// Ignore what earlier exports stored and page every history to its end (rows are still
     /// merged, never duplicated), and mark stored runs the API no longer has in
     /// `runs.deleted_upstream_at`. By default only what is new since the last export is fetched.
-    #[arg(long)]
+    #[arg(help_heading = "Re-runs", long)]
     pub(super) full: bool,
     /// How far before the newest stored run an incremental export re-reads (`30m`, `1h`, `2d`).
     /// [default: 1h]
-    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::LOOKBACK.parse(t))]
+    #[arg(help_heading = "Re-runs", long, value_name = "DURATION", value_parser = |t: &str| units::LOOKBACK.parse(t))]
     pub(super) lookback: Option<Duration>,
     /// Also fetch each run's steps (one request per run) into the `steps` table.
-    #[arg(long)]
+    #[arg(help_heading = "What to export", long)]
     pub(super) with_steps: bool,
+    /// Read back to runs started on this UTC day (YYYY-MM-DD or an RFC 3339 instant), not
+    /// further: a bounded backfill for a first export. Never skips runs newer than what earlier
+    /// exports stored.
+    #[arg(help_heading = "What to export", long, value_name = "DATE", value_parser = parse_day)]
+    pub(super) since: Option<chrono::NaiveDate>,
+    /// Say what would be exported — which workflows, which shard, where each resumes — and
+    /// stop: no runs are requested (`--all-workflows` still lists workflows) and nothing is
+    /// written.
+    #[arg(help_heading = "Output", long)]
+    pub(super) dry_run: bool,
     /// Stop fetching after this long (`90s`, `30m`, `1h`) and commit what was fetched by then;
-    /// workflows not finished are reported as failed (exit 1) and fetched again next time.
-    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::DEADLINE.parse(t))]
+    /// workflows not finished are reported (exit 1) and continued by the next export.
+    #[arg(help_heading = "Re-runs", long, value_name = "DURATION", value_parser = |t: &str| units::DEADLINE.parse(t))]
     pub(super) deadline: Option<Duration>,
     /// Give up on a run still unfinished this long after an export first stored it. [default: 7d]
-    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::UNFINISHED_HORIZON.parse(t))]
+    #[arg(help_heading = "Re-runs", long, value_name = "DURATION", value_parser = |t: &str| units::UNFINISHED_HORIZON.parse(t))]
     pub(super) unfinished_horizon: Option<Duration>,
     /// Manifests kept in `_manifest/` (the newest; older ones are removed after an export).
     /// [default: 1000]
-    #[arg(long, allow_negative_numbers = true, value_name = "N",
+    #[arg(help_heading = "Where", long, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(super) keep_manifests: Option<u32>,
     #[command(flatten)]
@@ -194,31 +226,31 @@ pub(super) struct VerifyArgs {
 #[derive(Debug, Args)]
 pub(super) struct Tuning {
     /// Runs per page (`limit`). [default: 100]
-    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(help_heading = "Limits and retries", long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(super) page_size: Option<u32>,
     /// Requests in flight at once, across all workflows. [default: 8]
-    #[arg(long, allow_negative_numbers = true, value_name = "N",
+    #[arg(help_heading = "Limits and retries", long, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
     pub(super) concurrency: Option<usize>,
     /// How long one request may take, body included (`90`, `30s`, `5m`). [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::REQUEST_TIMEOUT.parse(t))]
+    #[arg(help_heading = "Limits and retries", long, value_name = "DURATION", value_parser = |t: &str| units::REQUEST_TIMEOUT.parse(t))]
     pub(super) request_timeout: Option<Duration>,
     /// Retries of a transient failure (timeouts, resets, 408, 429, 5xx) before giving up.
     /// [default: 6]
-    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
+    #[arg(help_heading = "Limits and retries", long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=50))]
     pub(super) max_retries: Option<u32>,
     /// Wait before the first retry (`0.25`, `250ms`, `2s`); doubled each time (with jitter), at
     /// most 30 s unless the API's `Retry-After` asks for more. [default: 250ms]
-    #[arg(long, value_name = "DURATION", value_parser = |t: &str| units::RETRY_DELAY.parse(t))]
+    #[arg(help_heading = "Limits and retries", long, value_name = "DURATION", value_parser = |t: &str| units::RETRY_DELAY.parse(t))]
     pub(super) retry_delay: Option<Duration>,
     /// Requests started per second at most, across all workflows. Without it only the API's
     /// 429 answers slow the export down (it then halves its rate and speeds back up slowly).
-    #[arg(long, allow_negative_numbers = true, value_name = "N",
+    #[arg(help_heading = "Limits and retries", long, allow_negative_numbers = true, value_name = "N",
           value_parser = config::parse_rps)]
     pub(super) max_rps: Option<f64>,
     /// Largest response body accepted (`512KB`, `256MB`, `1GB`); a larger one fails its workflow
     /// without being read further. [default: 256MB]
-    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    #[arg(help_heading = "Limits and retries", long, value_name = "SIZE", value_parser = config::parse_size)]
     pub(super) max_response_size: Option<u64>,
 }
 
@@ -302,4 +334,40 @@ pub(super) fn workflow_count() -> impl TypedValueParser<Value = usize> {
 /// Simulated runs per workflow: the benchmarks use 41,700; a million is the ceiling.
 pub(super) fn run_count() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=1_000_000)
+}
+
+/// `export --help` after the options: the environment, exit codes and examples.
+fn export_after_help() -> String {
+    let codes: String = crate::exit::CODES
+        .iter()
+        .map(|(code, meaning)| format!("  {code:>3}  {meaning}\n"))
+        .collect();
+    format!(
+        "\
+Environment:
+  ORCHESTRA_API_KEY      The API key (or `--api-key-file`); never printed, logged or written
+  ORCHESTRA_BASE_URL     Same as `--base-url`
+  ORCHESTRA_SHARD        Same as `--shard K/N` (e.g. from a Kubernetes Indexed Job)
+  ORCHESTRA_LOCK_LEASE   Object storage: how long a writer's lease lasts without renewal
+  AWS_*, GOOGLE_*, AZURE_*  Object storage credentials and endpoints, as each SDK reads them
+                         (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, …)
+  RUST_LOG               Log filter, overriding `-v`
+
+Exit codes:
+{codes}
+Examples:
+  # Every workflow the key can read, into ./data/export; run it again to fetch what is new
+  ORCHESTRA_API_KEY=... orchestra-export export --all-workflows
+
+  # Two workflows, with their steps, into a bucket
+  orchestra-export export --workflow 2f0c... --workflow 9a1b... --with-steps --out s3://lake/orchestra
+
+  # What would run, and from where each workflow resumes, without fetching a run
+  orchestra-export export --config export.toml --dry-run
+
+  # A first export of November only, then hourly from cron
+  orchestra-export export --all-workflows --since 2026-11-01
+  0 * * * * orchestra-export export --config /etc/orchestra/export.toml --quiet
+"
+    )
 }

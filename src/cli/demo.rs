@@ -65,7 +65,7 @@ pub(super) async fn run_demo(args: DemoArgs, ui: Ui) -> i32 {
         let code = write_report(
             &ReportOptions {
                 data: out.clone(),
-                out: out.join("reports"),
+                out: out.join(report::REPORTS_DIR),
                 since: None,
                 until: None,
                 workflows: Vec::new(),

@@ -105,18 +105,37 @@ pub(super) async fn run_export(args: ExportArgs, ui: Ui) -> i32 {
         lookback: args.lookback.unwrap_or(inputs.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(inputs.unfinished_horizon),
         keep_manifests: args.keep_manifests.or(file.keep_manifests),
+        since: args.since,
         ..inputs
     };
     let config = match inputs.validate() {
         Ok(config) => config,
         Err(e) => return usage_error(&e),
     };
+    if args.dry_run {
+        return dry_run(&config).await;
+    }
     let out = config.out.clone();
     finish_export(
         export_until_signalled(config, ui, args.deadline).await,
         &out,
         ui,
     )
+}
+
+/// `--dry-run`: prints the plan (stdout) or why there is none; exit 0 when there is one.
+async fn dry_run(config: &ExportConfig) -> i32 {
+    match pipeline::plan(config).await {
+        Ok(plan) => {
+            say_raw!("{}", summary::render_plan(&plan, config));
+            exit::SUCCESS
+        }
+        Err(e) => {
+            let (code, hint) = failure_code(&e);
+            report_failure(&e, code, hint.as_deref());
+            code
+        }
+    }
 }
 
 /// Runs an export; the first SIGINT/SIGTERM stops fetching and commits what was fetched, a
@@ -294,7 +313,11 @@ pub(super) fn failure_code(e: &ExportError) -> (i32, Option<String>) {
     if let ExportError::Dataset(e) | ExportError::State(StateError::Dataset(e)) = e {
         let code = if e.is_lock_conflict() {
             exit::LOCKED
-        } else if matches!(e, crate::dataset::DatasetError::Layout { .. }) {
+        } else if matches!(
+            e,
+            crate::dataset::DatasetError::Layout { .. }
+                | crate::dataset::DatasetError::NotADataset { .. }
+        ) {
             exit::USAGE
         } else {
             exit::OUTPUT

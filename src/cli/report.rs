@@ -28,7 +28,9 @@ pub(super) fn run_report(args: ReportArgs, ui: Ui) -> i32 {
         (args.data.clone(), None, None)
     };
     let options = ReportOptions {
-        out: args.out.unwrap_or_else(|| args.data.join("reports")),
+        out: args
+            .out
+            .unwrap_or_else(|| args.data.join(report::REPORTS_DIR)),
         data,
         since: args.since,
         until: args.until,

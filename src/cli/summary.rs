@@ -3,8 +3,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::config::{ExportConfig, format_duration};
 use crate::dataset::Table;
-use crate::pipeline::ExportSummary;
+use crate::pipeline::{ExportSummary, Plan};
 
 /// Renders the summary printed after an export.
 pub fn render(s: &ExportSummary, out: &Path) -> String {
@@ -125,34 +126,33 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             crate::extract::MAX_REFETCHES
         );
     }
-    for table in Table::RUN_TABLES {
+    let steps = s
+        .committed
+        .partitions
+        .iter()
+        .any(|p| p.table == Table::Steps);
+    for table in Table::RUN_TABLES
+        .into_iter()
+        .chain(steps.then_some(Table::Steps))
+    {
         let partitions = s
             .committed
             .partitions
             .iter()
             .filter(|p| p.table == table)
             .count();
+        let unchanged = s.committed.rows_unchanged(table);
         let _ = writeln!(
             text,
-            "  {:<13} {:>9} new, {:>7} updated rows in {partitions} partitions",
+            "  {:<13} {:>9} new, {:>7} updated rows in {partitions} partitions{}",
             table.name(),
             s.committed.rows_new(table),
-            s.committed.rows_updated(table)
-        );
-    }
-    let steps = s
-        .committed
-        .partitions
-        .iter()
-        .filter(|p| p.table == Table::Steps)
-        .count();
-    if steps > 0 {
-        let _ = writeln!(
-            text,
-            "  {:<13} {:>9} new, {:>7} updated rows in {steps} partitions",
-            Table::Steps.name(),
-            s.committed.rows_new(Table::Steps),
-            s.committed.rows_updated(Table::Steps)
+            s.committed.rows_updated(table),
+            if unchanged > 0 {
+                format!(" ({unchanged} re-read, unchanged)")
+            } else {
+                String::new()
+            }
         );
     }
     if !s.workflows_gone.is_empty() {
@@ -200,7 +200,7 @@ pub fn query_help(out: &Path) -> String {
     let out = out.display();
     format!(
         r#"
-reports: `{out}/reports/report.html` (open it in a browser) and `{out}/reports/summary.md`
+reports: `{out}/_reports/report.html` (open it in a browser) and `{out}/_reports/summary.md`
 query it with DuckDB:
   duckdb -c "SELECT workflow_id, status, count(*) AS runs, median(duration_ms)/1000 AS p50_s
              FROM read_parquet('{out}/runs/**/*.parquet', hive_partitioning=true)
@@ -210,4 +210,58 @@ or with Polars:
              .group_by('status').len().collect())"
 "#
     )
+}
+
+/// What `export --dry-run` prints: the workflows, the shard's share, and where each resumes.
+pub fn render_plan(plan: &Plan, config: &ExportConfig) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "dry run: {} workflows would be exported into `{}`; no run was requested, nothing was written",
+        plan.workflows.len(),
+        crate::dataset::shown_url(&config.out.to_string_lossy())
+    );
+    if let Some(sel) = plan.shard {
+        let _ = writeln!(
+            text,
+            "  shard {}: {} of {} workflows are this shard's; the other shards export the rest",
+            sel.shard, sel.kept, sel.listed
+        );
+    }
+    let since = config.extract.since_us.map(|us| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    });
+    for w in &plan.workflows {
+        let who = match &w.name {
+            Some(name) => format!("{name} (`{}`)", w.workflow_id),
+            None => format!("`{}`", w.workflow_id),
+        };
+        let from = match (&w.state, config.full) {
+            (_, true) => "the whole history (`--full`)".to_owned(),
+            (None, false) => match &since {
+                Some(day) => format!("first export: back to runs started on {day}"),
+                None => "first export: the whole history".to_owned(),
+            },
+            (Some(state), false) => {
+                let mut from = match &state.cursor {
+                    Some(cursor) => format!(
+                        "resumes after {cursor} (re-reading {} before it)",
+                        format_duration(config.lookback)
+                    ),
+                    None => "resumes: no run stored yet, the whole history".to_owned(),
+                };
+                if !state.unfinished.is_empty() {
+                    from.push_str(&format!(
+                        ", {} unfinished runs to fetch again",
+                        state.unfinished.len()
+                    ));
+                }
+                from
+            }
+        };
+        let _ = writeln!(text, "  {who}: {from}");
+    }
+    text
 }

@@ -137,6 +137,8 @@ pub struct ExportInputs {
     pub shard: Option<Shard>,
     /// `_manifest/` files kept (`None`: the default).
     pub keep_manifests: Option<u32>,
+    /// `--since`: read back to runs started on this UTC day, not further.
+    pub since: Option<chrono::NaiveDate>,
 }
 
 impl ExportInputs {
@@ -190,6 +192,11 @@ impl ExportInputs {
             extract: ExtractOptions {
                 export_id: String::new(),
                 lookback: None,
+                since_us: self.since.map(|day| {
+                    day.and_time(chrono::NaiveTime::MIN)
+                        .and_utc()
+                        .timestamp_micros()
+                }),
                 unfinished_horizon: self.unfinished_horizon,
                 with_steps: self.with_steps,
                 page_size: self.page_size,

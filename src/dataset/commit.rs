@@ -23,6 +23,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::DatasetError;
+use super::digest::RunDigests;
 use super::marks::{DeletionMarks, conform, mark_deleted, would_mark};
 use super::shard::Layout;
 use super::storage::Storage;
@@ -90,6 +91,8 @@ pub struct PartitionCommit {
     pub rows_staged: usize,
     /// Stored rows this export replaced (the same run fetched again) or moved elsewhere.
     pub rows_replaced: usize,
+    /// Of the rows staged, those of runs fetched again with the same content (only re-read).
+    pub rows_unchanged: usize,
     /// Rows stored after.
     pub rows_after: usize,
     /// Stored runs marked as deleted upstream by this export (`runs` only).
@@ -113,11 +116,21 @@ impl CommitSummary {
             .sum()
     }
 
-    /// Rows of `table` that replaced a stored version.
+    /// Rows of `table` that replaced a stored version that differed (a run that finished
+    /// since, say); runs only re-read are [`CommitSummary::rows_unchanged`].
     pub fn rows_updated(&self, table: Table) -> usize {
         self.of(table)
-            .map(|p| p.rows_replaced.min(p.rows_staged))
+            .map(|p| {
+                p.rows_replaced
+                    .min(p.rows_staged)
+                    .saturating_sub(p.rows_unchanged)
+            })
             .sum()
+    }
+
+    /// Rows of `table` fetched again and stored as they were (every column but `extracted_at`).
+    pub fn rows_unchanged(&self, table: Table) -> usize {
+        self.of(table).map(|p| p.rows_unchanged).sum()
     }
 
     /// Stored runs this export marked as deleted upstream.
@@ -370,6 +383,7 @@ fn commit_partition(
             rows_before: 0,
             rows_staged: rows,
             rows_replaced: 0,
+            rows_unchanged: 0,
             rows_after: rows,
             rows_marked: 0,
             rewrote: false,
@@ -389,11 +403,18 @@ fn commit_partition(
     let (mut rows_before, mut rows_after, mut rows_staged, mut rows_marked) = (0, 0, 0, 0);
     // A file of an older schema (without a column added since) is rewritten in the current one.
     let mut upgraded = false;
+    let hasher = std::hash::RandomState::new();
+    let mut replaced = RunDigests::new(&schema, hasher.clone());
+    let mut replacing = RunDigests::new(&schema, hasher);
     for path in &existing {
         for batch in batches(storage, path, None)? {
             let (batch, changed) = conform(batch?, &schema, path)?;
             upgraded |= changed;
             rows_before += batch.num_rows();
+            if !change.replace.is_empty() && !staged.is_empty() {
+                let (wf, run) = key_columns(&batch, path)?;
+                replaced.add(&batch, wf, run, |w, r| change.replace.contains(w, r));
+            }
             let kept = without_keys(&batch, change.replace, path)?;
             let (kept, marked) = mark_deleted(kept, change.marks);
             rows_marked += marked;
@@ -406,6 +427,10 @@ fn commit_partition(
         for batch in batches(storage, path, None)? {
             let batch = batch?;
             rows_staged += batch.num_rows();
+            if rows_replaced > 0 {
+                let (wf, run) = key_columns(&batch, path)?;
+                replacing.add(&batch, wf, run, |_, _| true);
+            }
             writer.write(&batch).map_err(parquet_err)?;
         }
     }
@@ -436,6 +461,7 @@ fn commit_partition(
         rows_before,
         rows_staged,
         rows_replaced,
+        rows_unchanged: replacing.unchanged_rows(&replaced),
         rows_after,
         rows_marked,
         rewrote: !existing.is_empty(),

@@ -6,6 +6,7 @@
 //! through [`storage`] ([`LocalStorage`], [`ObjectStorage`]), picked by [`open`] from `--out`.
 
 mod commit;
+mod digest;
 mod marks;
 pub mod object;
 pub mod shard;
@@ -100,6 +101,11 @@ pub enum DatasetError {
         found: Option<u32>,
         wanted: Option<Shard>,
     },
+    /// `--out` holds files, none of them a dataset's: it is someone else's folder.
+    #[error(
+        "`{root}` is not empty and is not an orchestra-export dataset (it holds {found}); it is left untouched"
+    )]
+    NotADataset { root: String, found: String },
     /// The Parquet encoder failed.
     #[error("cannot write Parquet file `{path}`")]
     Parquet {
@@ -145,6 +151,7 @@ impl DatasetError {
             Self::BadUrl { .. } => "`--out` takes a folder, `file:///abs/path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`".to_owned(),
             Self::Store { url, source, .. } => source.hint(url),
             Self::Layout { found, .. } => shard::layout_hint(*found),
+            Self::NotADataset { .. } => "pass a new or empty folder, or the `--out` of an earlier export".to_owned(),
             _ => return None,
         })
     }
@@ -399,6 +406,29 @@ pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
     Ok(match Location::parse(out)? {
         Location::Local(path) => Arc::new(LocalStorage::open(path)?),
         Location::Object(url) => Arc::new(ObjectStorage::open(&url, ObjectOptions::from_env()?)?),
+    })
+}
+
+/// Refuses a root that holds entries but none an export writes: exporting into a home folder
+/// or a project checkout by mistake would scatter tables among someone's files.
+pub fn check_is_dataset(storage: &dyn Storage) -> Result<(), DatasetError> {
+    let mut names = storage.list("")?;
+    names.extend(storage.list_dirs("")?);
+    names.retain(|n| !n.starts_with('.'));
+    let ours = |name: &str| name.starts_with('_') || Table::ALL.iter().any(|t| t.name() == name);
+    if names.is_empty() || names.iter().any(|n| ours(n)) {
+        return Ok(());
+    }
+    names.sort();
+    let shown: Vec<String> = names.iter().take(3).map(|n| format!("`{n}`")).collect();
+    let more = names.len().saturating_sub(3);
+    Err(DatasetError::NotADataset {
+        root: storage.display(""),
+        found: if more > 0 {
+            format!("{} and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        },
     })
 }
 

@@ -47,6 +47,9 @@ pub struct ExtractOptions {
     pub export_id: String,
     /// Incremental look-back before the cursor; `None` pages every history to its end.
     pub lookback: Option<Duration>,
+    /// `--since`: page back to runs started at this instant (µs), not further; never past the
+    /// incremental stop, so it cannot skip runs newer than what was stored.
+    pub since_us: Option<i64>,
     /// Unfinished runs older than this are given up on.
     pub unfinished_horizon: Duration,
     /// Fetch each run's steps (`GET …/runs/{run_id}/steps`) into the `steps` table.
@@ -335,13 +338,15 @@ impl Extractor {
         tally: &mut Tally,
     ) -> Result<(), ExtractError> {
         // Incremental: stop once a page reaches past the cursor minus the look-back.
-        let stop_before = match (
+        let incremental = match (
             self.options.lookback,
             previous.and_then(WorkflowState::cursor_us),
         ) {
             (Some(lookback), Some(cursor)) => Some(cursor.saturating_sub(micros(lookback))),
             _ => None,
         };
+        let stop_before = stop_point(incremental, self.options.since_us);
+        tally.drop_before = self.options.since_us.and(stop_before);
         self.page_through(workflow_id, stop_before, tally).await?;
         let Some(previous) = previous else {
             return Ok(());
@@ -497,6 +502,18 @@ impl Extractor {
             if !verdict.keep.contains(&true) {
                 continue;
             }
+            if let Some(since) = tally.drop_before {
+                // Pages in flight reach past `--since`: their older runs are not this export's.
+                let older: HashSet<String> = page
+                    .runs
+                    .iter()
+                    .filter(|run| run.start_time.is_some_and(|t| t < since))
+                    .map(|run| run.id.clone())
+                    .collect();
+                if !older.is_empty() {
+                    page.drop_runs(|id| older.contains(id));
+                }
+            }
             tally.keep(&mut page, &verdict.keep);
             tally.count_days(&page)?;
             if self.options.with_steps {
@@ -602,6 +619,8 @@ struct Tally {
     days: HashSet<PartitionDate>,
     /// [`MAX_DAYS`] (lower in tests).
     max_days: usize,
+    /// With `--since`: runs started before this are not kept (pages in flight reach past it).
+    drop_before: Option<i64>,
 }
 
 impl Tally {
@@ -623,6 +642,7 @@ impl Tally {
             carried: Vec::new(),
             days: HashSet::new(),
             max_days: MAX_DAYS,
+            drop_before: None,
         }
     }
 
@@ -709,6 +729,15 @@ impl Tally {
     }
 }
 
+/// Where paging stops: the incremental stop, or `--since`; with both, the earlier of the two, so
+/// that `--since` widens what is read back but never leaves a gap after the stored runs.
+fn stop_point(incremental: Option<i64>, since: Option<i64>) -> Option<i64> {
+    match (incremental, since) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A duration in microseconds, saturating.
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -733,6 +762,26 @@ mod tests {
             extracted_at_us: 0,
         };
         flatten_page(&body, ctx).expect("a JSON array")
+    }
+
+    #[test]
+    fn since_widens_the_read_back_but_never_leaves_a_gap() {
+        // (incremental stop, --since, where paging stops)
+        let table = [
+            (None, None, None),
+            (Some(100), None, Some(100)),
+            (None, Some(50), Some(50)),
+            (Some(100), Some(50), Some(50)),
+            // A --since after the stored runs would skip the runs between: the cursor wins.
+            (Some(100), Some(150), Some(100)),
+        ];
+        for (incremental, since, want) in table {
+            assert_eq!(
+                stop_point(incremental, since),
+                want,
+                "{incremental:?} {since:?}"
+            );
+        }
     }
 
     #[test]

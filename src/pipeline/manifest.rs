@@ -32,6 +32,7 @@ pub(super) fn manifest(
                         "partition": p.date.dir_name(),
                         "rows_written": p.rows_staged,
                         "rows_replaced": p.rows_replaced,
+                        "rows_unchanged": p.rows_unchanged,
                         "rows_after": p.rows_after,
                         "rows_marked_deleted": p.rows_marked,
                         "file_replaced": p.rewrote,
@@ -43,6 +44,7 @@ pub(super) fn manifest(
                 json!({
                     "rows_new": s.committed.rows_new(*table),
                     "rows_updated": s.committed.rows_updated(*table),
+                    "rows_unchanged": s.committed.rows_unchanged(*table),
                     "partitions": partitions,
                 }),
             )

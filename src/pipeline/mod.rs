@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
 use crate::dataset::{
-    self, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate, Revisit, StagedFile,
-    Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
+    self, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate, Revisit, Shard,
+    StagedFile, Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
 };
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
@@ -23,9 +23,11 @@ use crate::flatten::{KeySet, PageError, Rejected, WorkflowList, flatten_workflow
 use crate::progress::Reporter;
 
 mod manifest;
+mod plan;
 mod summary;
 
 pub use manifest::DEFAULT_KEEP_MANIFESTS;
+pub use plan::{Plan, PlannedWorkflow, plan};
 pub use summary::{ExportSummary, ShardSelection, Stopped};
 
 /// Flattened partitions queued between extract and the writer; bounds memory between stages.
@@ -97,6 +99,7 @@ pub async fn export(
     let layout = Layout::from(config.shard);
     let export_id = layout.export_id(new_export_id());
     let storage: Arc<dyn Storage> = dataset::open(&config.out)?;
+    dataset::check_is_dataset(storage.as_ref())?;
     // A dataset of another layout is refused, also when two layouts start at the same instant.
     let _lock = layout.lock(storage.as_ref(), &lock_holder(&export_id))?;
     // What a killed export of this layout left: its staging area and hidden temp files. Nobody
@@ -120,13 +123,7 @@ pub async fn export(
             }));
 
         let (mut workflow_ids, workflow_list) = select_workflows(&client, &config).await?;
-        let listed = workflow_ids.len();
-        workflow_ids.retain(|id| layout.keeps(id));
-        let shard = config.shard.map(|shard| ShardSelection {
-            shard,
-            kept: workflow_ids.len(),
-            listed,
-        });
+        let shard = keep_shard(&mut workflow_ids, config.shard);
         if let Some(s) = shard {
             tracing::info!(target: "extract", "shard {}: {} of {} workflows are this shard's", s.shard, s.kept, s.listed);
         }
@@ -300,6 +297,17 @@ pub async fn select_workflows(
         }
     }
     Ok((workflow_ids, Some(list)))
+}
+
+/// Keeps the workflows of `shard` (all without one) and says what it kept of how many.
+fn keep_shard(ids: &mut Vec<String>, shard: Option<Shard>) -> Option<ShardSelection> {
+    let listed = ids.len();
+    ids.retain(|id| Layout::from(shard).keeps(id));
+    shard.map(|shard| ShardSelection {
+        shard,
+        kept: ids.len(),
+        listed,
+    })
 }
 
 /// Workflows that earlier exports of this layout stored (they have a state file) that are not

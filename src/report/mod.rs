@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, Utc};
 use polars::prelude::*;
 
+/// The folder inside a dataset where `report` writes by default (and `demo` always): `_`-prefixed
+/// like every folder that is not a table, so engines that read the dataset skip it.
+pub const REPORTS_DIR: &str = "_reports";
+
 /// Slowest runs listed.
 pub const DEFAULT_TOP_N: usize = 20;
 /// A regression needs at least this many runs in both weeks compared.

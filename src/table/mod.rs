@@ -44,6 +44,14 @@ pub enum Table {
 impl Table {
     /// The partitioned tables written for every run.
     pub const RUN_TABLES: [Table; 3] = [Table::Runs, Table::NodeOutputs, Table::RunInputs];
+    /// Every table.
+    pub const ALL: [Table; 5] = [
+        Table::Runs,
+        Table::NodeOutputs,
+        Table::RunInputs,
+        Table::Steps,
+        Table::Workflows,
+    ];
 
     /// Folder name under the export root.
     pub fn name(self) -> &'static str {

@@ -122,6 +122,7 @@ pub async fn verify(
     let options = ExtractOptions {
         export_id: "verify".to_owned(),
         lookback: None,
+        since_us: None,
         with_steps: false,
         keep_seen: false,
         ..config.extract.clone()

@@ -119,7 +119,7 @@ for table, types in DUCK_TYPES.items():
           f"{dataset.count_rows()}")
 
 # The report's numbers equal the same numbers computed independently in DuckDB.
-REPORTS = OUT / "reports"
+REPORTS = OUT / "_reports"
 if (REPORTS / "workflow_summary.parquet").exists():
     def close(a, b):
         if a is None or b is None:

@@ -104,7 +104,7 @@ fn probe(page: &Path, width: u32, work: &Path) -> Value {
 fn report_html_fits_1280_and_800_px_in_chromium_and_leads_with_what_needs_attention() {
     let (_sim, dir) = exported_with_steps(6, 500);
     assert_ok(&run(&["report", "--data", dir.path().to_str().unwrap()]));
-    let page = dir.path().join("reports/report.html");
+    let page = dir.path().join("_reports/report.html");
     let work = tempfile::tempdir().unwrap();
     for width in [1280, 800] {
         let p = probe(&page, width, work.path());

@@ -666,7 +666,7 @@ fn demo_replaces_its_own_output_and_never_touches_other_folders() {
         stdout(&first)
     );
     assert!(
-        out.join("reports/report.html").exists(),
+        out.join("_reports/report.html").exists(),
         "the demo writes the reports"
     );
     assert!(stdout(&first).contains("report: "), "{}", stdout(&first));

@@ -16,4 +16,5 @@ mod rerun;
 mod shard;
 mod store;
 mod support;
+mod usage;
 mod verify;

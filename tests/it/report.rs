@@ -91,7 +91,7 @@ fn the_report_computes_counts_rates_quantiles_and_groups() {
     ]);
     assert_ok(&out);
     assert!(stdout(&out).contains("report: 5 runs"), "{}", stdout(&out));
-    let reports = dir.path().join("reports");
+    let reports = dir.path().join("_reports");
 
     let summary = read(&reports.join("workflow_summary.parquet"));
     assert_eq!(
@@ -268,7 +268,7 @@ fn steps_are_exported_consistently_and_reported_per_node() {
     );
 
     assert_ok(&run(&["report", "--data", dir.path().to_str().unwrap()]));
-    let reports = dir.path().join("reports");
+    let reports = dir.path().join("_reports");
     let slowest = read(&reports.join("slowest_nodes.parquet"));
     assert!(slowest.num_rows() >= 6, "{} node rows", slowest.num_rows());
     let failing = read(&reports.join("failing_nodes.parquet"));
@@ -349,7 +349,7 @@ fn the_report_leads_with_what_regressed_and_names_every_workflow() {
         "{}",
         stdout(&out)
     );
-    let reports = dir.path().join("reports");
+    let reports = dir.path().join("_reports");
     let regressed_name = sim.server.workflows()[REGRESSING_WORKFLOW as usize]
         .name
         .clone();
@@ -535,11 +535,11 @@ fn output_sizes_in_files_without_value_bytes_are_measured_from_the_text() {
     let (sim, dir) = exported_with_steps(2, 120);
     let data = dir.path().to_str().unwrap();
     assert_ok(&run(&["report", "--data", data]));
-    let want = read(&dir.path().join("reports/node_stats.parquet"));
+    let want = read(&dir.path().join("_reports/node_stats.parquet"));
     strip_value_bytes(dir.path());
     assert!(!read_table(dir.path(), "node_outputs").1[0].contains_key("value_bytes"));
     assert_ok(&run(&["report", "--data", data]));
-    let got = read(&dir.path().join("reports/node_stats.parquet"));
+    let got = read(&dir.path().join("_reports/node_stats.parquet"));
     for column in ["output_bytes_p50", "output_bytes_p95"] {
         assert_eq!(f64s(&got, column), f64s(&want, column), "{column}");
         assert!(f64s(&got, column).iter().all(Option::is_some), "{column}");
@@ -577,7 +577,7 @@ fn files_rewritten_in_other_types_report_the_same_and_a_missing_key_is_an_error(
     let (_sim, dir) = exported_with_steps(2, 80);
     let data = dir.path().to_str().unwrap();
     assert_ok(&run(&["report", "--data", data]));
-    let want = std::fs::read_to_string(dir.path().join("reports/workflow_summary.csv")).unwrap();
+    let want = std::fs::read_to_string(dir.path().join("_reports/workflow_summary.csv")).unwrap();
     let rewrite = |drop: Option<&str>| {
         for path in parquet_files(&dir.path().join("runs")) {
             let batches = batches(&path);
@@ -616,7 +616,7 @@ fn files_rewritten_in_other_types_report_the_same_and_a_missing_key_is_an_error(
     };
     rewrite(None);
     assert_ok(&run(&["report", "--data", data]));
-    let got = std::fs::read_to_string(dir.path().join("reports/workflow_summary.csv")).unwrap();
+    let got = std::fs::read_to_string(dir.path().join("_reports/workflow_summary.csv")).unwrap();
     assert_eq!(got, want);
     rewrite(Some("workflow_id"));
     let out = run(&["report", "--data", data]);

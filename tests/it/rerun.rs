@@ -120,10 +120,16 @@ fn running_the_same_export_twice_or_in_full_changes_nothing_but_extracted_at() {
     let out = export(&sim, dir.path(), &["--all-workflows", "--full"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("(full)"), "{}", stdout(&out));
+    // Every run re-read, none changed: none is called updated.
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("runs "))
+        .unwrap();
     assert!(
-        stdout(&out).contains("runs                  0 new,    1200 updated"),
-        "{}",
-        stdout(&out)
+        line.contains("0 new,       0 updated rows in")
+            && line.ends_with("(1200 re-read, unchanged)"),
+        "{text}"
     );
     assert_eq!(content(dir.path()), first, "--full changed the data");
     assert_eq!(partition_files(dir.path()), files, "file count grew");
@@ -207,6 +213,17 @@ fn unfinished_runs_beyond_the_lookback_are_fetched_by_id_and_replaced() {
         stdout(&out).contains("unfinished runs: 2 fetched again"),
         "{}",
         stdout(&out)
+    );
+    // The run that finished in place is an updated row (the one whose start moved is new in
+    // its day); the runs only re-read are not called updated.
+    let summary = stdout(&out);
+    let runs_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("runs "))
+        .unwrap();
+    assert!(
+        runs_line.contains(" 1 updated rows in ") && runs_line.ends_with("(3 re-read, unchanged)"),
+        "{summary}"
     );
     assert_dataset_matches(dir.path(), "fx", &after, 0);
     assert_unique_keys(dir.path());

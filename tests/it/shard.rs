@@ -228,10 +228,10 @@ fn four_concurrent_shards_store_exactly_what_one_export_stores() {
         );
     }
     let mut compared = 0;
-    for file in all_files(&single.path().join("reports")) {
+    for file in all_files(&single.path().join("_reports")) {
         if file.extension().is_some_and(|e| e == "csv") {
             let name = file.file_name().unwrap();
-            let theirs = sharded.path().join("reports").join(name);
+            let theirs = sharded.path().join("_reports").join(name);
             // Every figure, but when each report was generated.
             let figures = |path: &std::path::Path| {
                 let text = std::fs::read_to_string(path).unwrap();

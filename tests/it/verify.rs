@@ -229,7 +229,7 @@ fn runs_deleted_added_and_finished_upstream_are_found_and_a_full_export_brings_a
         .filter(|n| !deleted.contains(n["run_id"].text().unwrap()))
         .count() as i64;
     assert!(live < nodes.len() as i64);
-    let stats = read_file(&dir.path().join("reports/node_stats.parquet"));
+    let stats = read_file(&dir.path().join("_reports/node_stats.parquet"));
     let counted: i64 = stats
         .iter()
         .map(|r| match r["rows"] {
