@@ -31,12 +31,10 @@ impl BarReporter {
     pub fn new() -> Self {
         let multi = MultiProgress::new();
         let workflows = multi.add(ProgressBar::new(0));
+        // Until the workflows are known (listed, states read): no empty bar.
         workflows.set_style(
-            ProgressStyle::with_template(
-                "{spinner} workflows {pos}/{len} [{bar:24}] {elapsed} (eta {eta}) {wide_msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} selecting workflows… {elapsed}")
+                .expect("valid template"),
         );
         let counters = multi.add(ProgressBar::new_spinner());
         counters.set_style(ProgressStyle::with_template("  {wide_msg}").expect("valid template"));
@@ -115,6 +113,13 @@ fn thousands(n: u64) -> String {
 impl Reporter for BarReporter {
     fn on_start(&self, workflows: usize, names: &HashMap<String, String>) {
         self.workflows.set_length(workflows as u64);
+        self.workflows.set_style(
+            ProgressStyle::with_template(
+                "{spinner} workflows {pos}/{len} [{bar:24}] {elapsed} (eta {eta}) {wide_msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         *self
             .names
             .lock()

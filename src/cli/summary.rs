@@ -61,11 +61,17 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             sel.shard, sel.kept, sel.listed
         );
     }
+    let steps: u64 = s.workflows.iter().map(|w| w.stats.steps_fetched).sum();
+    let requests = if steps > 0 {
+        // Most requests of a `--with-steps` export are the steps: say so.
+        format!("{} requests ({steps} of them for steps)", s.requests)
+    } else {
+        format!("{} requests", s.requests)
+    };
     let _ = writeln!(
         text,
-        "  {runs} runs, {} pages, {} requests, {} retries, {} duplicates skipped, {} quarantined, {} unreadable values",
+        "  {runs} runs, {} pages, {requests}, {} retries, {} duplicates skipped, {} quarantined, {} unreadable values",
         s.pages(),
-        s.requests,
         s.retries,
         s.duplicates(),
         s.quarantined(),
@@ -126,14 +132,14 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
             crate::extract::MAX_REFETCHES
         );
     }
-    let steps = s
+    let has_steps = s
         .committed
         .partitions
         .iter()
         .any(|p| p.table == Table::Steps);
     for table in Table::RUN_TABLES
         .into_iter()
-        .chain(steps.then_some(Table::Steps))
+        .chain(has_steps.then_some(Table::Steps))
     {
         let partitions = s
             .committed

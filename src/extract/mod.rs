@@ -104,6 +104,8 @@ pub struct WorkflowStats {
     pub aligned_offsets: bool,
     /// Pages fetched again because their body was unreadable (truncated, not JSON).
     pub page_retries: u64,
+    /// Runs whose steps were fetched (`--with-steps`; one request each).
+    pub steps_fetched: u64,
 }
 
 /// How one workflow's export ended.
@@ -411,6 +413,7 @@ impl Extractor {
             let keep: Vec<bool> = page.keys.iter().map(|k| tally.seen.insert(*k)).collect();
             tally.keep(&mut page, &keep);
             tally.count_days(&page)?;
+            tally.stats.steps_fetched += steps.len() as u64;
             self.reporter.on_steps(steps.len() as u64);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);
@@ -520,6 +523,7 @@ impl Extractor {
                 self.fetch_missing_steps(&workflow, &page, &mut steps)
                     .await?;
             }
+            tally.stats.steps_fetched += steps.len() as u64;
             self.reporter.on_steps(steps.len() as u64);
             self.reporter
                 .on_page(workflow_id, page.runs.len() as u64, bytes);

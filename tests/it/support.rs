@@ -243,11 +243,20 @@ pub fn exported_with_steps(workflows: usize, runs: u64) -> (Sim, tempfile::TempD
         ..SimConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    assert_ok(&export(
-        &sim,
-        dir.path(),
-        &["--all-workflows", "--with-steps"],
-    ));
+    let out = export(&sim, dir.path(), &["--all-workflows", "--with-steps"]);
+    assert_ok(&out);
+    // The summary says that most requests were for steps: one a run.
+    let text = stdout(&out);
+    let runs = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().split(' ').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        text.contains(&format!(" requests ({runs} of them for steps), ")),
+        "{text}"
+    );
     (sim, dir)
 }
 
