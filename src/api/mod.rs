@@ -747,6 +747,69 @@ mod tests {
         .unwrap()
     }
 
+    /// Answers one request on `listener` with an empty JSON array, then closes it.
+    fn answer_once(listener: std::net::TcpListener) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.read(&mut [0; 4096]);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]");
+        })
+    }
+
+    #[test]
+    fn a_refused_connection_is_final_until_the_api_answered_and_retried_after() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let base = format!("http://127.0.0.1:{port}/api");
+        let fast = |base: &str| {
+            let mut c = client(base);
+            Arc::get_mut(&mut c.options).unwrap().retry.base_delay = Duration::from_millis(100);
+            c
+        };
+        // Nothing answered yet: a refused connection fails at once, retries or not.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_url = format!(
+            "http://127.0.0.1:{}/api",
+            closed.local_addr().unwrap().port()
+        );
+        drop(closed);
+        let never = fast(&closed_url);
+        let err = runtime
+            .block_on(never.get(&never.workflows_url()))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::Transport {
+                    attempts: 1,
+                    kind: TransportKind::Connect,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Once it has answered, the same failure is a restart: retried until it is back.
+        let c = fast(&base);
+        let first = answer_once(listener);
+        assert_eq!(runtime.block_on(c.get(&c.workflows_url())).unwrap(), b"[]");
+        first.join().unwrap();
+        let back = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            answer_once(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap())
+                .join()
+                .unwrap();
+        });
+        assert_eq!(runtime.block_on(c.get(&c.workflows_url())).unwrap(), b"[]");
+        back.join().unwrap();
+        assert!(c.stats().retries.load(Ordering::Relaxed) >= 1);
+    }
+
     #[test]
     fn retries_held_up_by_one_pause_cost_the_budget_once() {
         let c = client("https://h.example/api/v1/workflow/");

@@ -22,15 +22,18 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     let ok = total - s.failed().count();
     if ok == 0 && runs == 0 && s.stopped().is_none_or(|st| st.partway == 0) && total > 0 {
         // Nothing fetched: the errors above say why; a table of zeros would only bury them.
+        let why = match (errors, s.stopped()) {
+            (0, Some(stopped)) => format!("{} before any page was read", stopped.reason),
+            (_, Some(stopped)) => format!(
+                "{errors} of {total} workflows failed, the rest stopped: {}",
+                stopped.reason
+            ),
+            _ => format!("{errors} of {total} workflows failed"),
+        };
         let _ = writeln!(
             text,
-            "export {}: nothing exported ({errors} of {total} workflows failed{}); the data in `{}` is unchanged",
+            "export {}: nothing exported ({why}); the data in `{}` is unchanged",
             s.export_id,
-            if errors < total {
-                ", the rest were not started"
-            } else {
-                ""
-            },
             out.display()
         );
         return text;
