@@ -549,11 +549,6 @@ impl TransientError {
     }
 }
 
-/// Classifies a transport failure by walking its causes. reqwest 0.13 with rustls yields, under
-/// a hyper-util connect error: `ConnectError("dns error", …)` when the name does not resolve,
-/// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and for a failed
-/// TLS handshake an `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`), a
-/// "tls handshake eof", or a reset after the TCP connection was made.
 /// A DNS failure that is an answer ("no such host"), not a resolver that is temporarily down.
 fn is_unknown_host(e: &reqwest::Error) -> bool {
     if transport_kind(e) != TransportKind::Dns {
@@ -572,26 +567,33 @@ fn is_unknown_host(e: &reqwest::Error) -> bool {
 /// A refused connection or a failed TLS handshake: nothing at that address speaks this API
 /// (wrong port or host, `https` to a plain-HTTP server, a certificate that will not verify).
 fn is_wrong_address(e: &reqwest::Error) -> bool {
-    match transport_kind(e) {
-        TransportKind::Tls => true,
-        TransportKind::Connect => {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-            while let Some(error) = cause {
-                let io = error.downcast_ref::<std::io::Error>();
-                if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
-                    return true;
-                }
-                cause = match io.and_then(std::io::Error::get_ref) {
-                    Some(inner) => Some(inner),
-                    None => error.source(),
-                };
-            }
-            false
+    // A refused connection; or a TLS library error (a certificate or protocol it refuses, such
+    // as a plain-HTTP answer), not a reset or an early EOF during the handshake, which a
+    // reloading proxy causes and a retry fixes.
+    let wanted = match transport_kind(e) {
+        TransportKind::Tls => std::io::ErrorKind::InvalidData,
+        TransportKind::Connect => std::io::ErrorKind::ConnectionRefused,
+        _ => return false,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        let io = error.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == wanted) {
+            return true;
         }
-        _ => false,
+        cause = match io.and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => error.source(),
+        };
     }
+    false
 }
 
+/// Classifies a transport failure by walking its causes. reqwest 0.13 with rustls yields, under
+/// a hyper-util connect error: `ConnectError("dns error", …)` when the name does not resolve,
+/// `ConnectError("tcp connect error", io::Error)` when refused or timed out, and for a failed
+/// TLS handshake an `io::Error` wrapping an `InvalidData` `io::Error` (a `rustls::Error`), a
+/// "tls handshake eof", or a reset after the TCP connection was made.
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
     if !e.is_connect() {
         return if e.is_timeout() {
@@ -723,6 +725,11 @@ pub fn redact_url(url: &Url) -> String {
     if url.password().is_some() {
         let mut shown = url.clone();
         let _ = shown.set_password(Some("***"));
+        shown.to_string()
+    } else if !url.username().is_empty() {
+        // `https://TOKEN@host/…`: a user name alone may be the secret.
+        let mut shown = url.clone();
+        let _ = shown.set_username("***");
         shown.to_string()
     } else {
         url.to_string()

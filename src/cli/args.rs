@@ -185,7 +185,8 @@ pub(super) struct ExportArgs {
     /// Read back to runs started on this UTC day (YYYY-MM-DD or an RFC 3339 instant), not
     /// further: a bounded backfill for a first export. Never skips runs newer than what earlier
     /// exports stored.
-    #[arg(help_heading = "What to export", long, value_name = "DATE", value_parser = parse_day)]
+    #[arg(help_heading = "What to export", long, value_name = "DATE", value_parser = parse_day,
+          conflicts_with = "full")]
     pub(super) since: Option<chrono::NaiveDate>,
     /// Say what would be exported — which workflows, which shard, where each resumes — and
     /// stop: no runs are requested (`--all-workflows` still lists workflows) and nothing is
@@ -365,7 +366,7 @@ Examples:
   # What would run, and from where each workflow resumes, without fetching a run
   orchestra-export export --config export.toml --dry-run
 
-  # A first export of November only, then hourly from cron
+  # A first export of the runs since November 1, then hourly from cron
   orchestra-export export --all-workflows --since 2026-11-01
   0 * * * * orchestra-export export --config /etc/orchestra/export.toml --quiet
 "

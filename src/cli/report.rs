@@ -128,7 +128,9 @@ pub(super) fn write_report(options: &ReportOptions, ui: Ui) -> i32 {
                 }
                 ReportError::Read { .. } => (
                     exit::PARTIAL_FAILURE,
-                    Some("`verify --data DIR` checks every file of the dataset"),
+                    Some(
+                        "`orchestra-export verify --out DIR` reads every file of the dataset and compares it with the API",
+                    ),
                 ),
             };
             report_error(&e, hint);

@@ -32,7 +32,7 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
         };
         let _ = writeln!(
             text,
-            "export {}: nothing exported ({why}); the data in `{}` is unchanged",
+            "export {}: nothing exported ({why}); no run in `{}` changed",
             s.export_id,
             out.display()
         );

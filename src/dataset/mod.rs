@@ -409,15 +409,47 @@ pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
     })
 }
 
+/// What an export (or `report`, `demo`) writes at the root besides the tables and the lock.
+const OWN_NAMES: [&str; 6] = [
+    "_state",
+    "_manifest",
+    "_staging",
+    "_rejected",
+    "_reports",
+    "_demo",
+];
+
 /// Refuses a root that holds entries but none an export writes: exporting into a home folder
 /// or a project checkout by mistake would scatter tables among someone's files.
 pub fn check_is_dataset(storage: &dyn Storage) -> Result<(), DatasetError> {
     let mut names = storage.list("")?;
     names.extend(storage.list_dirs("")?);
-    names.retain(|n| !n.starts_with('.'));
-    let ours = |name: &str| name.starts_with('_') || Table::ALL.iter().any(|t| t.name() == name);
-    if names.is_empty() || names.iter().any(|n| ours(n)) {
+    // Hidden entries and a file system's `lost+found` say nothing about whose folder it is.
+    names.retain(|n| !n.starts_with('.') && n != "lost+found");
+    // Only names this tool writes: a Spark output's `_SUCCESS` alone, or TensorBoard's `runs/`
+    // without partitions, is somebody else's folder.
+    let own_file = |name: &str| {
+        // Not `_SUCCESS`: Spark and Hadoop write one too. Every export takes `_lock` first.
+        let lock = storage::LOCK_FILE;
+        name == lock || name.starts_with(&format!("{lock}.shard-")) || OWN_NAMES.contains(&name)
+    };
+    let table = |name: &str| -> Result<bool, DatasetError> {
+        if !Table::ALL.iter().any(|t| t.name() == name) {
+            return Ok(false);
+        }
+        Ok(storage
+            .list_dirs(name)?
+            .iter()
+            .any(|d| d.starts_with("date="))
+            || storage.list(name)?.iter().any(|f| f.ends_with(".parquet")))
+    };
+    if names.is_empty() {
         return Ok(());
+    }
+    for name in &names {
+        if own_file(name) || table(name)? {
+            return Ok(());
+        }
     }
     names.sort();
     let shown: Vec<String> = names.iter().take(3).map(|n| format!("`{n}`")).collect();

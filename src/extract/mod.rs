@@ -348,7 +348,12 @@ impl Extractor {
             _ => None,
         };
         let stop_before = stop_point(incremental, self.options.since_us);
-        tally.drop_before = self.options.since_us.and(stop_before);
+        // Only when `--since` is where paging stops: otherwise the page at the incremental stop
+        // holds runs (unfinished ones among them) that a re-run keeps, as it always did.
+        tally.drop_before = self
+            .options
+            .since_us
+            .filter(|since| incremental.is_none_or(|stop| *since < stop));
         self.page_through(workflow_id, stop_before, tally).await?;
         let Some(previous) = previous else {
             return Ok(());
@@ -511,6 +516,8 @@ impl Extractor {
                     .runs
                     .iter()
                     .filter(|run| run.start_time.is_some_and(|t| t < since))
+                    // A run an earlier export stored unfinished is followed up, wherever it is.
+                    .filter(|run| !tally.stored_unfinished.contains_key(&run.id))
                     .map(|run| run.id.clone())
                     .collect();
                 if !older.is_empty() {

@@ -249,12 +249,15 @@ pub async fn export(
             &format!("{MANIFEST_DIR}/{}.json", summary.export_id),
             [manifest.to_string()],
         )?;
-        let pruned = manifest::prune(storage.as_ref(), layout, config.keep_manifests)?;
-        if pruned > 0 {
-            tracing::debug!(target: "dataset", pruned, keep = config.keep_manifests, "removed the oldest manifests");
-        }
         if summary.failed().next().is_none() {
             write_jsonl(storage.as_ref(), &success_marker, [manifest.to_string()])?;
+        }
+        // Housekeeping after the export is whole: a manifest that cannot be removed now is
+        // removed by a later export.
+        match manifest::prune(storage.as_ref(), layout, config.keep_manifests) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(target: "dataset", pruned, keep = config.keep_manifests, "removed the oldest manifests"),
+            Err(e) => tracing::warn!(target: "dataset", error = %crate::error_chain(&e), "cannot remove the oldest manifests; a later export tries again"),
         }
         Ok(summary)
     }

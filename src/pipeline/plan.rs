@@ -40,7 +40,7 @@ pub async fn plan(config: &ExportConfig) -> Result<Plan, ExportError> {
     let (mut ids, list) = select_workflows(&client, config).await?;
     let shard = keep_shard(&mut ids, config.shard);
     let names: HashMap<String, String> = list.map(|l| l.names).unwrap_or_default();
-    let states = if config.full || !exists(&config.out) {
+    let states = if !exists(&config.out) {
         None
     } else {
         let storage = dataset::open(&config.out)?;
@@ -49,7 +49,7 @@ pub async fn plan(config: &ExportConfig) -> Result<Plan, ExportError> {
         layout.check_root(storage.as_ref())?;
         let dir = layout.state_dir(state::STATE_DIR);
         let folder = state::StateFolder::list(storage.as_ref(), &dir)?;
-        Some((storage, folder))
+        (!config.full).then_some((storage, folder))
     };
     let mut workflows = Vec::with_capacity(ids.len());
     for id in ids {

@@ -51,7 +51,7 @@ pub const P95_REGRESSION_FACTOR: f64 = 1.25;
 pub struct ReportOptions {
     /// The export folder.
     pub data: PathBuf,
-    /// Where to write (default `DATA/reports`).
+    /// Where to write (default `DATA/_reports`).
     pub out: PathBuf,
     /// First UTC day included.
     pub since: Option<NaiveDate>,

@@ -192,7 +192,7 @@ fn an_unreachable_api_is_exit_5_and_names_the_url() {
     );
     assert!(!stderr(&out).contains("retrying"), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(": nothing exported (1 of 1 workflows failed); the data in `"),
+        stdout(&out).contains(": nothing exported (1 of 1 workflows failed); no run in `"),
         "{}",
         stdout(&out)
     );
@@ -874,7 +874,7 @@ fn a_base_url_without_the_api_path_says_where_the_api_usually_is() {
     // No table of zeros ending in "committed to": one line saying nothing changed.
     let summary = stdout(&explicit);
     assert!(
-        summary.contains(": nothing exported (1 of 1 workflows failed); the data in `")
+        summary.contains(": nothing exported (1 of 1 workflows failed); no run in `")
             && !summary.contains("committed to"),
         "{summary}"
     );

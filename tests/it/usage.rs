@@ -219,6 +219,14 @@ fn since_bounds_a_first_export_and_never_skips_runs_after_the_stored_ones() {
         requests < records.len() / 20,
         "{requests} requests: the whole history was read"
     );
+    // `--full` reads everything: a bound with it would leave a gap, so the two are refused.
+    let both = export(
+        &sim,
+        dir.path(),
+        &["--workflow", &id, "--full", "--since", &day],
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert_stderr_contains(&both, "cannot be used with");
     // A --since after the stored runs does not skip the runs that arrive in between.
     sim.server.add_runs(0, 5);
     let later = export(
@@ -280,6 +288,14 @@ fn export_into_a_folder_that_is_not_a_dataset_is_refused_and_left_untouched() {
         sim.server.requests().is_empty(),
         "it fetched before refusing"
     );
+    // A Spark output folder (its `_SUCCESS` and parts) is somebody else's too.
+    let spark = dir.path().join("spark");
+    std::fs::create_dir(&spark).unwrap();
+    std::fs::write(spark.join("_SUCCESS"), b"").unwrap();
+    std::fs::write(spark.join("part-00000.csv"), b"a,b\n").unwrap();
+    let out = export(&sim, &spark, &["--all-workflows"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_stderr_contains(&out, "(it holds `_SUCCESS`, `part-00000.csv`)");
     // A dataset with a file of the user's beside it is still a dataset.
     let data = dir.path().join("data");
     assert_ok(&export(&sim, &data, &["--all-workflows"]));
