@@ -237,11 +237,7 @@ pub fn render_plan(plan: &Plan, config: &ExportConfig) -> String {
             sel.shard, sel.kept, sel.listed
         );
     }
-    let since = config.extract.since_us.map(|us| {
-        chrono::DateTime::from_timestamp_micros(us)
-            .map(|t| t.format("%Y-%m-%d").to_string())
-            .unwrap_or_default()
-    });
+    let since = config.since_day();
     for w in &plan.workflows {
         let who = match &w.name {
             Some(name) => format!("{name} (`{}`)", w.workflow_id),

@@ -141,6 +141,16 @@ pub struct ExportInputs {
     pub since: Option<chrono::NaiveDate>,
 }
 
+impl ExportConfig {
+    /// `--since` as its UTC day (`YYYY-MM-DD`), for people and the manifest.
+    pub fn since_day(&self) -> Option<String> {
+        self.extract
+            .since_us
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+    }
+}
+
 impl ExportInputs {
     /// Validates everything and loads the key and workflows file.
     pub fn validate(self) -> Result<ExportConfig, ConfigError> {

@@ -443,11 +443,13 @@ pub fn check_is_dataset(storage: &dyn Storage) -> Result<(), DatasetError> {
             .any(|d| d.starts_with("date="))
             || storage.list(name)?.iter().any(|f| f.ends_with(".parquet")))
     };
-    if names.is_empty() {
+    // Own names first: a dataset always has one, so the table folders are listed (a request
+    // each on object storage) only for a folder that is probably not a dataset.
+    if names.is_empty() || names.iter().any(|n| own_file(n)) {
         return Ok(());
     }
     for name in &names {
-        if own_file(name) || table(name)? {
+        if table(name)? {
             return Ok(());
         }
     }

@@ -130,8 +130,7 @@ fn settings(c: &ExportConfig) -> serde_json::Value {
         "unfinished_horizon": format_duration(c.extract.unfinished_horizon),
         "shard": c.shard.map(|s| s.to_string()),
         "keep_manifests": c.keep_manifests,
-        "since": c.extract.since_us.and_then(chrono::DateTime::from_timestamp_micros)
-            .map(|t| t.format("%Y-%m-%d").to_string()),
+        "since": c.since_day(),
     })
 }
 
