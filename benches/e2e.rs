@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use orchestra_export::dataset::writer_properties;
 use orchestra_export::flatten::{PageContext, flatten_page};
+use orchestra_export::privacy::{Policy, PolicyRules};
 use orchestra_export::simulate::{DataProfile, SimConfig, SimServer};
 use parquet::arrow::ArrowWriter;
 
@@ -47,6 +48,9 @@ struct Options {
     data: DataProfile,
     /// Another exporter binary to measure (an older build, for the optimisation history).
     exporter: Option<PathBuf>,
+    /// `--mask` detectors: each repeat also exports with them, right after the plain export,
+    /// and the CPU floor flattens under them too.
+    mask: Option<String>,
 }
 
 fn options() -> Options {
@@ -62,6 +66,7 @@ fn options() -> Options {
         duckdb: true,
         data: DataProfile::Llm,
         exporter: None,
+        mask: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -79,6 +84,7 @@ fn options() -> Options {
             "--repeat" => o.repeat = value() as usize,
             "--latency-ms" => o.latency_ms = value(),
             "--exporter" => o.exporter = args.get(i + 1).map(PathBuf::from),
+            "--mask" => o.mask = args.get(i + 1).cloned(),
             "--data" => {
                 o.data = args
                     .get(i + 1)
@@ -172,17 +178,15 @@ fn timed(command: &mut Command, what: &str) -> (Timed, String) {
     (measure, text)
 }
 
-/// One export as a child process.
-fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options) -> Timed {
+/// One export as a child process (masking `mask` when given).
+fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options, mask: Option<&str>) -> Timed {
     let mut command = Command::new(bin);
+    command.arg("export");
+    if let Some(mask) = mask {
+        command.args(["--mask", mask]);
+    }
     command
-        .args([
-            "export",
-            "--base-url",
-            base_url,
-            "--all-workflows",
-            "--no-progress",
-        ])
+        .args(["--base-url", base_url, "--all-workflows", "--no-progress"])
         .args(["--page-size", &o.page_size.to_string()])
         .args(["--concurrency", &o.concurrency.to_string()])
         .arg("--out")
@@ -247,13 +251,14 @@ fn curl(urls: &[String], concurrency: usize, dir: &Path) -> Option<f64> {
     status.success().then(|| started.elapsed().as_secs_f64())
 }
 
-/// One core: seconds to merely parse `pages` with serde_json, to flatten them, and to flatten
-/// them and encode the rows to Parquet in memory.
-fn cpu_floor(pages: &[Vec<u8>]) -> (f64, f64, f64) {
+/// One core: seconds to merely parse `pages` with serde_json, to flatten them under `policy`,
+/// and to flatten them and encode the rows to Parquet in memory.
+fn cpu_floor(pages: &[Vec<u8>], policy: &Policy) -> (f64, f64, f64) {
     let ctx = |i: usize| PageContext {
         workflow_id: "bench",
         offset: i as u64,
         extracted_at_us: 0,
+        policy,
     };
     let started = Instant::now();
     for page in pages {
@@ -433,7 +438,7 @@ fn main() {
         o.repeat
     );
     let warm_out = work.path().join("warm");
-    let warm = export_once(&bin, &base, &warm_out, &o);
+    let warm = export_once(&bin, &base, &warm_out, &o, None);
     let parquet_bytes = size_of(&warm_out);
     let _ = std::fs::remove_dir_all(&warm_out);
     let origin = format!("http://{}", sim.addr());
@@ -451,6 +456,7 @@ fn main() {
     let mut floor = Vec::new();
     let mut curl_floor = Vec::new();
     let mut exports = Vec::new();
+    let mut masked = Vec::new();
     let mut received = 0;
     let mut sample = Vec::new();
     for i in 0..o.repeat {
@@ -465,8 +471,12 @@ fn main() {
             curl_floor.push(secs);
         }
         let out = work.path().join(format!("run-{i}"));
-        exports.push(export_once(&bin, &base, &out, &o));
+        exports.push(export_once(&bin, &base, &out, &o, None));
         let _ = std::fs::remove_dir_all(&out);
+        if let Some(mask) = &o.mask {
+            masked.push(export_once(&bin, &base, &out, &o, Some(mask)));
+            let _ = std::fs::remove_dir_all(&out);
+        }
     }
     let (floor_median, ..) = stats(floor.clone());
     let report = Report {
@@ -495,6 +505,18 @@ fn main() {
         &exports,
         parquet_bytes,
     );
+    if let Some(mask) = &o.mask {
+        report.route(
+            &format!("export with `--mask {mask}`"),
+            &masked,
+            parquet_bytes,
+        );
+        let cpu = |t: &[Timed]| stats(t.iter().map(|t| t.cpu).collect()).0;
+        println!(
+            "| CPU with `--mask {mask}` ÷ without (medians) | {:.3}× |",
+            cpu(&masked) / cpu(&exports)
+        );
+    }
     let export_median = stats(exports.iter().map(|t| t.wall).collect()).0;
     println!("| export runs/s | {:.0} |", runs as f64 / export_median);
     let python = python().filter(|_| o.latency_ms == 0);
@@ -528,7 +550,8 @@ fn main() {
     }
     if o.cpu && !sample.is_empty() {
         let mb = sample.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
-        let (parse, flatten_only, flatten) = cpu_floor(&sample);
+        let none = Policy::default();
+        let (parse, flatten_only, flatten) = cpu_floor(&sample, &none);
         println!(
             "| one core, {mb:.0} MB: serde_json parse only | {parse:.2} s ({:.0} MB/s) |",
             mb / parse
@@ -544,6 +567,24 @@ fn main() {
             flatten * 1e3 / mb
         );
         println!("| flatten + encode ÷ parse | {:.2}× |", flatten / parse);
+        if let Some(mask) = &o.mask {
+            let rules = PolicyRules {
+                mask: mask.split(',').map(str::to_owned).collect(),
+                ..PolicyRules::default()
+            };
+            let policy = Policy::build(&rules, None).expect("--mask names detectors");
+            let (_, masked_only, masked) = cpu_floor(&sample, &policy);
+            println!(
+                "| one core: flatten masking {mask} | {masked_only:.2} s ({:.2} ns/byte: +{:.2} ns/byte) |",
+                masked_only * 1e3 / mb,
+                (masked_only - flatten_only) * 1e3 / mb
+            );
+            println!(
+                "| one core: flatten masking {mask} + Parquet encode | {masked:.2} s ({:.2} ns/byte, {:.3}× without) |",
+                masked * 1e3 / mb,
+                masked / flatten
+            );
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! Parquet dataset.
 //!
 //! The pipeline reads left to right, one module per stage: [`api`] (HTTP, retries) →
-//! [`extract`] (paging, fan-out, de-duplication) → [`flatten`] (JSON → Arrow rows) →
+//! [`extract`] (paging, fan-out, de-duplication) → [`flatten`] (JSON → Arrow rows, each value through the [`privacy`] policy first) →
 //! [`dataset`] (Parquet files, partitions, atomic commits). [`report`] reads a dataset back with
 //! Polars; [`verify`] proves a dataset against the API. [`pipeline`] wires the stages for one export; [`cli`] turns flags into a validated [`config`]; [`simulate`] is an Orchestra-compatible
 //! server for demos, tests and benchmarks.
@@ -14,7 +14,9 @@ pub mod dataset;
 pub mod exit;
 pub mod extract;
 pub mod flatten;
+pub mod json_text;
 pub mod pipeline;
+pub mod privacy;
 pub mod progress;
 pub mod report;
 pub mod simulate;

@@ -203,6 +203,9 @@ pub struct ClientOptions {
     pub max_response_bytes: u64,
     /// Requests started per second at most, across the whole export.
     pub max_rps: Option<f64>,
+    /// The field policy: an error body is quoted in messages only as it lets
+    /// ([`Policy::protect_body`](crate::privacy::Policy::protect_body)).
+    pub policy: Arc<crate::privacy::Policy>,
 }
 
 /// Counters shared by all requests.
@@ -448,7 +451,10 @@ impl ApiClient {
             }
             let body = read_limited(response, ERROR_BODY_SNIPPET as u64 * 4)
                 .await
-                .map(|(b, _)| self.options.key.redact(&String::from_utf8_lossy(&b)))
+                .map(|(b, _)| {
+                    let text = self.options.key.redact(&String::from_utf8_lossy(&b));
+                    self.options.policy.protect_body(&text)
+                })
                 .unwrap_or_default();
             let error = TransientError::Status {
                 status: status.as_u16(),
@@ -750,6 +756,7 @@ mod tests {
             retry: RetryPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_rps: None,
+            policy: Default::default(),
         })
         .unwrap()
     }

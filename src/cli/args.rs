@@ -206,7 +206,37 @@ pub(super) struct ExportArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(super) keep_manifests: Option<u32>,
     #[command(flatten)]
+    pub(super) privacy: PrivacyArgs,
+    #[command(flatten)]
     pub(super) tuning: Tuning,
+}
+
+/// `[privacy]` as flags; each one given replaces the config file's key of the same name.
+#[derive(Debug, Args)]
+pub(super) struct PrivacyArgs {
+    /// Mask what these detectors find in every text value before it is written, e.g.
+    /// `email,phone,card,secret` (also `ip`, and the names of the config file's
+    /// `[[privacy.pattern]]`): `jane@example.com` is stored as `[email]`.
+    #[arg(
+        help_heading = "Privacy",
+        long,
+        value_name = "DETECTORS",
+        value_delimiter = ','
+    )]
+    pub(super) mask: Vec<String>,
+    /// Store the keyed HMAC-SHA256 (64 hex digits) of the values at this path instead of them,
+    /// e.g. `inputs.user_id` or `all_outputs.model/usage/user`; repeat for several. The key
+    /// comes from `ORCHESTRA_HASH_KEY` or `--hash-key-file`.
+    #[arg(help_heading = "Privacy", long = "hash", value_name = "PATH")]
+    pub(super) hash: Vec<String>,
+    /// Store NULL instead of the values at this path, e.g. `all_outputs.retriever`; repeat for
+    /// several.
+    #[arg(help_heading = "Privacy", long = "drop", value_name = "PATH")]
+    pub(super) drop: Vec<String>,
+    /// Read the hashing key from this file (default: the `ORCHESTRA_HASH_KEY` environment
+    /// variable).
+    #[arg(help_heading = "Privacy", long, value_name = "PATH")]
+    pub(super) hash_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +380,8 @@ Environment:
   ORCHESTRA_BASE_URL     Same as `--base-url`
   ORCHESTRA_SHARD        Same as `--shard K/N` (e.g. from a Kubernetes Indexed Job)
   ORCHESTRA_LOCK_LEASE   Object storage: how long a writer's lease lasts without renewal
+  ORCHESTRA_HASH_KEY     The key of `--hash` (or `--hash-key-file`); never printed, logged or
+                         written (the manifest records a fingerprint of it)
   AWS_*, GOOGLE_*, AZURE_*  Object storage credentials and endpoints, as each SDK reads them
                          (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, …)
   RUST_LOG               Log filter, overriding `-v`
@@ -365,6 +397,10 @@ Examples:
 
   # What would run, and from where each workflow resumes, without fetching a run
   orchestra-export export --config export.toml --dry-run
+
+  # Personal data masked, a user id hashed and a retriever's documents dropped before writing
+  ORCHESTRA_HASH_KEY=... orchestra-export export --all-workflows --mask email,phone,card,secret \
+      --hash inputs.user_id --drop all_outputs.retriever
 
   # A first export of the runs since November 1, then hourly from cron
   orchestra-export export --all-workflows --since 2026-11-01

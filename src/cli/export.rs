@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::args::{ApiArgs, ExportArgs, Tuning};
+use super::args::{ApiArgs, ExportArgs, PrivacyArgs, Tuning};
 use super::{Ui, report_error, reporter, summary, usage_error};
 use crate::api::{self, ApiError, TransportKind};
 use crate::config::{self, ConfigFile, ExportConfig, ExportInputs};
@@ -15,6 +15,7 @@ use crate::exit;
 use crate::extract::state::StateError;
 use crate::extract::{ExtractError, StopReason, Stopper};
 use crate::pipeline::{self, ExportError, ExportSummary};
+use crate::privacy::{HASH_KEY_ENV, PolicyRules};
 use crate::progress::Reporter;
 
 /// Settings from flags, then the config file, then defaults.
@@ -106,7 +107,7 @@ pub(super) async fn run_export(args: ExportArgs, ui: Ui) -> i32 {
         unfinished_horizon: args.unfinished_horizon.unwrap_or(inputs.unfinished_horizon),
         keep_manifests: args.keep_manifests.or(file.keep_manifests),
         since: args.since,
-        ..inputs
+        ..privacy_inputs(args.privacy, &file, inputs)
     };
     let config = match inputs.validate() {
         Ok(config) => config,
@@ -121,6 +122,30 @@ pub(super) async fn run_export(args: ExportArgs, ui: Ui) -> i32 {
         &out,
         ui,
     )
+}
+
+/// `[privacy]` with the flags over it: each flag given replaces the file's key.
+fn privacy_inputs(flags: PrivacyArgs, file: &ConfigFile, inputs: ExportInputs) -> ExportInputs {
+    let from_file = file.privacy.clone().unwrap_or_default();
+    let patterns = from_file.patterns();
+    let pick = |flag: Vec<String>, file: Option<Vec<String>>| {
+        if flag.is_empty() {
+            file.unwrap_or_default()
+        } else {
+            flag
+        }
+    };
+    ExportInputs {
+        privacy: PolicyRules {
+            mask: pick(flags.mask, from_file.mask),
+            hash: pick(flags.hash, from_file.hash),
+            drop: pick(flags.drop, from_file.drop),
+            patterns,
+        },
+        hash_key_file: flags.hash_key_file.or(from_file.hash_key_file),
+        hash_key_env: std::env::var(HASH_KEY_ENV).ok(),
+        ..inputs
+    }
 }
 
 /// `--dry-run`: prints the plan (stdout) or why there is none; exit 0 when there is one.

@@ -186,6 +186,17 @@ pub fn render(s: &ExportSummary, out: &Path) -> String {
     if let Some(rows) = s.workflows_table_rows {
         let _ = writeln!(text, "  {:<13} {rows:>9} rows", Table::Workflows.name());
     }
+    let (policy, protected) = &s.privacy;
+    if !policy.is_none() {
+        let _ = writeln!(
+            text,
+            "  privacy: {} values masked, {} hashed, {} dropped ({})",
+            protected.masked,
+            protected.hashed,
+            protected.dropped,
+            policy.describe()
+        );
+    }
     let _ = writeln!(
         text,
         "  {:.1} MB received, {:.1} MB written, committed to `{}` in {secs:.2} s ({:.0} runs/s)",
@@ -237,6 +248,10 @@ pub fn render_plan(plan: &Plan, config: &ExportConfig) -> String {
             sel.shard, sel.kept, sel.listed
         );
     }
+    let policy = config.extract.policy.record();
+    if !policy.is_none() {
+        let _ = writeln!(text, "  privacy: {}", policy.describe());
+    }
     let since = config.since_day();
     for w in &plan.workflows {
         let who = match &w.name {
@@ -262,6 +277,11 @@ pub fn render_plan(plan: &Plan, config: &ExportConfig) -> String {
                         ", {} unfinished runs to fetch again",
                         state.unfinished.len()
                     ));
+                }
+                if state.holds_other_privacy(config.extract.policy.record()) {
+                    from.push_str(
+                        "; its stored rows follow another privacy policy (`--full` rewrites them)",
+                    );
                 }
                 from
             }

@@ -1,9 +1,10 @@
 //! `verify`: runs a verification and turns its result into output (a table or JSON on stdout,
 //! one `error:` line per workflow that differs or could not be read on stderr) and an exit code.
 
-use crate::config::ExportInputs;
+use crate::config::{ConfigFile, ExportInputs};
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
+use crate::privacy::PolicyRules;
 use crate::verify::{self, Verification, VerifyError, render};
 
 use super::args::VerifyArgs;
@@ -17,7 +18,7 @@ const DIFFERS_HINT: &str = "runs that arrived or finished since the last export 
 
 pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
     let json = args.json;
-    let (inputs, _) = match api_inputs(args.api, &args.tuning, args.out) {
+    let (inputs, file) = match api_inputs(args.api, &args.tuning, args.out) {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
@@ -25,6 +26,7 @@ pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
     let inputs = ExportInputs {
         full: true,
         with_steps: false,
+        privacy: quoting_policy(&file),
         ..inputs
     };
     let config = match inputs.validate() {
@@ -45,6 +47,25 @@ pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
     match result {
         Ok(v) => finish(&v, &shown, json),
         Err(e) => fail(&e),
+    }
+}
+
+/// The config file's `[privacy]` for what `verify` prints (workflow names, quoted error bodies):
+/// its masks, and its hashed paths treated as dropped — `verify` stores nothing, so it needs no
+/// key; a body is withheld all the same.
+fn quoting_policy(file: &ConfigFile) -> PolicyRules {
+    let privacy = file.privacy.clone().unwrap_or_default();
+    let patterns = privacy.patterns();
+    PolicyRules {
+        mask: privacy.mask.unwrap_or_default(),
+        hash: Vec::new(),
+        drop: privacy
+            .hash
+            .into_iter()
+            .chain(privacy.drop)
+            .flatten()
+            .collect(),
+        patterns,
     }
 }
 

@@ -44,6 +44,41 @@ pub struct ConfigFile {
     pub shard: Option<Shard>,
     /// `_manifest/` files kept (the newest); older ones are removed after an export.
     pub keep_manifests: Option<u32>,
+    /// The field policy.
+    pub privacy: Option<PrivacyFile>,
+}
+
+/// `[privacy]`: what is masked, hashed and dropped before anything is written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyFile {
+    pub mask: Option<Vec<String>>,
+    pub hash: Option<Vec<String>>,
+    pub drop: Option<Vec<String>>,
+    pub hash_key_file: Option<PathBuf>,
+    /// Never allowed: present only to refuse it with a clear message.
+    hash_key: Option<toml::Value>,
+    /// `[[privacy.pattern]]`: custom detectors.
+    #[serde(default)]
+    pub pattern: Vec<PatternFile>,
+}
+
+impl PrivacyFile {
+    /// The custom detectors, as `(name, regex)`.
+    pub fn patterns(&self) -> Vec<(String, String)> {
+        self.pattern
+            .iter()
+            .map(|p| (p.name.clone(), p.regex.clone()))
+            .collect()
+    }
+}
+
+/// One `[[privacy.pattern]]`: `name = "employee_id"`, `regex = "EMP-[0-9]{6}"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternFile {
+    pub name: String,
+    pub regex: String,
 }
 
 /// Every key a config file may set, with what it takes (for errors and suggestions).
@@ -72,6 +107,28 @@ const KEYS: &[(&str, &str)] = &[
     ("with_steps", "`true` or `false`"),
     ("shard", "a string `K/N`, like \"0/4\""),
     ("keep_manifests", "a whole number from 1 to 100000"),
+    (
+        "privacy",
+        "a table `[privacy]` with `mask`, `hash`, `drop`, `hash_key_file` and `[[privacy.pattern]]` entries",
+    ),
+];
+
+/// Every key `[privacy]` may set, with what it takes.
+const PRIVACY_KEYS: &[(&str, &str)] = &[
+    (
+        "mask",
+        "a list of detectors, like [\"email\", \"phone\", \"card\", \"secret\", \"ip\"]",
+    ),
+    ("hash", "a list of field paths, like [\"inputs.user_id\"]"),
+    (
+        "drop",
+        "a list of field paths, like [\"all_outputs.retriever\"]",
+    ),
+    ("hash_key_file", "a path string"),
+    (
+        "pattern",
+        "`[[privacy.pattern]]` tables with `name` and `regex` strings",
+    ),
 ];
 
 /// Takes a duration as seconds (`60`, `0.25`) or as text (`"30s"`, `"1h30m"`); bounds are
@@ -141,11 +198,17 @@ impl ConfigFile {
         let table: toml::Table =
             toml::from_str(&text).map_err(|e| bad(syntax_message(&text, &e)))?;
         for key in table.keys() {
-            check_key(&text, key).map_err(bad)?;
+            check_key(&text, key, KEYS, "").map_err(bad)?;
+        }
+        if let Some(toml::Value::Table(privacy)) = table.get("privacy") {
+            for key in privacy.keys() {
+                check_key(&text, key, PRIVACY_KEYS, "[privacy] ").map_err(bad)?;
+            }
         }
         let mut file: ConfigFile =
             toml::from_str(&text).map_err(|e| bad(type_message(&text, &e)))?;
         let dir = path.parent().unwrap_or(Path::new(""));
+        let hash_key_file = file.privacy.as_mut().and_then(|p| p.hash_key_file.as_mut());
         for p in [
             &mut file.api_key_file,
             &mut file.workflows_file,
@@ -153,6 +216,7 @@ impl ConfigFile {
         ]
         .into_iter()
         .flatten()
+        .chain(hash_key_file)
         {
             if p.is_relative() && !p.as_os_str().is_empty() && !Location::is_url(p) {
                 *p = dir.join(&*p);
@@ -170,6 +234,15 @@ impl ConfigFile {
                 "api_key",
                 format!(
                     "`api_key` is not allowed: keep the key out of config files; set `{API_KEY_ENV}` or `api_key_file`"
+                ),
+            ));
+        }
+        if self.privacy.as_ref().is_some_and(|p| p.hash_key.is_some()) {
+            return Err((
+                "hash_key",
+                format!(
+                    "`hash_key` is not allowed: keep the key out of config files; set `{}` or `hash_key_file`",
+                    crate::privacy::HASH_KEY_ENV
                 ),
             ));
         }
@@ -241,9 +314,11 @@ impl ConfigFile {
                 )
             })?;
         }
+        let hash_key_file = self.privacy.as_ref().and_then(|p| p.hash_key_file.clone());
         for (key, path) in [
             ("api_key_file", &self.api_key_file),
             ("workflows_file", &self.workflows_file),
+            ("hash_key_file", &hash_key_file),
         ] {
             if let Some(path) = path {
                 check_readable_file(path)
@@ -259,21 +334,22 @@ impl ConfigFile {
 
 /// A key the file may not have: `api_key` (refused by [`ConfigFile::check`] with its reason
 /// passes here), or an unknown one, with the closest known key as a suggestion.
-fn check_key(text: &str, key: &str) -> Result<(), String> {
-    if key == "api_key" || KEYS.iter().any(|(known, _)| *known == key) {
+fn check_key(text: &str, key: &str, keys: &[(&str, &str)], table: &str) -> Result<(), String> {
+    let refused = ["api_key", "hash_key"];
+    if refused.contains(&key) || keys.iter().any(|(known, _)| *known == key) {
         return Ok(());
     }
     let shown = crate::terminal::safe(key);
-    let suggestion = KEYS
+    let suggestion = keys
         .iter()
         .map(|(known, _)| (strsim::damerau_levenshtein(key, known), *known))
         .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
         .min();
     let message = match suggestion {
-        Some((_, known)) => format!("unknown key `{shown}`; did you mean `{known}`?"),
+        Some((_, known)) => format!("unknown key {table}`{shown}`; did you mean `{known}`?"),
         None => format!(
-            "unknown key `{shown}`; the keys are {} (see `export.example.toml`)",
-            KEYS.iter()
+            "unknown key {table}`{shown}`; the keys are {} (see `export.example.toml`)",
+            keys.iter()
                 .map(|(k, _)| format!("`{k}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -330,7 +406,11 @@ fn type_message(text: &str, error: &toml::de::Error) -> String {
     let Some(key) = key_above(text, span.start) else {
         return format!("line {line}: {message}");
     };
-    let takes = KEYS.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
+    let takes = KEYS
+        .iter()
+        .chain(PRIVACY_KEYS)
+        .find(|(k, _)| *k == key)
+        .map(|(_, t)| *t);
     // serde says `invalid type: string "ten", expected u32`: say what the key takes instead,
     // and keep messages our own parsers wrote (they quote the value and the forms).
     match (
@@ -402,12 +482,59 @@ mod tests {
     fn every_listed_key_is_a_field_and_every_field_is_listed() {
         for (key, _) in KEYS {
             // A value of the wrong type for every key: refused for its type, never as unknown.
-            let err = toml::from_str::<ConfigFile>(&format!("{key} = {{ x = 1 }}")).unwrap_err();
+            let wrong = if *key == "privacy" { "1" } else { "{ x = 1 }" };
+            let err = toml::from_str::<ConfigFile>(&format!("{key} = {wrong}")).unwrap_err();
             assert!(!err.message().contains("unknown field"), "{key}: {err}");
         }
         let err = toml::from_str::<ConfigFile>("nope = 1").unwrap_err();
         let fields = err.message().split("expected one of ").nth(1).unwrap();
         assert_eq!(fields.matches('`').count() / 2, KEYS.len() + 1, "{fields}");
+    }
+
+    #[test]
+    fn the_privacy_table_loads_and_names_its_mistakes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "k".repeat(32)).unwrap();
+        let path = dir.path().join("export.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ConfigFile::load(&path)
+        };
+        let file = load(
+            "out = \"x\"\n[privacy]\nmask = [\"email\"]\nhash = [\"inputs.user_id\"]\nhash_key_file = \"hash.key\"\n[[privacy.pattern]]\nname = \"emp\"\nregex = \"EMP-[0-9]+\"\n",
+        )
+        .unwrap();
+        let privacy = file.privacy.unwrap();
+        assert_eq!(privacy.mask, Some(vec!["email".to_owned()]));
+        assert_eq!(privacy.hash_key_file, Some(dir.path().join("hash.key")));
+        assert_eq!(privacy.pattern[0].regex, "EMP-[0-9]+");
+        let cases = [
+            (
+                "[privacy]\nmask = \"email\"\n",
+                "line 2: `mask` takes a list of detectors, like [\"email\", \"phone\", \"card\", \"secret\", \"ip\"], not a string",
+            ),
+            (
+                "[privacy]\nmasks = [\"email\"]\n",
+                "line 2: unknown key [privacy] `masks`; did you mean `mask`?",
+            ),
+            (
+                "[privacy]\nhash_key = \"secret-value\"\n",
+                "line 2: `hash_key` is not allowed",
+            ),
+            (
+                "[privacy]\nhash_key_file = \"missing.key\"\n",
+                "line 2: `hash_key_file` `",
+            ),
+            (
+                "[[privacy.pattern]]\nname = \"x\"\n",
+                "missing field `regex`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("secret-value"), "{e}");
+        }
     }
 
     #[test]

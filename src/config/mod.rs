@@ -18,6 +18,7 @@ use url::Url;
 use crate::api::{self, ApiKey, ClientOptions, RetryPolicy};
 use crate::dataset::{Location, Shard};
 use crate::extract::{DEFAULT_MAX_WINDOW, ExtractOptions};
+use crate::privacy::{HashKey, Policy, PolicyRules};
 
 /// Environment variable holding the API key.
 pub const API_KEY_ENV: &str = "ORCHESTRA_API_KEY";
@@ -57,6 +58,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The field policy is not usable, or its key is missing.
+    #[error("privacy policy: {0}")]
+    Privacy(String),
     /// The config file has a bad key or value.
     #[error("invalid config file `{}`: {message}", path.display())]
     ConfigInvalid { path: PathBuf, message: String },
@@ -139,6 +143,12 @@ pub struct ExportInputs {
     pub keep_manifests: Option<u32>,
     /// `--since`: read back to runs started on this UTC day, not further.
     pub since: Option<chrono::NaiveDate>,
+    /// `[privacy]` rules, flags merged in.
+    pub privacy: PolicyRules,
+    /// `--hash-key-file` / `hash_key_file`.
+    pub hash_key_file: Option<PathBuf>,
+    /// `ORCHESTRA_HASH_KEY`.
+    pub hash_key_env: Option<String>,
 }
 
 impl ExportConfig {
@@ -174,6 +184,11 @@ impl ExportInputs {
             return Err(ConfigError::NoWorkflows);
         }
         let concurrency = self.concurrency.max(1);
+        let policy = std::sync::Arc::new(build_policy(
+            &self.privacy,
+            self.hash_key_file.as_deref(),
+            self.hash_key_env.as_deref(),
+        )?);
         Ok(ExportConfig {
             client: ClientOptions {
                 base_url,
@@ -189,6 +204,7 @@ impl ExportInputs {
                     .max_response_bytes
                     .unwrap_or(api::DEFAULT_MAX_RESPONSE_BYTES),
                 max_rps: self.max_rps,
+                policy: policy.clone(),
             },
             workflow_ids: ids,
             all_workflows: self.all_workflows,
@@ -213,9 +229,30 @@ impl ExportInputs {
                 max_window: concurrency.min(DEFAULT_MAX_WINDOW),
                 parallel_workflows: concurrency,
                 keep_seen: self.full,
+                policy,
             },
         })
     }
+}
+
+/// The field policy of `rules`, with its key when something is hashed.
+fn build_policy(
+    rules: &PolicyRules,
+    key_file: Option<&Path>,
+    key_env: Option<&str>,
+) -> Result<Policy, ConfigError> {
+    if rules.is_empty() {
+        return Ok(Policy::default());
+    }
+    let key = if rules.hash.is_empty() {
+        None
+    } else {
+        if let Some(path) = key_file {
+            warn_if_others_can_read(path, "hashing key");
+        }
+        HashKey::load(key_file, key_env).map_err(ConfigError::Privacy)?
+    };
+    Policy::build(rules, key.as_ref()).map_err(ConfigError::Privacy)
 }
 
 /// Parses and checks a base URL: http(s), no query or fragment.
@@ -260,7 +297,7 @@ fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigErro
             path: path.to_path_buf(),
             source,
         })?;
-        warn_if_others_can_read(path);
+        warn_if_others_can_read(path, "API key");
         return ApiKey::parse(&text).map_err(|reason| ConfigError::BadKey {
             from: format!("`{}`", path.display()),
             reason,
@@ -275,8 +312,8 @@ fn load_key(file: Option<&Path>, env: Option<&str>) -> Result<ApiKey, ConfigErro
     }
 }
 
-/// Warns when a key file can be read by other users of the machine.
-fn warn_if_others_can_read(path: &Path) {
+/// Warns when a key file (`what`: "API key") can be read by other users of the machine.
+fn warn_if_others_can_read(path: &Path, what: &str) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -285,7 +322,7 @@ fn warn_if_others_can_read(path: &Path) {
             if mode & 0o077 != 0 {
                 tracing::warn!(
                     target: "config",
-                    "API key file `{}` can be read by other users (mode {mode:o}); run `chmod 600 {}`",
+                    "{what} file `{}` can be read by other users (mode {mode:o}); run `chmod 600 {}`",
                     path.display(),
                     path.display()
                 );

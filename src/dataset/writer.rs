@@ -456,6 +456,7 @@ mod tests {
             workflow_id: "w",
             offset: 0,
             extracted_at_us: 0,
+            policy: crate::privacy::Policy::none(),
         };
         let body = serde_json::to_vec(&records).unwrap();
         flatten_page(&body, ctx).unwrap().partitions

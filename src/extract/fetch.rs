@@ -15,6 +15,7 @@ use super::paging::PageRequest;
 use crate::api::{ApiClient, ApiError};
 use crate::dataset::PartitionDate;
 use crate::flatten::{self, FlatPage, PageContext, RunInfo};
+use crate::privacy::Policy;
 
 /// The steps of one run.
 pub(super) struct RunSteps {
@@ -58,6 +59,7 @@ async fn flatten_on_rayon(
     body: Vec<u8>,
     workflow: Arc<str>,
     offset: u64,
+    policy: Arc<Policy>,
 ) -> Option<Result<FlatPage, flatten::PageError>> {
     let extracted_at_us = chrono::Utc::now().timestamp_micros();
     let (tx, rx) = oneshot::channel();
@@ -66,6 +68,7 @@ async fn flatten_on_rayon(
             workflow_id: &workflow,
             offset,
             extracted_at_us,
+            policy: &policy,
         };
         let _ = tx.send(flatten::flatten_page(&body, ctx));
     });
@@ -78,6 +81,8 @@ pub(super) struct Fetcher {
     pub client: ApiClient,
     pub with_steps: bool,
     pub steps_at_once: usize,
+    /// The field policy every value goes through before it is stored.
+    pub policy: Arc<Policy>,
 }
 
 impl Fetcher {
@@ -114,27 +119,28 @@ impl Fetcher {
                 Err(source) => return (0, Err(ExtractError::Api { offset, source })),
             };
             let bytes = body.len() as u64;
-            let page = match flatten_on_rayon(body, workflow.clone(), offset).await {
-                Some(Ok(page)) => page,
-                Some(Err(source)) => {
-                    let shown = crate::api::redact_url(&url);
-                    if self.client.may_retry(attempt, false).is_ok() {
-                        let cause = format!("unreadable page: {source}");
-                        self.client
-                            .wait_to_retry(&shown, attempt, None, &cause)
-                            .await;
-                        continue;
+            let page =
+                match flatten_on_rayon(body, workflow.clone(), offset, self.policy.clone()).await {
+                    Some(Ok(page)) => page,
+                    Some(Err(source)) => {
+                        let shown = crate::api::redact_url(&url);
+                        if self.client.may_retry(attempt, false).is_ok() {
+                            let cause = format!("unreadable page: {source}");
+                            self.client
+                                .wait_to_retry(&shown, attempt, None, &cause)
+                                .await;
+                            continue;
+                        }
+                        let error = ExtractError::Page {
+                            offset,
+                            url: shown,
+                            attempts: attempt,
+                            source,
+                        };
+                        return (bytes, Err(error));
                     }
-                    let error = ExtractError::Page {
-                        offset,
-                        url: shown,
-                        attempts: attempt,
-                        source,
-                    };
-                    return (bytes, Err(error));
-                }
-                None => return (bytes, Err(ExtractError::WriterStopped)),
-            };
+                    None => return (bytes, Err(ExtractError::WriterStopped)),
+                };
             break (page, bytes);
         };
         let steps = if self.with_steps {
@@ -166,7 +172,7 @@ impl Fetcher {
     ) -> Result<Vec<RunSteps>, ExtractError> {
         stream::iter(runs.into_iter().map(|run| {
             let (client, workflow) = (self.client.clone(), workflow.clone());
-            Self::run_steps(client, workflow, run)
+            Self::run_steps(client, workflow, run, self.policy.clone())
         }))
         .buffered(self.steps_at_once.max(1))
         .filter_map(|r| async move { r.transpose() })
@@ -180,6 +186,7 @@ impl Fetcher {
         client: ApiClient,
         workflow: Arc<str>,
         run: RunInfo,
+        policy: Arc<Policy>,
     ) -> Result<Option<RunSteps>, ExtractError> {
         {
             let url = client.steps_url(&workflow, &run.id);
@@ -188,14 +195,15 @@ impl Fetcher {
                 Err(ApiError::Status { status: 404, .. }) => return Ok(None),
                 Err(source) => return Err(ExtractError::Api { offset: 0, source }),
             };
-            let batch = flatten::flatten_steps(&body, &workflow, &run.id).map_err(|source| {
-                ExtractError::Page {
-                    offset: 0,
-                    url: crate::api::redact_url(&url),
-                    attempts: 1,
-                    source,
-                }
-            })?;
+            let batch =
+                flatten::flatten_steps(&body, &workflow, &run.id, &policy).map_err(|source| {
+                    ExtractError::Page {
+                        offset: 0,
+                        url: crate::api::redact_url(&url),
+                        attempts: 1,
+                        source,
+                    }
+                })?;
             Ok(Some(RunSteps {
                 date: run.date(),
                 run_id: run.id,

@@ -63,6 +63,8 @@ pub struct ExtractOptions {
     /// Hand back the fingerprints of every run a workflow's paging received (for `--full`,
     /// which marks the stored runs the API no longer has, and for `verify`).
     pub keep_seen: bool,
+    /// The field policy every value goes through before it is stored.
+    pub policy: std::sync::Arc<crate::privacy::Policy>,
 }
 
 /// Counters of one workflow's export.
@@ -252,6 +254,7 @@ impl Extractor {
             client: client.clone(),
             with_steps: options.with_steps,
             steps_at_once: options.max_window,
+            policy: options.policy.clone(),
         };
         Self {
             client,
@@ -736,7 +739,21 @@ impl Tally {
         // runs that have not happened yet.
         let newest = self.newest_start.map(|t| t.min(now));
         let cursor = previous.and_then(WorkflowState::cursor_us).max(newest);
-        WorkflowState::new(workflow_id, cursor, unfinished, &options.export_id)
+        let privacy = options.policy.record().clone();
+        let mut older_privacy = Vec::new();
+        for p in previous
+            .into_iter()
+            .flat_map(|p| p.older_privacy.iter().chain([&p.privacy]))
+        {
+            if *p != privacy && !older_privacy.contains(p) {
+                older_privacy.push(p.clone());
+            }
+        }
+        WorkflowState {
+            privacy,
+            older_privacy,
+            ..WorkflowState::new(workflow_id, cursor, unfinished, &options.export_id)
+        }
     }
 }
 
@@ -771,6 +788,7 @@ mod tests {
             workflow_id: "wf",
             offset: 0,
             extracted_at_us: 0,
+            policy: crate::privacy::Policy::none(),
         };
         flatten_page(&body, ctx).expect("a JSON array")
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{DatasetError, Storage};
 use crate::flatten::{format_timestamp, parse_timestamp};
+use crate::privacy::PolicyRecord;
 
 /// Folder of the state files.
 pub const STATE_DIR: &str = "_state";
@@ -59,6 +60,13 @@ pub struct WorkflowState {
     pub last_success: String,
     /// Which export that was.
     pub last_export_id: String,
+    /// The field policy of the rows that export wrote (absent: none).
+    #[serde(default, skip_serializing_if = "PolicyRecord::is_none")]
+    pub privacy: PolicyRecord,
+    /// Other policies earlier exports wrote rows under that are still stored (cleared by a
+    /// `--full` export, which rewrites every run the API still serves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older_privacy: Vec<PolicyRecord>,
 }
 
 impl WorkflowState {
@@ -81,7 +89,14 @@ impl WorkflowState {
             unfinished,
             last_success: format_timestamp(chrono::Utc::now().timestamp_micros()),
             last_export_id: export_id.to_owned(),
+            privacy: PolicyRecord::default(),
+            older_privacy: Vec::new(),
         }
+    }
+
+    /// Whether rows of this workflow follow another policy than `current`.
+    pub fn holds_other_privacy(&self, current: &PolicyRecord) -> bool {
+        self.privacy != *current || !self.older_privacy.is_empty()
     }
 }
 

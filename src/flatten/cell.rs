@@ -13,6 +13,8 @@
 
 use std::fmt::Write as _;
 
+use crate::json_text::{hex4, unescape_into};
+
 use arrow::array::StringBuilder;
 use serde_json::Value;
 
@@ -32,6 +34,10 @@ pub(super) enum Cell<'a> {
     Escaped(&'a str),
     /// A value whose text is not compact: written from its parsed form.
     Parsed(Value),
+    /// Text the privacy policy rewrote (masked, or a pointer inside it hashed or dropped).
+    Owned(String),
+    /// The policy's digest of the whole value: stored as it is, never masked.
+    Digest(String),
 }
 
 /// Nesting beyond this is left to `serde_json`, which enforces its recursion limit.
@@ -61,6 +67,7 @@ impl<'a> Cell<'a> {
         match self {
             Cell::Null => builder.append_null(),
             Cell::Text(text) => builder.append_value(text),
+            Cell::Owned(text) | Cell::Digest(text) => builder.append_value(text),
             Cell::Escaped(content) => {
                 unescape_into(content, builder);
                 builder.append_value("");
@@ -78,6 +85,7 @@ impl<'a> Cell<'a> {
         match self {
             Cell::Null | Cell::Parsed(_) => 0,
             Cell::Text(text) | Cell::Escaped(text) => text.len(),
+            Cell::Owned(text) | Cell::Digest(text) => text.len(),
         }
     }
 
@@ -86,6 +94,7 @@ impl<'a> Cell<'a> {
         match self {
             Cell::Null => None,
             Cell::Text(text) => Some((*text).to_owned()),
+            Cell::Owned(text) | Cell::Digest(text) => Some(text.clone()),
             Cell::Escaped(content) => {
                 let mut out = String::with_capacity(content.len());
                 unescape_into(content, &mut out);
@@ -165,13 +174,6 @@ pub(super) fn string_of(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// The four hex digits at `at` in `bytes`, as a number (the parser checked they are hex).
-fn hex4(bytes: &[u8], at: usize) -> u32 {
-    bytes[at..at + 4]
-        .iter()
-        .fold(0, |n, b| n * 16 + char::from(*b).to_digit(16).unwrap_or(0))
-}
-
 /// Refuses a `\uD800`–`\uDFFF` escape that is not half of a pair: the value has no text.
 fn check_surrogates(content: &str) -> Result<(), Unusable> {
     let bytes = content.as_bytes();
@@ -196,40 +198,6 @@ fn check_surrogates(content: &str) -> Result<(), Unusable> {
         }
     }
     Ok(())
-}
-
-/// Writes the unescaped `content` (checked by [`check_surrogates`]) to `out`.
-fn unescape_into(content: &str, out: &mut impl std::fmt::Write) {
-    let bytes = content.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', &bytes[i..]) {
-        i += at;
-        let _ = out.write_str(&content[start..i]);
-        let (ch, len) = match bytes[i + 1] {
-            b'n' => ('\n', 2),
-            b't' => ('\t', 2),
-            b'r' => ('\r', 2),
-            b'b' => ('\u{8}', 2),
-            b'f' => ('\u{c}', 2),
-            b'u' => {
-                let unit = hex4(bytes, i + 2);
-                if (0xD800..0xDC00).contains(&unit) {
-                    let low = hex4(bytes, i + 8);
-                    let code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
-                    (char::from_u32(code).unwrap_or('\u{FFFD}'), 12)
-                } else {
-                    (char::from_u32(unit).unwrap_or('\u{FFFD}'), 6)
-                }
-            }
-            // `\"`, `\\` and `\/` stand for themselves.
-            other => (char::from(other), 2),
-        };
-        let _ = out.write_char(ch);
-        i += len;
-        start = i;
-    }
-    let _ = out.write_str(&content[start..]);
 }
 
 /// What a scan of an object's or array's text found.

@@ -17,6 +17,7 @@ fn ctx() -> PageContext<'static> {
         workflow_id: "wf",
         offset: 0,
         extracted_at_us: 0,
+        policy: crate::privacy::Policy::none(),
     }
 }
 
@@ -317,6 +318,55 @@ fn noisy_json(value: &Value, noise: &mut impl FnMut(u32) -> u32, out: &mut Strin
     }
 }
 
+/// Every detector, a hash and a drop, with a pointer: what the policy fuzz test applies.
+static FUZZ_POLICY: std::sync::LazyLock<crate::privacy::Policy> = std::sync::LazyLock::new(|| {
+    let rules = crate::privacy::PolicyRules {
+        mask: ["email", "phone", "card", "secret", "ip"]
+            .map(String::from)
+            .to_vec(),
+        hash: vec!["inputs.user_id".into()],
+        drop: vec!["all_outputs.pii/a/1".into()],
+        patterns: Vec::new(),
+    };
+    let key = crate::privacy::HashKey::parse("fuzz-key-0123456789abcdef", "fuzz").unwrap();
+    crate::privacy::Policy::build(&rules, Some(&key)).unwrap()
+});
+
+/// `record` with personal data planted where the policy must find it: a user id input, and a
+/// node output holding an address (escaped, in a key too) and a value to drop.
+fn plant(mut record: Value, seed: u64) -> Value {
+    if let Value::Object(map) = &mut record {
+        let text = if seed.is_multiple_of(2) {
+            "x\n \"q\" jane@example.com"
+        } else {
+            "jane@example.com"
+        };
+        let inputs = map.entry("inputs").or_insert_with(|| json!({}));
+        if let Value::Object(inputs) = inputs {
+            inputs.insert("user_id".into(), json!("u-secret-1"));
+        }
+        let outputs = map.entry("all_outputs").or_insert_with(|| json!({}));
+        if let Value::Object(outputs) = outputs {
+            outputs.insert(
+                "pii".into(),
+                json!({"a": [text, "u-secret-1"], "jane@example.com": 1}),
+            );
+        }
+    }
+    record
+}
+
+/// Deterministic noise from `seed` (xorshift): `noise(n)` is below `n`.
+fn noise_from(seed: u64) -> impl FnMut(u32) -> u32 {
+    let mut state = seed | 1;
+    move |n: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(n)) as u32
+    }
+}
+
 /// Everything a flattened page holds, as text, to compare two pages whole.
 fn everything(page: &Result<FlatPage, super::PageError>) -> String {
     format!("{page:?}")
@@ -329,13 +379,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let compact = serde_json::to_vec(&records).unwrap_or_default();
-        let mut state = seed | 1;
-        let mut noise = |n: u32| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % u64::from(n)) as u32
-        };
+        let mut noise = noise_from(seed);
         let mut noisy = String::new();
         noisy_json(&Value::Array(records.clone()), &mut noise, &mut noisy);
         prop_assert_eq!(serde_json::from_str::<Value>(&noisy).ok(), Some(Value::Array(records)));
@@ -343,6 +387,36 @@ proptest! {
         prop_assert_eq!(&everything(&super::flatten_one_by_one(&compact, ctx())), &want, "record by record");
         prop_assert_eq!(&everything(&flatten_page(noisy.as_bytes(), ctx())), &want, "noisy: {}", noisy);
         prop_assert_eq!(&everything(&super::flatten_one_by_one(noisy.as_bytes(), ctx())), &want, "noisy, record by record");
+    }
+
+    #[test]
+    fn under_a_policy_both_paths_store_the_same_and_nested_values_stay_json(
+        records in prop::collection::vec(any_record(), 0..6),
+        seed in any::<u64>(),
+    ) {
+        let records: Vec<Value> = records.into_iter().enumerate().map(|(i, r)| plant(r, i as u64 ^ seed)).collect();
+        let compact = serde_json::to_vec(&records).unwrap_or_default();
+        let mut noise = noise_from(seed);
+        let mut noisy = String::new();
+        noisy_json(&Value::Array(records), &mut noise, &mut noisy);
+        let ctx = PageContext { policy: &FUZZ_POLICY, ..ctx() };
+        let page = flatten_page(&compact, ctx);
+        let want = everything(&page);
+        prop_assert_eq!(&everything(&super::flatten_one_by_one(&compact, ctx)), &want, "record by record");
+        prop_assert_eq!(&everything(&flatten_page(noisy.as_bytes(), ctx)), &want, "noisy: {}", noisy);
+        let page = page.unwrap();
+        for part in &page.partitions {
+            let types = strings(&part.node_outputs, "value_type");
+            for (t, v) in types.iter().zip(strings(&part.node_outputs, "value")) {
+                if let (Some("object" | "array"), Some(v)) = (t.as_deref(), v) {
+                    prop_assert!(serde_json::from_str::<Value>(&v).is_ok(), "{}", v);
+                }
+            }
+            let all = format!("{:?}", (&part.runs, &part.node_outputs, &part.run_inputs));
+            prop_assert!(!all.contains("jane@example.com") && !all.contains("u-secret-1"), "{}", all);
+        }
+        let rejected = format!("{:?}", page.rejected);
+        prop_assert!(!rejected.contains("jane@example.com"), "{}", rejected);
     }
 
     #[test]

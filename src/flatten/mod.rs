@@ -15,6 +15,10 @@
 //! record-by-record way (`page.rs`), which names what is wrong; both ways store the same bytes
 //! (the fuzz suite checks it on reformatted and re-escaped pages).
 //!
+//! The field policy ([`PageContext::policy`], see [`crate::privacy`]) is applied here, to each
+//! run's cells before they are appended and to each rejected record (`protect.rs`): no value
+//! leaves this module unprotected. With no rule the step is skipped.
+//!
 //! Value encoding, shared by every JSON-valued column: a JSON string is stored verbatim (unescaped),
 //! JSON `null` is SQL NULL, and any other value is stored as compact JSON text with its object key
 //! order kept. A `value_type` column names the JSON type (`string`, `object`, `array`, `number`,
@@ -43,6 +47,7 @@
 mod cell;
 mod dupkeys;
 mod page;
+mod protect;
 mod raw;
 mod rows;
 mod run;
@@ -57,6 +62,7 @@ use arrow::array::{BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
 use serde_json::Value;
 
+use crate::privacy::Policy;
 use crate::table::{PartitionDate, PartitionRows};
 use cell::Unusable;
 use page::Element;
@@ -91,6 +97,8 @@ pub struct PageContext<'a> {
     pub offset: u64,
     /// When the page was received, microseconds since the Unix epoch (UTC).
     pub extracted_at_us: i64,
+    /// The field policy applied to every value before it is stored ([`Policy::none`]: none).
+    pub policy: &'a Policy,
 }
 
 /// A record that cannot be a run, kept with the reason so nothing is silently dropped.
@@ -331,7 +339,7 @@ fn flatten_items<'a>(
             let cells = RunCells::prepare(&record)?;
             Ok((run, cells))
         });
-        let (run, cells) = match checked {
+        let (run, mut cells) = match checked {
             Ok((Ok(run), cells)) => (run, cells),
             Ok((Err(reason), _)) => {
                 let value = record.to_value();
@@ -356,6 +364,9 @@ fn flatten_items<'a>(
             out.duplicates += 1;
             continue;
         }
+        if !ctx.policy.is_empty() {
+            protect::protect_cells(&mut cells, ctx.policy);
+        }
         out.count_unreadable(&run);
         if let Some(reason) = run.unreadable_reason() {
             out.rejected.push(reject(reason, record.to_value(), true));
@@ -371,6 +382,9 @@ fn flatten_items<'a>(
             .entry(PartitionDate::from_micros(run.start_time))
             .or_default()
             .push((run, cells));
+    }
+    for rejected in &mut out.rejected {
+        protect::protect_rejected(rejected, ctx.policy);
     }
     out.partitions = by_date
         .into_iter()

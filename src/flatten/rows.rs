@@ -16,21 +16,25 @@ use crate::table::{NodeOutputsRows, PartitionDate, PartitionRows, RunInputsRows,
 const CELL_FIELDS: [&str; 5] = ["status", "error", "outputs", "all_outputs", "inputs"];
 
 /// One entry of `all_outputs` or `inputs`.
-struct Entry<'a> {
-    name: Cow<'a, str>,
-    value_type: &'static str,
-    value: Cell<'a>,
+pub(super) struct Entry<'a> {
+    pub(super) name: Cow<'a, str>,
+    pub(super) value_type: &'static str,
+    pub(super) value: Cell<'a>,
 }
 
 /// The cells of one run's rows.
 pub(super) struct RunCells<'a> {
     status: Cell<'a>,
-    error: Cell<'a>,
-    outputs: Cell<'a>,
+    pub(super) error: Cell<'a>,
+    /// The JSON type of `error` (`string`, `object`, …).
+    pub(super) error_type: &'static str,
+    pub(super) outputs: Cell<'a>,
+    /// The JSON type of `outputs`.
+    pub(super) outputs_type: &'static str,
     /// `runs.inputs`: compact JSON whatever the type (a string input is quoted).
-    inputs: Cell<'a>,
-    nodes: Vec<Entry<'a>>,
-    inputs_rows: Vec<Entry<'a>>,
+    pub(super) inputs: Cell<'a>,
+    pub(super) nodes: Vec<Entry<'a>>,
+    pub(super) inputs_rows: Vec<Entry<'a>>,
 }
 
 impl<'a> RunCells<'a> {
@@ -50,10 +54,13 @@ impl<'a> RunCells<'a> {
             }
             Some(raw) => Cell::of(raw)?,
         };
+        let json_type = |name: &str| record.get(name).map_or("null", cell::json_type_of);
         Ok(Self {
             status: cell("status")?,
             error: cell("error")?,
+            error_type: json_type("error"),
             outputs: cell("outputs")?,
+            outputs_type: json_type("outputs"),
             inputs,
             nodes: entries(record.get("all_outputs"))?,
             inputs_rows: entries(record.get("inputs"))?,

@@ -4,27 +4,32 @@ use arrow::array::RecordBatch;
 use serde_json::Value;
 
 use super::{PageError, append_json, integer_seconds, json_type, parse_timestamp};
+use crate::privacy::Policy;
 use crate::table::StepsRows;
 
-/// Flattens one run's steps. Every step is kept; a field of an unexpected type is stored as NULL
-/// (timestamps, numbers) or as compact JSON text (everything else).
+/// Flattens one run's steps under `policy` ([`Policy::protect_step`]). Every step is kept; a
+/// field of an unexpected type is stored as NULL (timestamps, numbers) or as compact JSON text
+/// (everything else).
 pub fn flatten_steps(
     body: &[u8],
     workflow_id: &str,
     run_id: &str,
+    policy: &Policy,
 ) -> Result<RecordBatch, PageError> {
     let steps: Value = serde_json::from_slice(body).map_err(|e| PageError::Malformed {
         line: e.line(),
         column: e.column(),
         message: e.to_string(),
     })?;
-    let Value::Array(steps) = steps else {
+    let Value::Array(mut steps) = steps else {
         return Err(PageError::NotAnArray {
             found: json_type(&steps),
         });
     };
     let mut rows = StepsRows::default();
-    for step in &steps {
+    for step in &mut steps {
+        policy.protect_step(step);
+        let step = &*step;
         let field = |name: &str| step.get(name);
         let ts = |name: &str| {
             field(name)
@@ -74,7 +79,7 @@ mod tests {
             {"id": "s2", "node_id": "model", "status": "failed", "start_time": "2025-03-12T03:39:31.5Z",
              "end_time": null, "elapsed_time": null, "error": "boom", "outputs": {}, "inputs": null, "tokens": "7"}
         ]"#;
-        let batch = flatten_steps(body, "wf", "r1").unwrap();
+        let batch = flatten_steps(body, "wf", "r1", Policy::none()).unwrap();
         assert_eq!(batch.num_rows(), 2);
         let text = |c: &str| -> Vec<Option<String>> {
             batch
@@ -105,6 +110,6 @@ mod tests {
         assert_eq!(text("error"), [None, Some("boom".into())]);
         assert_eq!(ints("duration_ms"), [Some(1500), None]);
         assert_eq!(ints("tokens"), [Some(0), Some(7)]);
-        assert!(flatten_steps(b"{}", "wf", "r1").is_err());
+        assert!(flatten_steps(b"{}", "wf", "r1", Policy::none()).is_err());
     }
 }

@@ -15,6 +15,7 @@ fn ctx() -> PageContext<'static> {
         workflow_id: "wf-1",
         offset: 0,
         extracted_at_us: NOW,
+        policy: crate::privacy::Policy::none(),
     }
 }
 

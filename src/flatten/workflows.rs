@@ -4,6 +4,7 @@ use arrow::array::RecordBatch;
 use serde_json::Value;
 
 use super::{PageError, append_json, json_type, parse_timestamp};
+use crate::privacy::Policy;
 use crate::table::WorkflowsRows;
 
 /// The workflows table and the ids it lists, in API order.
@@ -20,14 +21,19 @@ pub struct WorkflowList {
     pub names: std::collections::HashMap<String, String>,
 }
 
-/// Flattens a `GET /workflows` body. Ids come from `workflow_id` (or `id` when that is absent).
-pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowList, PageError> {
+/// Flattens a `GET /workflows` body. Ids come from `workflow_id` (or `id` when that is absent);
+/// names and descriptions are masked by `policy` (here and in [`WorkflowList::names`]).
+pub fn flatten_workflows(
+    body: &[u8],
+    extracted_at_us: i64,
+    policy: &Policy,
+) -> Result<WorkflowList, PageError> {
     let list: Value = serde_json::from_slice(body).map_err(|e| PageError::Malformed {
         line: e.line(),
         column: e.column(),
         message: e.to_string(),
     })?;
-    let Value::Array(entries) = list else {
+    let Value::Array(mut entries) = list else {
         return Err(PageError::NotAnArray {
             found: json_type(&list),
         });
@@ -36,7 +42,15 @@ pub fn flatten_workflows(body: &[u8], extracted_at_us: i64) -> Result<WorkflowLi
     let mut skipped = 0;
     let mut names = std::collections::HashMap::new();
     let mut rows = WorkflowsRows::default();
-    for entry in &entries {
+    for entry in &mut entries {
+        for field in ["name", "description"] {
+            if let Some(v) = entry.get_mut(field)
+                && policy.masker().mask_value(v)
+            {
+                policy.count(None);
+            }
+        }
+        let entry = &*entry;
         let id = match entry.get("workflow_id").or_else(|| entry.get("id")) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),

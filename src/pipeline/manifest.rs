@@ -13,6 +13,17 @@ use super::{ExportSummary, MANIFEST_DIR};
 /// `_manifest/` files a layout keeps by default: months of hourly exports, a few MB.
 pub const DEFAULT_KEEP_MANIFESTS: u32 = 1000;
 
+/// The policy's rules and key fingerprint, and how many values fetched it masked, hashed and
+/// dropped.
+fn privacy(s: &ExportSummary) -> serde_json::Value {
+    let (record, protected) = &s.privacy;
+    let mut value = json!(record);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("values_changed".to_owned(), json!(protected));
+    }
+    value
+}
+
 /// The manifest record of an export: what a downstream job checks before it reads.
 pub(super) fn manifest(
     s: &ExportSummary,
@@ -80,6 +91,8 @@ pub(super) fn manifest(
         "export_id": s.export_id,
         "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
         "settings": settings(config),
+        // The rules and the key's fingerprint, never the key; what they changed.
+        "privacy": privacy(s),
         "status": if s.failed().next().is_none() { "ok" } else { "partial" },
         "mode": if s.full { "full" } else { "incremental" },
         "started_at": started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

@@ -20,6 +20,7 @@ use crate::dataset::{
 use crate::extract::state::{self, StateError};
 use crate::extract::{ExtractOptions, Extractor, SinkItem, Stopper, WorkflowOutcome};
 use crate::flatten::{KeySet, PageError, Rejected, WorkflowList, flatten_workflows};
+use crate::privacy::PolicyRecord;
 use crate::progress::Reporter;
 
 mod manifest;
@@ -68,6 +69,34 @@ impl ExportError {
             _ => None,
         }
     }
+}
+
+/// Warns when stored rows of the selected workflows follow another field policy than this
+/// export's: they keep it (only `--full` rewrites them).
+fn warn_of_other_privacy(work: &[(String, Option<state::WorkflowState>)], current: &PolicyRecord) {
+    let mut others: Vec<&PolicyRecord> = Vec::new();
+    let mut workflows = 0;
+    for state in work.iter().filter_map(|(_, s)| s.as_ref()) {
+        if state.holds_other_privacy(current) {
+            workflows += 1;
+            for p in state.older_privacy.iter().chain([&state.privacy]) {
+                if p != current && !others.contains(&p) {
+                    others.push(p);
+                }
+            }
+        }
+    }
+    if workflows == 0 {
+        return;
+    }
+    let others: Vec<String> = others.iter().map(|p| p.describe()).collect();
+    tracing::warn!(
+        target: "privacy",
+        "{workflows} of {} workflows hold rows written under another privacy policy ({}), not this export's ({}): those rows keep it; run `export --full` to rewrite them under this one",
+        work.len(),
+        others.join(" | "),
+        current.describe()
+    );
 }
 
 /// A new export id: UTC time to the millisecond (sortable: manifests are pruned by it) and a
@@ -140,6 +169,7 @@ pub async fn export(
             };
             work.push((id, previous));
         }
+        warn_of_other_privacy(&work, config.extract.policy.record());
         let first = !config.full && work.iter().all(|(_, state)| state.is_none());
         let no_names = std::collections::HashMap::new();
         reporter.on_start(
@@ -225,6 +255,10 @@ pub async fn export(
         let stats = client.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let summary = ExportSummary {
+            privacy: (
+                config.extract.policy.record().clone(),
+                config.extract.policy.protected(),
+            ),
             export_id,
             full: config.full,
             first,
@@ -283,13 +317,15 @@ pub async fn select_workflows(
     }
     let url = client.workflows_url();
     let body = client.get(&url).await.map_err(ExportError::ListWorkflows)?;
-    let list =
-        flatten_workflows(&body, chrono::Utc::now().timestamp_micros()).map_err(|source| {
-            ExportError::WorkflowList {
-                url: crate::api::redact_url(&url),
-                source,
-            }
-        })?;
+    let list = flatten_workflows(
+        &body,
+        chrono::Utc::now().timestamp_micros(),
+        &config.extract.policy,
+    )
+    .map_err(|source| ExportError::WorkflowList {
+        url: crate::api::redact_url(&url),
+        source,
+    })?;
     if list.skipped > 0 {
         tracing::warn!(target: "extract", skipped = list.skipped, "workflow list entries without an id were skipped");
     }

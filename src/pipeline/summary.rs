@@ -9,6 +9,8 @@ use crate::extract::{ExtractError, StopReason, WorkflowOutcome};
 /// The result of an export.
 #[derive(Debug)]
 pub struct ExportSummary {
+    /// The field policy, and what it changed in what was fetched.
+    pub privacy: (crate::privacy::PolicyRecord, crate::privacy::Protected),
     /// Identifies the export in file names.
     pub export_id: String,
     /// One outcome per workflow, in the order requested.

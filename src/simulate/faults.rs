@@ -49,6 +49,9 @@ pub enum FaultKind {
     /// A 500 whose error body quotes the request's `Authorization` header back (as careless
     /// APIs do): the client must not print it.
     EchoKey,
+    /// A 500 whose error body quotes the start of the page it would have served (as APIs that
+    /// echo the record they failed on do): messages must not leak what the privacy policy hides.
+    EchoRecord,
     /// A `200` whose body is this many bytes (a JSON array padded with spaces), generated
     /// while it is sent, without a `Content-Length`: a client must stop reading at its limit.
     Huge {
@@ -144,7 +147,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `KIND[:OPTION]…` where KIND is an HTTP status (`429`, `503`…), `reset`, `truncate`,
-    /// `malformed`, `echo-key`, `hang=SECS`, `slow=MILLIS`, `huge=BYTES` or `redirect=http://host:port`, and the options
+    /// `malformed`, `echo-key`, `echo-record`, `hang=SECS`, `slow=MILLIS`, `huge=BYTES` or `redirect=http://host:port`, and the options
     /// are `first=N` (the default is `first=1`), `rate=P`, `always`, `path=TEXT` and, for
     /// statuses, `retry-after=SECS` or `retry-date=SECS`.
     fn from_str(spec: &str) -> Result<Self, String> {
@@ -203,6 +206,7 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
         "truncate" => FaultKind::TruncatedBody,
         "malformed" => FaultKind::Malformed,
         "echo-key" => FaultKind::EchoKey,
+        "echo-record" => FaultKind::EchoRecord,
         "hang" => FaultKind::Hang(Duration::from_secs_f64(number(name, value)?)),
         "slow" => FaultKind::SlowBody {
             pause: Duration::from_millis(number(name, value)?),
@@ -223,7 +227,7 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
             _ => {
                 return Err(format!(
                     "unknown fault `{text}`: expected an HTTP status 400-599, reset, truncate, \
-                     malformed, echo-key, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT"
+                     malformed, echo-key, echo-record, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT"
                 ));
             }
         },
@@ -382,6 +386,11 @@ pub(super) async fn damage(kind: &FaultKind, response: Response) -> Response {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "body", None);
     };
     let half = bytes.slice(..bytes.len() / 2);
+    if matches!(kind, FaultKind::EchoRecord) {
+        let quoted = String::from_utf8_lossy(&bytes[..bytes.len().min(600)]).into_owned();
+        let detail = format!("cannot serialize record {quoted}");
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, &detail, None);
+    }
     let body = match kind {
         FaultKind::TruncatedBody => {
             parts.headers.remove(header::CONTENT_LENGTH);

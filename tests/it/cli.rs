@@ -93,7 +93,7 @@ fn every_flag_rejects_bad_values_with_one_line_naming_it() {
         (vec!["simulate", "--runs", "1000001"], bad_value("1000001", "--runs <N>", "1000001 is not in 1..=1000000")),
         (vec!["simulate", "--page-cap", "0"], bad_value("0", "--page-cap <N>", "0 is not in 1..=100000")),
         (vec!["simulate", "--latency-ms", "600001"], bad_value("600001", "--latency-ms <MS>", "600001 is not in 0..=600000")),
-        (vec!["simulate", "--fault", "200"], bad_value("200", "--fault <SPEC>", "unknown fault `200`: expected an HTTP status 400-599, reset, truncate, malformed, echo-key, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT")),
+        (vec!["simulate", "--fault", "200"], bad_value("200", "--fault <SPEC>", "unknown fault `200`: expected an HTTP status 400-599, reset, truncate, malformed, echo-key, echo-record, hang=SECS, slow=MILLIS, huge=BYTES or redirect=http://HOST:PORT")),
         (vec!["simulate", "--fault", "503:rate=2"], bad_value("503:rate=2", "--fault <SPEC>", "`rate=2` must be between 0 and 1")),
         (vec!["simulate", "--drift", "insert=x"], bad_value("insert=x", "--drift <SPEC>", "`insert=x` needs a number")),
         (vec!["simulate", "--rate-limit", "-3"], bad_value("-3", "--rate-limit <RPS>", "`-3` is not a rate above 0 and at most 100000 requests per second")),
@@ -121,7 +121,7 @@ fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
     let file = path.display().to_string();
     let cases = [
         ("concurency = 3", "line 1: unknown key `concurency`; did you mean `concurrency`?".to_owned()),
-        ("page_size = 10\ncolour = \"red\"", "line 2: unknown key `colour`; the keys are `base_url`, `api_key_file`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `max_rps`, `max_response_size`, `retry_delay`, `lookback`, `unfinished_horizon`, `with_steps`, `shard`, `keep_manifests` (see `export.example.toml`)".into()),
+        ("page_size = 10\ncolour = \"red\"", "line 2: unknown key `colour`; the keys are `base_url`, `api_key_file`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `max_rps`, `max_response_size`, `retry_delay`, `lookback`, `unfinished_horizon`, `with_steps`, `shard`, `keep_manifests`, `privacy` (see `export.example.toml`)".into()),
         ("page_size = 5\n[net\nx = 1", "line 2, column 5: unclosed table, expected `]`".into()),
         ("base_url = 5", "line 1: `base_url` takes a URL string, not 5".into()),
         ("base_url = \"ftp://user:pw@h/x\"", "line 1: `base_url` `ftp://user:***@h/x`: scheme `ftp` is not http or https".into()),
@@ -149,6 +149,9 @@ fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
         ("unfinished_horizon = \"3651d\"", "line 1: `unfinished_horizon`: `3651d` is not a duration like `90`, `30s`, `5m` or `1h30m`".into()),
         ("keep_manifests = 0", "line 1: `keep_manifests` must be between 1 and 100000, not 0".into()),
         ("with_steps = 1", "line 1: `with_steps` takes `true` or `false`, not 1".into()),
+        ("[privacy]\nmask = \"email\"", "line 2: `mask` takes a list of detectors, like [\"email\", \"phone\", \"card\", \"secret\", \"ip\"], not a string".into()),
+        ("[privacy]\ndorp = [\"outputs\"]", "line 2: unknown key [privacy] `dorp`; did you mean `drop`?".into()),
+        ("privacy = 1", "line 1: `privacy` takes a table `[privacy]` with `mask`, `hash`, `drop`, `hash_key_file` and `[[privacy.pattern]]` entries, not 1".into()),
     ];
     for (text, want) in &cases {
         std::fs::write(&path, text).unwrap();

@@ -43,6 +43,7 @@ fn transient_statuses_are_retried_and_others_are_not_for_every_code() {
         },
         max_response_bytes: api::DEFAULT_MAX_RESPONSE_BYTES,
         max_rps: None,
+        policy: Default::default(),
     })
     .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

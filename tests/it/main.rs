@@ -11,6 +11,7 @@ mod export;
 mod faults;
 mod hostile;
 mod interop;
+mod privacy;
 mod report;
 mod rerun;
 mod shard;

@@ -93,11 +93,18 @@ pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `export` against `sim` into `out`, with extra args.
 pub fn export(sim: &Sim, out: &Path, extra: &[&str]) -> Output {
+    export_with_env(sim, out, extra, &[])
+}
+
+/// [`export`] with more environment variables than the API key.
+pub fn export_with_env(sim: &Sim, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let url = sim.url();
     let out = out.to_str().unwrap();
     let mut args = vec!["export", "--base-url", url.as_str(), "--out", out];
     args.extend_from_slice(extra);
-    run(&args)
+    let mut env = env.to_vec();
+    env.push(("ORCHESTRA_API_KEY", KEY));
+    run_with_env(&args, &env)
 }
 
 /// Starts `export` against `sim` into `out` as a child process, stdout and stderr piped.

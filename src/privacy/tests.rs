@@ -1,0 +1,226 @@
+use serde_json::json;
+
+use super::*;
+
+fn key(text: &str) -> HashKey {
+    HashKey::parse(text, "test").unwrap()
+}
+
+fn rules(mask: &[&str], hash: &[&str], drop: &[&str]) -> PolicyRules {
+    let own = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+    PolicyRules {
+        mask: own(mask),
+        hash: own(hash),
+        drop: own(drop),
+        patterns: Vec::new(),
+    }
+}
+
+#[test]
+fn digests_are_keyed_hmac_sha256_in_lowercase_hex() {
+    let k = key("0123456789abcdef0123456789abcdef");
+    let p = Policy::build(&rules(&[], &["inputs.user_id"], &[]), Some(&k)).unwrap();
+    // RFC 4231-style check against an independent implementation's answer for this key and text.
+    let d = p.digest("u-42");
+    assert_eq!(d.len(), 64);
+    assert!(
+        d.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    assert_eq!(d, p.digest("u-42"), "one key, one digest");
+    let other = Policy::build(
+        &rules(&[], &["inputs.user_id"], &[]),
+        Some(&key("another key of 32 bytes, really!")),
+    )
+    .unwrap();
+    assert_ne!(d, other.digest("u-42"));
+    assert_ne!(p.record().key_fingerprint, other.record().key_fingerprint);
+    assert_eq!(
+        p.record().key_fingerprint.as_deref().map(str::len),
+        Some(16)
+    );
+    assert!(
+        !p.record()
+            .key_fingerprint
+            .as_deref()
+            .unwrap()
+            .contains("0123456789abcdef")
+    );
+}
+
+#[test]
+fn hmac_matches_the_rfc_4231_test_vector() {
+    // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    let h = Hasher(aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        b"Jefe",
+    ));
+    assert_eq!(
+        h.hex(b"what do ya want for nothing?"),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+}
+
+#[test]
+fn bad_rules_and_keys_say_what_is_wrong() {
+    let k = key("0123456789abcdef0123456789abcdef");
+    let cases: Vec<(PolicyRules, Option<&HashKey>, &str)> = vec![
+        (
+            rules(&["emial"], &[], &[]),
+            None,
+            "unknown detector `emial`; did you mean `email`?",
+        ),
+        (
+            rules(&["ssn"], &[], &[]),
+            None,
+            "the detectors are `email`, `phone`, `card`, `secret`, `ip`",
+        ),
+        (
+            rules(&[], &["inputs.user_id"], &[]),
+            None,
+            "`hash` needs a key: set `ORCHESTRA_HASH_KEY`",
+        ),
+        (
+            rules(&[], &[], &["input.x"]),
+            Some(&k),
+            "`drop`: `input.x` is not a field path: unknown field; did you mean `inputs`?",
+        ),
+        (
+            PolicyRules {
+                patterns: vec![("bad name".into(), "x".into())],
+                ..PolicyRules::default()
+            },
+            None,
+            "must be 1 to 40 letters",
+        ),
+        (
+            PolicyRules {
+                patterns: vec![("emp".into(), "(".into())],
+                ..PolicyRules::default()
+            },
+            None,
+            "`emp`: invalid regex",
+        ),
+        (
+            PolicyRules {
+                patterns: vec![("emp".into(), "x*".into())],
+                ..PolicyRules::default()
+            },
+            None,
+            "matches empty text",
+        ),
+        (
+            PolicyRules {
+                patterns: vec![("email".into(), "x".into())],
+                ..PolicyRules::default()
+            },
+            None,
+            "used twice",
+        ),
+    ];
+    for (r, k, want) in cases {
+        let e = Policy::build(&r, k).unwrap_err();
+        assert!(e.contains(want), "{r:?}: {e}");
+    }
+    assert!(
+        HashKey::parse("short", "`X`")
+            .unwrap_err()
+            .contains("it must have at least 16")
+    );
+    assert_eq!(format!("{k:?}"), "HashKey(***)");
+}
+
+#[test]
+fn a_record_has_its_rules_applied_and_every_string_masked() {
+    let k = key("0123456789abcdef0123456789abcdef");
+    let p = Policy::build(
+        &rules(
+            &["email", "phone"],
+            &["inputs.user_id"],
+            &[
+                "all_outputs.retriever",
+                "all_outputs.model/choices/*/message/content",
+            ],
+        ),
+        Some(&k),
+    )
+    .unwrap();
+    let mut record = json!({
+        "id": "r1",
+        "inputs": {"user_id": "u-42", "prompt": "mail jane@example.com"},
+        "all_outputs": {
+            "retriever": {"documents": ["secret doc"]},
+            "model": {"choices": [{"message": {"content": "call +44 20 7946 0958", "role": "assistant"}}]},
+        },
+        "outputs": "ok",
+    });
+    let hidden = p.protect_record(&mut record);
+    assert_eq!(record["inputs"]["user_id"], json!(p.digest("u-42")));
+    assert_eq!(record["inputs"]["prompt"], json!("mail [email]"));
+    assert_eq!(record["all_outputs"]["retriever"], Value::Null);
+    assert_eq!(
+        record["all_outputs"]["model"]["choices"][0]["message"],
+        json!({"content": null, "role": "assistant"})
+    );
+    assert!(hidden.contains(&"u-42".to_owned()) && hidden.iter().any(|h| h.contains("secret doc")));
+    let message = p.protect_message("record u-42 from jane@example.com", &hidden);
+    assert_eq!(message, "record [hidden] from [email]");
+}
+
+#[test]
+fn steps_follow_the_rules_of_their_node_and_inputs() {
+    let k = key("0123456789abcdef0123456789abcdef");
+    let p = Policy::build(
+        &rules(
+            &["email"],
+            &["inputs.user_id"],
+            &["all_outputs.retriever/documents"],
+        ),
+        Some(&k),
+    )
+    .unwrap();
+    let mut step = json!({"node_id": "retriever", "outputs": {"output": {"documents": ["d"]}}, "inputs": {"user_id": "u-42"}, "error": "by bob@example.org"});
+    p.protect_step(&mut step);
+    assert_eq!(
+        step["outputs"],
+        Value::Null,
+        "the whole outputs of the node's step"
+    );
+    assert_eq!(step["inputs"]["user_id"], json!(p.digest("u-42")));
+    assert_eq!(step["error"], json!("by [email]"));
+    let mut other = json!({"node_id": "model", "outputs": {"output": "x"}});
+    p.protect_step(&mut other);
+    assert_eq!(other["outputs"], json!({"output": "x"}));
+}
+
+#[test]
+fn bodies_are_masked_or_withheld() {
+    let masks = Policy::build(&rules(&["email"], &[], &[]), None).unwrap();
+    assert_eq!(
+        masks.protect_body("no user jane@example.com"),
+        "no user [email]"
+    );
+    let drops = Policy::build(&rules(&[], &[], &["outputs"]), None).unwrap();
+    assert_eq!(
+        drops.protect_body("{\"outputs\": \"x\"}"),
+        "[16 bytes withheld by the privacy policy]"
+    );
+    assert_eq!(Policy::none().protect_body("as is"), "as is");
+    assert!(Policy::none().is_empty());
+}
+
+#[test]
+fn the_record_describes_the_policy_for_people() {
+    let k = key("0123456789abcdef0123456789abcdef");
+    let p = Policy::build(
+        &rules(&["phone", "email"], &["inputs.user_id"], &["outputs"]),
+        Some(&k),
+    )
+    .unwrap();
+    let fp = p.record().key_fingerprint.clone().unwrap();
+    assert_eq!(
+        p.record().describe(),
+        format!("mask email, phone; hash inputs.user_id (key {fp}); drop outputs")
+    );
+    assert_eq!(PolicyRecord::default().describe(), "none");
+}
