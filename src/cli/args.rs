@@ -250,6 +250,10 @@ pub(super) struct VerifyArgs {
     /// Print the result as one JSON document on stdout instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    /// What `verify` prints (workflow names, quoted error bodies) follows the export's privacy
+    /// policy; hashed paths need no key here.
+    #[command(flatten)]
+    pub(super) privacy: PrivacyArgs,
     #[command(flatten)]
     pub(super) tuning: Tuning,
 }

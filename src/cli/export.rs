@@ -125,7 +125,11 @@ pub(super) async fn run_export(args: ExportArgs, ui: Ui) -> i32 {
 }
 
 /// `[privacy]` with the flags over it: each flag given replaces the file's key.
-fn privacy_inputs(flags: PrivacyArgs, file: &ConfigFile, inputs: ExportInputs) -> ExportInputs {
+pub(super) fn privacy_inputs(
+    flags: PrivacyArgs,
+    file: &ConfigFile,
+    inputs: ExportInputs,
+) -> ExportInputs {
     let from_file = file.privacy.clone().unwrap_or_default();
     let patterns = from_file.patterns();
     let pick = |flag: Vec<String>, file: Option<Vec<String>>| {

@@ -1,15 +1,15 @@
 //! `verify`: runs a verification and turns its result into output (a table or JSON on stdout,
 //! one `error:` line per workflow that differs or could not be read on stderr) and an exit code.
 
-use crate::config::{ConfigFile, ExportInputs};
+use crate::config::ExportInputs;
 use crate::exit;
 use crate::extract::{ExtractError, StopReason, Stopper};
-use crate::privacy::PolicyRules;
 use crate::verify::{self, Verification, VerifyError, render};
 
 use super::args::VerifyArgs;
 use super::export::{
-    AUTH_HINT, api_inputs, failure_code, report_failure, stop_on_signals, unreachable,
+    AUTH_HINT, api_inputs, failure_code, privacy_inputs, report_failure, stop_on_signals,
+    unreachable,
 };
 use super::{Ui, reporter_for, usage_error};
 
@@ -22,11 +22,17 @@ pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
-    // Every history is read to its end; steps are not compared.
+    // Every history is read to its end; steps are not compared. `verify` stores nothing, so
+    // hashed paths are only withheld from what it prints, like dropped ones: no key is needed.
+    let inputs = privacy_inputs(args.privacy, &file, inputs);
+    let mut privacy = inputs.privacy.clone();
+    privacy.drop.append(&mut privacy.hash);
     let inputs = ExportInputs {
         full: true,
         with_steps: false,
-        privacy: quoting_policy(&file),
+        privacy,
+        hash_key_file: None,
+        hash_key_env: None,
         ..inputs
     };
     let config = match inputs.validate() {
@@ -47,25 +53,6 @@ pub(super) async fn run_verify(args: VerifyArgs, ui: Ui) -> i32 {
     match result {
         Ok(v) => finish(&v, &shown, json),
         Err(e) => fail(&e),
-    }
-}
-
-/// The config file's `[privacy]` for what `verify` prints (workflow names, quoted error bodies):
-/// its masks, and its hashed paths treated as dropped — `verify` stores nothing, so it needs no
-/// key; a body is withheld all the same.
-fn quoting_policy(file: &ConfigFile) -> PolicyRules {
-    let privacy = file.privacy.clone().unwrap_or_default();
-    let patterns = privacy.patterns();
-    PolicyRules {
-        mask: privacy.mask.unwrap_or_default(),
-        hash: Vec::new(),
-        drop: privacy
-            .hash
-            .into_iter()
-            .chain(privacy.drop)
-            .flatten()
-            .collect(),
-        patterns,
     }
 }
 

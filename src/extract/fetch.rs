@@ -195,14 +195,12 @@ impl Fetcher {
                 Err(ApiError::Status { status: 404, .. }) => return Ok(None),
                 Err(source) => return Err(ExtractError::Api { offset: 0, source }),
             };
-            let batch =
-                flatten::flatten_steps(&body, &workflow, &run.id, &policy).map_err(|source| {
-                    ExtractError::Page {
-                        offset: 0,
-                        url: crate::api::redact_url(&url),
-                        attempts: 1,
-                        source,
-                    }
+            let batch = flatten::flatten_steps(&body, &workflow, &run.id, &policy, &run.hidden)
+                .map_err(|source| ExtractError::Page {
+                    offset: 0,
+                    url: crate::api::redact_url(&url),
+                    attempts: 1,
+                    source,
                 })?;
             Ok(Some(RunSteps {
                 date: run.date(),

@@ -184,13 +184,14 @@ fn check_surrogates(content: &str) -> Result<(), Unusable> {
             i += 2;
             continue;
         }
-        let unit = hex4(bytes, i + 2);
+        let unit = hex4(bytes, i + 2).unwrap_or(0);
         i += 6;
         if (0xDC00..0xE000).contains(&unit) {
             return Err(Unusable);
         }
         if (0xD800..0xDC00).contains(&unit) {
-            let low = (bytes.get(i..i + 2) == Some(b"\\u")).then(|| hex4(bytes, i + 2));
+            let low =
+                (bytes.get(i..i + 2) == Some(b"\\u")).then(|| hex4(bytes, i + 2).unwrap_or(0));
             if !low.is_some_and(|low| (0xDC00..0xE000).contains(&low)) {
                 return Err(Unusable);
             }
@@ -289,7 +290,7 @@ fn string_end(bytes: &[u8], start: usize) -> Result<Option<usize>, Unusable> {
                         // `serde_json` writes `\u00XX`, lowercase, only for control characters
                         // without a short escape.
                         let digits = bytes.get(i + 2..i + 6).ok_or(Unusable)?;
-                        let unit = hex4(bytes, i + 2);
+                        let unit = hex4(bytes, i + 2).unwrap_or(0);
                         let lower = digits.iter().all(|d| !d.is_ascii_uppercase());
                         if unit >= 0x20 || [8, 9, 10, 12, 13].contains(&unit) || !lower {
                             return Ok(None);

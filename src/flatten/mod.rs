@@ -132,6 +132,8 @@ pub struct RunInfo {
     /// Whether it reached a final state: it has an `end_time` and is not running, queued or
     /// pending.
     pub finished: bool,
+    /// What the privacy policy's rules replaced in it: replaced in its steps too.
+    pub hidden: crate::privacy::Hidden,
 }
 
 impl RunInfo {
@@ -364,11 +366,13 @@ fn flatten_items<'a>(
             out.duplicates += 1;
             continue;
         }
-        if !ctx.policy.is_empty() {
-            protect::protect_cells(&mut cells, ctx.policy);
-        }
+        let hidden = if ctx.policy.is_empty() {
+            crate::privacy::Hidden::default()
+        } else {
+            protect::protect_cells(&mut cells, ctx.policy)
+        };
         out.count_unreadable(&run);
-        if let Some(reason) = run.unreadable_reason() {
+        if let Some(reason) = run.unreadable_reason(|t| ctx.policy.masker().mask(t).into_owned()) {
             out.rejected.push(reject(reason, record.to_value(), true));
         }
         let status = record.get("status").and_then(cell::string_of);
@@ -377,6 +381,7 @@ fn flatten_items<'a>(
             start_time: run.start_time,
             finished: run.end_time.is_some()
                 && !status.is_some_and(|s| UNFINISHED_STATUSES.contains(&&*s)),
+            hidden,
         });
         by_date
             .entry(PartitionDate::from_micros(run.start_time))

@@ -1,49 +1,68 @@
 //! The privacy policy applied to a run's cells before they are appended: `hash` and `drop`
-//! rules first (on the values as received, so a digest is of the original value), then the
-//! masks over every text cell that is not a digest. The same value gets the same treatment in
-//! `runs.inputs` and in `run_inputs`, and in `_rejected/` (through [`Policy::protect_record`]).
+//! rules first (on the values as received, so a digest is of the original value), then what
+//! they replaced wherever else the run's cells hold it (an answer quoting a dropped document),
+//! then the masks over every text cell that is not a digest, and over the names of its node
+//! outputs and inputs. The same value gets the same treatment in `runs.inputs` and in
+//! `run_inputs`, in the run's steps (through [`RunInfo::hidden`](super::RunInfo)) and in
+//! `_rejected/` (through [`Policy::protect_record`]).
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 
 use super::Rejected;
 use super::cell::Cell;
 use super::rows::{Entry, RunCells};
-use crate::privacy::{Action, Field, Name, Policy, path};
+use crate::privacy::{Action, Field, Hidden, Name, Policy, path};
 
-/// Applies `policy` to one run's cells.
-pub(super) fn protect_cells(cells: &mut RunCells<'_>, policy: &Policy) {
+/// Applies `policy` to one run's cells; returns what its rules replaced.
+pub(super) fn protect_cells(cells: &mut RunCells<'_>, policy: &Policy) -> Hidden {
+    let mut hidden = Hidden::default();
     for (action, rule) in policy.rules() {
+        let mut act = |cell: &mut Cell<'_>, value_type: &str| {
+            act_on_cell(cell, value_type, &rule.pointer, action, policy, &mut hidden);
+        };
         match &rule.field {
-            Field::Outputs => act_on_cell(
-                &mut cells.outputs,
-                cells.outputs_type,
-                &rule.pointer,
-                action,
-                policy,
-            ),
-            Field::Error => act_on_cell(
-                &mut cells.error,
-                cells.error_type,
-                &rule.pointer,
-                action,
-                policy,
-            ),
+            Field::Outputs => act(&mut cells.outputs, cells.outputs_type),
+            Field::Error => act(&mut cells.error, cells.error_type),
             Field::Inputs(name) => {
-                act_on_entries(&mut cells.inputs_rows, name, &rule.pointer, action, policy);
+                for entry in entries(&mut cells.inputs_rows, name) {
+                    act(&mut entry.value, entry.value_type);
+                }
                 act_on_inputs_object(&mut cells.inputs, name, &rule.pointer, action, policy);
             }
             Field::AllOutputs(name) => {
-                act_on_entries(&mut cells.nodes, name, &rule.pointer, action, policy)
+                for entry in entries(&mut cells.nodes, name) {
+                    act(&mut entry.value, entry.value_type);
+                }
             }
         }
     }
-    mask_cell(&mut cells.outputs, cells.outputs_type, policy, true);
-    mask_cell(&mut cells.error, cells.error_type, policy, true);
+    let each = |cell: &mut Cell<'_>, value_type: &str, count: bool| {
+        if !hidden.is_empty() {
+            hide_in_cell(cell, value_type, &hidden);
+        }
+        mask_cell(cell, value_type, policy, count);
+    };
+    each(&mut cells.outputs, cells.outputs_type, true);
+    each(&mut cells.error, cells.error_type, true);
     // The same values as `run_inputs`: counted there.
-    mask_cell(&mut cells.inputs, "object", policy, false);
+    each(&mut cells.inputs, "object", false);
     for entry in cells.nodes.iter_mut().chain(cells.inputs_rows.iter_mut()) {
-        mask_cell(&mut entry.value, entry.value_type, policy, true);
+        each(&mut entry.value, entry.value_type, true);
+        // Names are text too; masked alike here and as keys in `runs.inputs`.
+        if let Cow::Owned(name) = policy.masker().mask(&entry.name) {
+            entry.name = Cow::Owned(name);
+        }
     }
+    hidden
+}
+
+fn entries<'e, 'a>(
+    list: &'e mut [Entry<'a>],
+    name: &'e Name,
+) -> impl Iterator<Item = &'e mut Entry<'a>> {
+    list.iter_mut().filter(move |e| name.matches(&e.name))
 }
 
 /// Applies `policy` to a record kept in `_rejected/`: the record, and its reason, which may
@@ -54,27 +73,20 @@ pub(super) fn protect_rejected(rejected: &mut Rejected, policy: &Policy) {
     }
     let hidden = match &mut rejected.record {
         // Text that could not be parsed as a record: read it as JSON if it is (a repeated key,
-        // say), else mask it as text — unless paths are hashed or dropped, which cannot be found
-        // in text that does not parse: then it is withheld.
+        // say), else protected as text (withheld when paths are hashed or dropped).
         Value::String(text) if !rejected.kept => match serde_json::from_str::<Value>(text) {
             Ok(mut value) => {
                 let hidden = policy.protect_record(&mut value);
-                *text = value.to_string();
+                *text = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
                 hidden
             }
-            Err(_) if policy.has_path_rules() => {
-                *text = format!(
-                    "[{} bytes withheld by the privacy policy: the record does not parse, so the fields it hashes or drops cannot be found]",
-                    text.len()
-                );
-                Vec::new()
-            }
             Err(_) => {
-                if let std::borrow::Cow::Owned(m) = policy.masker().mask(text) {
-                    *text = m;
-                    policy.count(None);
-                }
-                Vec::new()
+                let why = "the record does not parse, so the fields the policy hashes or drops cannot be found";
+                *text = policy.protect_text(text, why).into_owned();
+                Hidden::default()
             }
         },
         record => policy.protect_record(record),
@@ -82,15 +94,11 @@ pub(super) fn protect_rejected(rejected: &mut Rejected, policy: &Policy) {
     rejected.reason = policy.protect_message(&rejected.reason, &hidden);
 }
 
-fn act_on_entries(
-    entries: &mut [Entry<'_>],
-    name: &Name,
-    pointer: &[Name],
-    action: Action,
-    policy: &Policy,
-) {
-    for entry in entries.iter_mut().filter(|e| name.matches(&e.name)) {
-        act_on_cell(&mut entry.value, entry.value_type, pointer, action, policy);
+/// A value as parsed from a cell's text, for noting what a rule replaced.
+fn value_of(text: &str, value_type: &str) -> Value {
+    match value_type {
+        "string" => Value::String(text.to_owned()),
+        _ => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),
     }
 }
 
@@ -102,32 +110,31 @@ fn act_on_cell(
     pointer: &[Name],
     action: Action,
     policy: &Policy,
+    hidden: &mut Hidden,
 ) {
-    if matches!(cell, Cell::Null) {
+    if matches!(cell, Cell::Null | Cell::Digest(_)) {
         return;
     }
+    let Some(text) = cell.to_text() else {
+        return;
+    };
     if pointer.is_empty() {
-        *cell = match action {
-            Action::Drop => Cell::Null,
-            Action::Hash => match cell.to_text() {
-                Some(text) if !matches!(cell, Cell::Digest(_)) => {
-                    Cell::Digest(policy.digest(&text))
-                }
-                _ => return,
-            },
+        let old = value_of(&text, value_type);
+        *cell = match policy.act_hiding(action, &old, hidden) {
+            Value::String(digest) => Cell::Digest(digest),
+            _ => Cell::Null,
         };
         return;
     }
-    if !matches!(value_type, "object" | "array") || matches!(cell, Cell::Digest(_)) {
+    if !matches!(value_type, "object" | "array") {
         return;
     }
-    let Some(mut value) = cell
-        .to_text()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-    else {
+    let Ok(mut value) = serde_json::from_str::<Value>(&text) else {
         return;
     };
-    if path::apply(&mut value, pointer, &mut |old| policy.act(action, old)) {
+    if path::apply(&mut value, pointer, &mut |old| {
+        policy.act_hiding(action, old, hidden)
+    }) {
         *cell = Cell::Owned(value.to_string());
     }
 }
@@ -158,23 +165,44 @@ fn act_on_inputs_object(
     }
 }
 
+/// Replaces what the rules replaced elsewhere in the run wherever this cell holds it.
+fn hide_in_cell(cell: &mut Cell<'_>, value_type: &str, hidden: &Hidden) {
+    if matches!(cell, Cell::Null | Cell::Digest(_)) {
+        return;
+    }
+    let Some(text) = cell.to_text() else {
+        return;
+    };
+    let replaced = match value_type {
+        "string" => match hidden.in_text(&text) {
+            Cow::Owned(t) => Some(t),
+            Cow::Borrowed(_) => None,
+        },
+        "object" | "array" => hidden.in_json(&text),
+        _ => None,
+    };
+    if let Some(t) = replaced {
+        *cell = Cell::Owned(t);
+    }
+}
+
 /// Masks a cell: its text when it is a string, the strings inside it when it is an object or
 /// an array; numbers, booleans and digests are left as they are. `count`: whether a change is
 /// counted in [`Policy::protected`].
 fn mask_cell(cell: &mut Cell<'_>, value_type: &str, policy: &Policy, count: bool) {
     let masker = policy.masker();
+    if masker.is_empty() || matches!(cell, Cell::Null | Cell::Digest(_)) {
+        return;
+    }
     let counted = || {
         if count {
             policy.count(None);
         }
     };
-    if masker.is_empty() || matches!(cell, Cell::Null | Cell::Digest(_)) {
-        return;
-    }
     match value_type {
         "string" => match cell {
             Cell::Text(text) => {
-                if let std::borrow::Cow::Owned(m) = masker.mask(text) {
+                if let Cow::Owned(m) = masker.mask(text) {
                     *cell = Cell::Owned(m);
                     counted();
                 }
@@ -183,8 +211,8 @@ fn mask_cell(cell: &mut Cell<'_>, value_type: &str, policy: &Policy, count: bool
                 // Escaped: unescaped once here, and kept so (not unescaped again on append).
                 if let Some(text) = cell.to_text() {
                     let masked = match masker.mask(&text) {
-                        std::borrow::Cow::Owned(m) => Some(m),
-                        std::borrow::Cow::Borrowed(_) => None,
+                        Cow::Owned(m) => Some(m),
+                        Cow::Borrowed(_) => None,
                     };
                     if masked.is_some() {
                         counted();

@@ -10,7 +10,7 @@ pub(super) struct Unreadable {
     pub(super) field: &'static str,
     /// What was expected, e.g. "is not a timestamp (stored as NULL)".
     problem: String,
-    /// The value as sent, compact JSON, shortened.
+    /// The value as sent, compact JSON (shortened when quoted).
     original: String,
 }
 
@@ -19,11 +19,9 @@ impl Unreadable {
     const MAX_QUOTED_CHARS: usize = 120;
 
     fn new(field: &'static str, problem: impl Into<String>, raw: &str) -> Result<Self, Unusable> {
-        let mut original = compact_json(raw)?;
-        if let Some((cut, _)) = original.char_indices().nth(Self::MAX_QUOTED_CHARS) {
-            original.truncate(cut);
-            original.push('…');
-        }
+        // Kept whole: it is masked (by the privacy policy) before it is shortened, so a value
+        // cut in the middle cannot slip past a detector.
+        let original = compact_json(raw)?;
         Ok(Self {
             field,
             problem: problem.into(),
@@ -128,15 +126,23 @@ impl RunFields {
         }))
     }
 
-    /// Why the run is also listed in `_rejected/`, when some of its values were not readable.
-    pub(super) fn unreadable_reason(&self) -> Option<String> {
+    /// Why the run is also listed in `_rejected/`, when some of its values were not readable,
+    /// quoting each of them through `mask` (the privacy policy's masks) before shortening it.
+    pub(super) fn unreadable_reason(&self, mask: impl Fn(&str) -> String) -> Option<String> {
         if self.unreadable.is_empty() {
             return None;
         }
         let notes: Vec<String> = self
             .unreadable
             .iter()
-            .map(|u| format!("`{}` {}: {}", u.field, u.problem, u.original))
+            .map(|u| {
+                let mut quoted = mask(&u.original);
+                if let Some((cut, _)) = quoted.char_indices().nth(Unreadable::MAX_QUOTED_CHARS) {
+                    quoted.truncate(cut);
+                    quoted.push('…');
+                }
+                format!("`{}` {}: {quoted}", u.field, u.problem)
+            })
             .collect();
         Some(format!("kept with unreadable values: {}", notes.join("; ")))
     }

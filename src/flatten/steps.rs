@@ -4,10 +4,11 @@ use arrow::array::RecordBatch;
 use serde_json::Value;
 
 use super::{PageError, append_json, integer_seconds, json_type, parse_timestamp};
-use crate::privacy::Policy;
+use crate::privacy::{Hidden, Policy};
 use crate::table::StepsRows;
 
-/// Flattens one run's steps under `policy` ([`Policy::protect_step`]). Every step is kept; a
+/// Flattens one run's steps under `policy` ([`Policy::protect_step`]; `run_hidden`: what it
+/// replaced in the run). Every step is kept; a
 /// field of an unexpected type is stored as NULL (timestamps, numbers) or as compact JSON text
 /// (everything else).
 pub fn flatten_steps(
@@ -15,6 +16,7 @@ pub fn flatten_steps(
     workflow_id: &str,
     run_id: &str,
     policy: &Policy,
+    run_hidden: &Hidden,
 ) -> Result<RecordBatch, PageError> {
     let steps: Value = serde_json::from_slice(body).map_err(|e| PageError::Malformed {
         line: e.line(),
@@ -28,7 +30,7 @@ pub fn flatten_steps(
     };
     let mut rows = StepsRows::default();
     for step in &mut steps {
-        policy.protect_step(step);
+        policy.protect_step(step, run_hidden);
         let step = &*step;
         let field = |name: &str| step.get(name);
         let ts = |name: &str| {
@@ -79,7 +81,7 @@ mod tests {
             {"id": "s2", "node_id": "model", "status": "failed", "start_time": "2025-03-12T03:39:31.5Z",
              "end_time": null, "elapsed_time": null, "error": "boom", "outputs": {}, "inputs": null, "tokens": "7"}
         ]"#;
-        let batch = flatten_steps(body, "wf", "r1", Policy::none()).unwrap();
+        let batch = flatten_steps(body, "wf", "r1", Policy::none(), &Hidden::default()).unwrap();
         assert_eq!(batch.num_rows(), 2);
         let text = |c: &str| -> Vec<Option<String>> {
             batch
@@ -110,6 +112,6 @@ mod tests {
         assert_eq!(text("error"), [None, Some("boom".into())]);
         assert_eq!(ints("duration_ms"), [Some(1500), None]);
         assert_eq!(ints("tokens"), [Some(0), Some(7)]);
-        assert!(flatten_steps(b"{}", "wf", "r1", Policy::none()).is_err());
+        assert!(flatten_steps(b"{}", "wf", "r1", Policy::none(), &Hidden::default()).is_err());
     }
 }

@@ -99,6 +99,27 @@ fn warn_of_other_privacy(work: &[(String, Option<state::WorkflowState>)], curren
     );
 }
 
+/// Warns when `--full` leaves a table holding rows of earlier exports (written under their
+/// policy): `steps` without `--with-steps`, `workflows` without `--all-workflows`.
+fn warn_of_tables_kept(storage: &dyn Storage, config: &ExportConfig) {
+    let roots = storage.list_dirs("").unwrap_or_default();
+    let kept: Vec<String> = [
+        (Table::Steps, config.extract.with_steps, "--with-steps"),
+        (Table::Workflows, config.all_workflows, "--all-workflows"),
+    ]
+    .into_iter()
+    .filter(|(table, rewritten, _)| !rewritten && roots.iter().any(|r| r == table.name()))
+    .map(|(table, _, flag)| format!("`{}` (rewritten only with `{flag}`)", table.name()))
+    .collect();
+    if !kept.is_empty() {
+        tracing::warn!(
+            target: "privacy",
+            "this `--full` export does not rewrite {}: its rows keep the privacy policy they were written under",
+            kept.join(" and ")
+        );
+    }
+}
+
 /// A new export id: UTC time to the millisecond (sortable: manifests are pruned by it) and a
 /// random suffix, e.g. `20261128T151000.042Z-3fa2c1`.
 pub fn new_export_id() -> String {
@@ -170,6 +191,9 @@ pub async fn export(
             work.push((id, previous));
         }
         warn_of_other_privacy(&work, config.extract.policy.record());
+        if config.full && !config.extract.policy.is_empty() {
+            warn_of_tables_kept(storage.as_ref(), &config);
+        }
         let first = !config.full && work.iter().all(|(_, state)| state.is_none());
         let no_names = std::collections::HashMap::new();
         reporter.on_start(

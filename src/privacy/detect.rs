@@ -186,8 +186,12 @@ pub fn ipv6(text: &str, label: u16, out: &mut Vec<Span>) {
         let candidate = &text[start..end];
         let word_before = start > 0 && is_word(b[start - 1]);
         let bounded = !word_before && !b.get(end).copied().is_some_and(is_word);
+        // `::1` is the loopback; other compressed forms need five hex digits (`2001::1`), so
+        // `12::30` or `1::2` are not taken.
+        let hex_digits = candidate.bytes().filter(u8::is_ascii_hexdigit).count();
         let plausible = candidate.bytes().filter(|c| *c == b':').count() >= 2
-            && candidate.bytes().any(|c| c.is_ascii_digit());
+            && candidate.bytes().any(|c| c.is_ascii_digit())
+            && (hex_digits >= 5 || candidate == "::1");
         if bounded && plausible && candidate.parse::<std::net::Ipv6Addr>().is_ok() {
             out.push(Span { start, end, label });
         }
@@ -365,6 +369,34 @@ mod tests {
                 "00:1a:2b:3c:4d:5e, 2026-12-01T10:30:00Z, v10.0.0.1",
                 &[],
             ),
+            // Values next to other numbers are still found.
+            (
+                Card,
+                "card 4111 1111 1111 1111 123, 4111 1111 1111 1111 12/28",
+                &["4111 1111 1111 1111", "4111 1111 1111 1111"],
+            ),
+            (
+                Card,
+                "2026-12-01 4111111111111111, qty 2 4111111111111111, 4111.1111.1111.1111",
+                &[
+                    "4111111111111111",
+                    "4111111111111111",
+                    "4111.1111.1111.1111",
+                ],
+            ),
+            (Phone, "415-555-0100 2 times", &["415-555-0100"]),
+            (
+                Ip,
+                "10.0.0.0/8, 192.168.1.0/24, from 10.0.0.1 2 times",
+                &["10.0.0.0", "192.168.1.0", "10.0.0.1"],
+            ),
+            // Four-part versions, and short compressed IPv6 look-alikes.
+            (
+                Ip,
+                "AssemblyVersion(\"1.0.0.0\"), version 4.8.1.0, ver 2.0.0.1, 1.2.3.4.5.6",
+                &[],
+            ),
+            (Ip, "12::30, 1::2, ::", &[]),
         ];
         for (detector, text, want) in table {
             assert_eq!(found(*detector, text), *want, "{detector:?} in {text:?}");

@@ -56,10 +56,13 @@ impl Masker {
         self.labels.is_empty()
     }
 
-    /// The spans to replace in `text`: sorted, not overlapping (the earliest, then the longest
-    /// wins).
+    /// The spans to replace in `text`: sorted, and overlapping ones joined into one (with the
+    /// label of the earliest), so no part of any match is left. A digest is never masked.
     fn spans(&self, text: &str, spans: &mut Vec<Span>) {
         spans.clear();
+        if is_digest(text) {
+            return;
+        }
         if let Some(label) = self.email {
             detect::emails(text, label, spans);
         }
@@ -84,14 +87,14 @@ impl Masker {
         }
         if spans.len() > 1 {
             spans.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
-            let mut end = 0;
-            spans.retain(|s| {
-                let keep = s.start >= end;
-                if keep {
-                    end = s.end;
+            let mut joined: Vec<Span> = Vec::with_capacity(spans.len());
+            for s in spans.drain(..) {
+                match joined.last_mut() {
+                    Some(last) if s.start < last.end => last.end = last.end.max(s.end),
+                    _ => joined.push(s),
                 }
-                keep
-            });
+            }
+            *spans = joined;
         }
     }
 
@@ -134,7 +137,10 @@ impl Masker {
         let mut i = 0;
         while let Some(q) = memchr::memchr(b'"', &b[i..]) {
             let open = i + q;
-            let (close, escaped) = string_close(b, open + 1)?;
+            let Some((close, escaped)) = string_close(b, open + 1) else {
+                // Not JSON after all: masked as text, which finds everything (fails closed).
+                return Some(self.mask(json).into_owned());
+            };
             let content = &json[open + 1..close];
             let masked = if escaped {
                 scratch.clear();
@@ -155,6 +161,10 @@ impl Masker {
                 })
             };
             if let Some(masked) = masked {
+                if b.get(close + 1) == Some(&b':') {
+                    // A key: masked keys may collide, which only a parsed object can resolve.
+                    return Some(self.mask_json_parsed(json));
+                }
                 let o = out.get_or_insert_with(|| String::with_capacity(json.len()));
                 o.push_str(&json[copied..open + 1]);
                 o.push_str(&masked);
@@ -167,8 +177,19 @@ impl Masker {
         Some(o)
     }
 
-    /// Masks every string of `value` in place, keys too (keys that become equal merge, the later
-    /// value winning, as a JSON parser would read them); whether anything changed.
+    /// [`Masker::mask_json`] through a parsed value: for texts whose keys are masked.
+    fn mask_json_parsed(&self, json: &str) -> String {
+        match serde_json::from_str::<Value>(json) {
+            Ok(mut value) => {
+                self.mask_value(&mut value);
+                value.to_string()
+            }
+            Err(_) => self.mask(json).into_owned(),
+        }
+    }
+
+    /// Masks every string of `value` in place, keys too; keys that become equal are told apart
+    /// by a number (`[email]`, `[email] 2`), so no value is lost. Whether anything changed.
     pub fn mask_value(&self, value: &mut Value) -> bool {
         if self.is_empty() {
             return false;
@@ -192,7 +213,14 @@ impl Masker {
                 if map.keys().any(|k| matches!(self.mask(k), Cow::Owned(_))) {
                     let old = std::mem::take(map);
                     for (k, v) in old {
-                        map.insert(self.mask(&k).into_owned(), v);
+                        let masked = self.mask(&k).into_owned();
+                        let mut key = masked.clone();
+                        let mut n = 1;
+                        while map.contains_key(&key) {
+                            n += 1;
+                            key = format!("{masked} {n}");
+                        }
+                        map.insert(key, v);
                     }
                     changed = true;
                 }
@@ -201,6 +229,14 @@ impl Masker {
             _ => false,
         }
     }
+}
+
+/// Whether `text` is a digest the policy wrote: 64 lowercase hex digits.
+fn is_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The closing quote of the string whose content starts at `from`, and whether it has escapes.
@@ -266,6 +302,17 @@ mod tests {
                 r#"{"jane@example.com":{"k":"jane\u0040example.com"}}"#,
                 Some(r#"{"[email]":{"k":"[email]"}}"#),
             ),
+            // Keys that mask alike are told apart; no value is lost.
+            (
+                r#"{"jane@example.com":1,"bob@example.org":2}"#,
+                Some(r#"{"[email]":1,"[email] 2":2}"#),
+            ),
+            // A digest is left as it is; not JSON at all is masked as text.
+            (
+                r#"{"d":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}"#,
+                None,
+            ),
+            (r#"{"a":"jane@example.com"#, Some(r#"{"a":"[email]"#)),
             (
                 r#"{"q":"say \"hi\" to bob@example.org\t"}"#,
                 Some(r#"{"q":"say \"hi\" to [email]\t"}"#),
@@ -279,13 +326,22 @@ mod tests {
         for (json, want) in table {
             let got = m.mask_json(json);
             assert_eq!(got.as_deref(), want, "{json}");
-            if let Some(got) = got {
+            if let Some(got) = got
+                && serde_json::from_str::<Value>(json).is_ok()
+            {
                 let value: Value = serde_json::from_str(&got).expect("still JSON");
                 let mut expected: Value = serde_json::from_str(json).unwrap();
                 m.mask_value(&mut expected);
                 assert_eq!(value, expected, "text and value masking agree on {json}");
             }
         }
+    }
+
+    #[test]
+    fn overlapping_matches_are_joined_so_no_part_is_left() {
+        let custom = vec![("acct".to_owned(), Regex::new(r"ACCT \d{4}").unwrap())];
+        let m = Masker::new(&[Builtin::Card], &custom);
+        assert_eq!(m.mask("ACCT 4111 1111 1111 1111 ok"), "[acct] ok");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod detect;
 mod mask;
 mod numbers;
 pub mod path;
+mod records;
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -24,10 +25,11 @@ use serde_json::Value;
 pub use detect::Builtin;
 pub use mask::Masker;
 pub use path::{Field, Name, RulePath};
+pub use records::Hidden;
 
 /// Environment variable holding the hashing key.
 pub const HASH_KEY_ENV: &str = "ORCHESTRA_HASH_KEY";
-/// Shortest key accepted, in bytes: 128 bits.
+/// Shortest key accepted, in bytes of its text (`openssl rand -hex 32` gives 64).
 pub const MIN_KEY_BYTES: usize = 16;
 
 /// What a rule does to the values its path selects.
@@ -135,7 +137,9 @@ pub struct PolicyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatternRecord {
     pub name: String,
-    pub regex: String,
+    /// The first 16 hex digits of the SHA-256 of its regex: a regex may spell out the very
+    /// value it masks, so it is not written.
+    pub regex_sha256: String,
 }
 
 impl PolicyRecord {
@@ -282,6 +286,20 @@ impl Policy {
         ] {
             for text in list {
                 let path = RulePath::parse(text).map_err(|e| format!("`{key_name}`: {e}"))?;
+                if let Some((other, earlier)) = parsed
+                    .iter()
+                    .find(|(_, p): &&(Action, RulePath)| p.overlaps(&path))
+                {
+                    let name = |a: &Action| match a {
+                        Action::Drop => "drop",
+                        Action::Hash => "hash",
+                    };
+                    return Err(format!(
+                        "`{}` `{}` and `{key_name}` `{text}` name the same values; keep one rule for them",
+                        name(other),
+                        earlier.text
+                    ));
+                }
                 parsed.push((action, path));
             }
         }
@@ -309,16 +327,20 @@ impl Policy {
         mask.dedup();
         let record = PolicyRecord {
             mask,
-            patterns: rules
-                .patterns
-                .iter()
-                .map(|(name, regex)| PatternRecord {
-                    name: name.clone(),
-                    regex: regex.clone(),
-                })
-                .collect(),
-            hash: rules.hash.clone(),
-            drop: rules.drop.clone(),
+            patterns: {
+                let mut p: Vec<PatternRecord> = rules
+                    .patterns
+                    .iter()
+                    .map(|(name, regex)| PatternRecord {
+                        name: name.clone(),
+                        regex_sha256: sha256_hex(regex)[..16].to_owned(),
+                    })
+                    .collect();
+                p.sort_by(|a, b| a.name.cmp(&b.name));
+                p
+            },
+            hash: sorted(&rules.hash),
+            drop: sorted(&rules.drop),
             key_fingerprint: hasher
                 .as_ref()
                 .map(|h| h.hex(b"orchestra-export key fingerprint")[..16].to_owned()),
@@ -400,121 +422,26 @@ impl Policy {
             Action::Hash => Value::String(self.digest(&text_of(value))),
         }
     }
+}
 
-    /// Applies the policy to a record shaped like a run (`_rejected/` keeps records): its
-    /// rules, then the masks to every string in it. Returns the texts of the values the rules
-    /// replaced, so messages quoting them can hide them too.
-    pub fn protect_record(&self, record: &mut Value) -> Vec<String> {
-        let mut hidden = Vec::new();
-        if self.is_empty() {
-            return hidden;
-        }
-        if let Value::Object(map) = record {
-            for (action, rule) in self.rules() {
-                let (field, name) = match &rule.field {
-                    Field::Outputs => ("outputs", None),
-                    Field::Error => ("error", None),
-                    Field::Inputs(n) => ("inputs", Some(n)),
-                    Field::AllOutputs(n) => ("all_outputs", Some(n)),
-                };
-                let Some(value) = map.get_mut(field) else {
-                    continue;
-                };
-                let mut act = |old: &Value| {
-                    hidden.push(text_of(old));
-                    self.act(action, old)
-                };
-                match name {
-                    None => {
-                        path::apply(value, &rule.pointer, &mut act);
-                    }
-                    Some(name) => {
-                        if let Value::Object(entries) = value {
-                            for (k, v) in entries.iter_mut() {
-                                if name.matches(k) {
-                                    path::apply(v, &rule.pointer, &mut act);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if self.masker.mask_value(record) {
-            self.count(None);
-        }
-        hidden.retain(|h| !h.is_empty());
-        hidden
-    }
+/// The rule paths as recorded: sorted, each once (the order rules are given in does not
+/// change what they do).
+fn sorted(list: &[String]) -> Vec<String> {
+    let mut list = list.to_vec();
+    list.sort();
+    list.dedup();
+    list
+}
 
-    /// A message about a record: masked, and every text in `hidden` replaced by `[hidden]`.
-    pub fn protect_message(&self, message: &str, hidden: &[String]) -> String {
-        let mut out = message.to_owned();
-        for h in hidden {
-            out = out.replace(h.as_str(), "[hidden]");
-        }
-        self.masker.mask(&out).into_owned()
-    }
-
-    /// An error body the API sent, as it may be quoted: masked; withheld entirely when paths
-    /// are hashed or dropped (which values they are cannot be told in a body that is not a
-    /// page of runs).
-    pub fn protect_body(&self, body: &str) -> String {
-        if self.has_path_rules() && !body.trim().is_empty() {
-            return format!("[{} bytes withheld by the privacy policy]", body.len());
-        }
-        self.masker.mask(body).into_owned()
-    }
-
-    /// Applies the policy to one step of `GET …/steps`: `error` rules to its `error`,
-    /// `inputs.<name>` rules to the entries of its `inputs`, and an `all_outputs.<node>` rule
-    /// to the whole `outputs` of that node's steps (their shape is the endpoint's, not the
-    /// run's, so a pointer inside is not followed: the whole value is taken); then masks the
-    /// strings of `error`, `outputs` and `inputs`.
-    pub fn protect_step(&self, step: &mut Value) {
-        if self.is_empty() {
-            return;
-        }
-        let node = step
-            .get("node_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let Value::Object(map) = step else {
-            return;
-        };
-        for (action, rule) in self.rules() {
-            let mut act = |old: &Value| self.act(action, old);
-            match &rule.field {
-                Field::Error => {
-                    if let Some(v) = map.get_mut("error") {
-                        path::apply(v, &rule.pointer, &mut act);
-                    }
-                }
-                Field::Inputs(name) => {
-                    if let Some(Value::Object(entries)) = map.get_mut("inputs") {
-                        for (k, v) in entries.iter_mut() {
-                            if name.matches(k) {
-                                path::apply(v, &rule.pointer, &mut act);
-                            }
-                        }
-                    }
-                }
-                Field::AllOutputs(name) if node.as_deref().is_some_and(|n| name.matches(n)) => {
-                    if let Some(v) = map.get_mut("outputs") {
-                        path::apply(v, &[], &mut act);
-                    }
-                }
-                Field::AllOutputs(_) | Field::Outputs => {}
-            }
-        }
-        for field in ["error", "outputs", "inputs"] {
-            if let Some(v) = map.get_mut(field)
-                && self.masker.mask_value(v)
-            {
-                self.count(None);
-            }
-        }
-    }
+/// SHA-256 in lowercase hex.
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest
+        .as_ref()
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
 }
 
 /// A value's text as hashed: a string's content, anything else's compact JSON.

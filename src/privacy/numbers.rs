@@ -66,28 +66,115 @@ pub fn numbers(text: &str, kinds: NumericKinds, out: &mut Vec<Span>) {
         }
         let token = &text[i..end];
         // Most numbers in text are short: counted without allocating, they are dismissed here.
-        let digits = digit_count(token);
-        let dots = memchr::memchr_iter(b'.', token.as_bytes()).count();
-        let checks = [
-            (
-                kinds.card.filter(|_| digits >= 13),
-                card as fn(&str) -> bool,
-            ),
-            (kinds.phone.filter(|_| digits >= 8), phone),
-            (kinds.ipv4.filter(|_| dots == 3 && digits <= 12), ipv4),
-        ];
-        if let Some(label) = checks
-            .into_iter()
-            .find_map(|(label, check)| label.filter(|_| check(token)))
-        {
-            out.push(Span {
-                start: i,
-                end,
-                label,
-            });
+        if digit_count(token) >= 4 {
+            find_in_token(token, i, kinds, version_before(b, i), out);
         }
         i = end.max(i + 1);
     }
+}
+
+/// Most digits a value may have (a card number); a window of a token never holds more.
+const MOST_DIGITS: usize = 19;
+
+/// The values in one token (it starts at `at` in the text): the longest window of whole digit
+/// groups from the leftmost group that is one, then the next after it — so a card number
+/// followed by its CVV (`4111 1111 1111 1111 123`) or a date before it is still found.
+fn find_in_token(token: &str, at: usize, kinds: NumericKinds, version: bool, out: &mut Vec<Span>) {
+    let b = token.as_bytes();
+    // (start, end, digits so far at end) of each digit group.
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    let mut total = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let s = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            total += i - s;
+            spans.push((s, i, total));
+        } else {
+            i += 1;
+        }
+    }
+    let mut first = 0;
+    while first < spans.len() {
+        let before = if first == 0 { 0 } else { spans[first - 1].2 };
+        // A window may begin with the `+`, `(` or `+(` just before its first group.
+        let mut start = spans[first].0;
+        if first == 0 {
+            start = 0;
+        } else {
+            if start > 0 && b[start - 1] == b'(' {
+                start -= 1;
+            }
+            if start > 0 && b[start - 1] == b'+' && (start == 1 || !b[start - 2].is_ascii_digit()) {
+                start -= 1;
+            }
+        }
+        let mut found = None;
+        for last in (first..spans.len()).rev() {
+            let digits = spans[last].2 - before;
+            if !(4..=MOST_DIGITS).contains(&digits) {
+                continue;
+            }
+            // A dot joins numbers into one value (a version, a decimal): no window splits one.
+            let dotted = (first > 0 && b[spans[first].0 - 1] == b'.')
+                || (last + 1 < spans.len() && b[spans[last].1] == b'.');
+            if dotted {
+                continue;
+            }
+            let window = &token[start..spans[last].1];
+            let dots = memchr::memchr_iter(b'.', window.as_bytes()).count();
+            let checks = [
+                (
+                    kinds.card.filter(|_| digits >= 13),
+                    card as fn(&str) -> bool,
+                ),
+                (kinds.phone.filter(|_| digits >= 8), phone),
+                (
+                    kinds.ipv4.filter(|_| dots == 3 && digits <= 12 && !version),
+                    ipv4,
+                ),
+            ];
+            if let Some(label) = checks
+                .into_iter()
+                .find_map(|(label, check)| label.filter(|_| check(window)))
+            {
+                found = Some((last, label));
+                break;
+            }
+        }
+        match found {
+            Some((last, label)) => {
+                out.push(Span {
+                    start: at + start,
+                    end: at + spans[last].1,
+                    label,
+                });
+                first = last + 1;
+            }
+            None => first += 1,
+        }
+    }
+}
+
+/// Whether the word before `at` (skipping spaces, `=`, `:` and quotes) names a version
+/// (`version 1.0.0.0`, `AssemblyVersion("4.8.1.0")`, `ver 2.0.0.1`): four dotted numbers after
+/// it are a version, not an IPv4 address.
+fn version_before(b: &[u8], at: usize) -> bool {
+    let mut i = at;
+    while i > 0 && matches!(b[i - 1], b' ' | b'=' | b':' | b'"' | b'\'' | b'(' | b'\t') {
+        i -= 1;
+    }
+    let end = i;
+    while i > 0 && b[i - 1].is_ascii_alphabetic() {
+        i -= 1;
+    }
+    let word = std::str::from_utf8(&b[i..end])
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    word.ends_with("version") || word == "ver" || word == "v" || word.ends_with("release")
 }
 
 /// The first ASCII digit at or after `from`: 16 bytes at a time (a loop the compiler turns
@@ -227,8 +314,8 @@ fn card(token: &str) -> bool {
         [.., last] => lens[..lens.len() - 1].iter().all(|l| *l == 4) && (1..=4).contains(last),
         [] => false,
     };
-    let one_separator =
-        seps.windows(2).all(|w| w[0] == w[1]) && seps.iter().all(|s| matches!(s, b' ' | b'-'));
+    let one_separator = seps.windows(2).all(|w| w[0] == w[1])
+        && seps.iter().all(|s| matches!(s, b' ' | b'-' | b'.'));
     grouped && one_separator && issuer_length_ok(&digits) && luhn(&digits)
 }
 

@@ -111,6 +111,29 @@ impl RulePath {
     }
 }
 
+impl RulePath {
+    /// Whether this path and `other` can select the same value (one within the other).
+    pub fn overlaps(&self, other: &RulePath) -> bool {
+        let names = |a: &Name, b: &Name| match (a, b) {
+            (Name::Is(x), Name::Is(y)) => x == y,
+            _ => true,
+        };
+        let fields = match (&self.field, &other.field) {
+            (Field::Outputs, Field::Outputs) | (Field::Error, Field::Error) => true,
+            (Field::Inputs(a), Field::Inputs(b)) | (Field::AllOutputs(a), Field::AllOutputs(b)) => {
+                names(a, b)
+            }
+            _ => false,
+        };
+        fields
+            && self
+                .pointer
+                .iter()
+                .zip(&other.pointer)
+                .all(|(a, b)| names(a, b))
+    }
+}
+
 /// A JSON pointer segment's escapes: `~1` is `/`, `~0` is `~`.
 fn unescape_segment(s: &str) -> String {
     s.replace("~1", "/").replace("~0", "~")
@@ -196,6 +219,28 @@ mod tests {
         for (text, want) in bad {
             let e = RulePath::parse(text).unwrap_err();
             assert!(e.contains(want) && e.contains("a path is"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn paths_overlap_when_one_holds_the_other() {
+        let table = [
+            ("inputs.user_id", "inputs.*", true),
+            ("inputs.user_id", "inputs.user_id/x", true),
+            ("inputs.a", "inputs.b", false),
+            (
+                "all_outputs.m/choices/*/message",
+                "all_outputs.m/choices/0",
+                true,
+            ),
+            ("all_outputs.m/choices/0", "all_outputs.m/usage", false),
+            ("outputs", "error", false),
+            ("inputs.x", "all_outputs.x", false),
+        ];
+        for (a, b, want) in table {
+            let (a, b) = (RulePath::parse(a).unwrap(), RulePath::parse(b).unwrap());
+            assert_eq!(a.overlaps(&b), want, "{} {}", a.text, b.text);
+            assert_eq!(b.overlaps(&a), want);
         }
     }
 

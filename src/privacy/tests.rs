@@ -64,7 +64,7 @@ fn hmac_matches_the_rfc_4231_test_vector() {
 #[test]
 fn bad_rules_and_keys_say_what_is_wrong() {
     let k = key("0123456789abcdef0123456789abcdef");
-    let cases: Vec<(PolicyRules, Option<&HashKey>, &str)> = vec![
+    let mut cases: Vec<(PolicyRules, Option<&HashKey>, &str)> = vec![
         (
             rules(&["emial"], &[], &[]),
             None,
@@ -118,6 +118,11 @@ fn bad_rules_and_keys_say_what_is_wrong() {
             "used twice",
         ),
     ];
+    cases.push((
+        rules(&[], &["inputs.user_id"], &["inputs.*"]),
+        Some(&k),
+        "`drop` `inputs.*` and `hash` `inputs.user_id` name the same values; keep one rule for them",
+    ));
     for (r, k, want) in cases {
         let e = Policy::build(&r, k).unwrap_err();
         assert!(e.contains(want), "{r:?}: {e}");
@@ -152,7 +157,7 @@ fn a_record_has_its_rules_applied_and_every_string_masked() {
             "retriever": {"documents": ["secret doc"]},
             "model": {"choices": [{"message": {"content": "call +44 20 7946 0958", "role": "assistant"}}]},
         },
-        "outputs": "ok",
+        "outputs": "ok, see secret doc",
     });
     let hidden = p.protect_record(&mut record);
     assert_eq!(record["inputs"]["user_id"], json!(p.digest("u-42")));
@@ -162,9 +167,24 @@ fn a_record_has_its_rules_applied_and_every_string_masked() {
         record["all_outputs"]["model"]["choices"][0]["message"],
         json!({"content": null, "role": "assistant"})
     );
-    assert!(hidden.contains(&"u-42".to_owned()) && hidden.iter().any(|h| h.contains("secret doc")));
-    let message = p.protect_message("record u-42 from jane@example.com", &hidden);
-    assert_eq!(message, "record [hidden] from [email]");
+    // What a rule replaced is replaced wherever else the record holds it, and hidden in
+    // messages, keys of a dropped object too.
+    assert_eq!(record["outputs"], json!("ok, see [dropped]"));
+    let message = p.protect_message(
+        "record u-42 from jane@example.com: duplicate key `all_outputs.retriever.documents`",
+        &hidden,
+    );
+    assert_eq!(
+        message,
+        "record [hidden] from [email]: duplicate key `all_outputs.retriever.[hidden]`"
+    );
+    // A record that is not an object cannot have its fields found: withheld.
+    let mut list = json!([{"inputs": {"user_id": "u-42"}}]);
+    p.protect_record(&mut list);
+    assert_eq!(
+        list,
+        json!("[31 bytes withheld by the privacy policy: the record is not an object]")
+    );
 }
 
 #[test]
@@ -180,7 +200,7 @@ fn steps_follow_the_rules_of_their_node_and_inputs() {
     )
     .unwrap();
     let mut step = json!({"node_id": "retriever", "outputs": {"output": {"documents": ["d"]}}, "inputs": {"user_id": "u-42"}, "error": "by bob@example.org"});
-    p.protect_step(&mut step);
+    p.protect_step(&mut step, &Hidden::default());
     assert_eq!(
         step["outputs"],
         Value::Null,
@@ -188,9 +208,17 @@ fn steps_follow_the_rules_of_their_node_and_inputs() {
     );
     assert_eq!(step["inputs"]["user_id"], json!(p.digest("u-42")));
     assert_eq!(step["error"], json!("by [email]"));
-    let mut other = json!({"node_id": "model", "outputs": {"output": "x"}});
-    p.protect_step(&mut other);
+    // A later step's inputs carry what the run's rules replaced: replaced there too.
+    let mut run = Hidden::default();
+    run.note(
+        Action::Drop,
+        &json!({"documents": ["the merger closes Friday"]}),
+        None,
+    );
+    let mut other = json!({"node_id": "model", "outputs": {"output": "x"}, "inputs": {"context": "the merger closes Friday"}});
+    p.protect_step(&mut other, &run);
     assert_eq!(other["outputs"], json!({"output": "x"}));
+    assert_eq!(other["inputs"]["context"], json!("[dropped]"));
 }
 
 #[test]
@@ -203,7 +231,7 @@ fn bodies_are_masked_or_withheld() {
     let drops = Policy::build(&rules(&[], &[], &["outputs"]), None).unwrap();
     assert_eq!(
         drops.protect_body("{\"outputs\": \"x\"}"),
-        "[16 bytes withheld by the privacy policy]"
+        "[16 bytes withheld by the privacy policy: it may quote the fields the policy hashes or drops]"
     );
     assert_eq!(Policy::none().protect_body("as is"), "as is");
     assert!(Policy::none().is_empty());
@@ -223,4 +251,18 @@ fn the_record_describes_the_policy_for_people() {
         format!("mask email, phone; hash inputs.user_id (key {fp}); drop outputs")
     );
     assert_eq!(PolicyRecord::default().describe(), "none");
+    // The order rules are given in does not change the record; a pattern's regex (which may
+    // spell out the value it masks) is recorded as a digest.
+    let mut r = rules(&["email", "phone"], &["inputs.b", "inputs.a"], &[]);
+    r.patterns = vec![("name".into(), "Jane Doe".into())];
+    let a = Policy::build(&r, Some(&k)).unwrap();
+    r.hash.reverse();
+    r.mask.reverse();
+    let b = Policy::build(&r, Some(&k)).unwrap();
+    assert_eq!(a.record(), b.record());
+    let recorded = serde_json::to_string(a.record()).unwrap();
+    assert!(
+        !recorded.contains("Jane Doe") && recorded.contains("regex_sha256"),
+        "{recorded}"
+    );
 }

@@ -21,10 +21,22 @@ const CARD: &str = "4111 1111 1111 1111";
 const SECRET: &str = "sk-proj-PLANTEDabcdefghijklmnop123456";
 const USER_ID: &str = "user-planted-8841";
 const DOC: &str = "Planted retrieved document: the merger closes on Friday";
+/// A document's title, planted as a key (a retriever's scores by title).
+const TITLE: &str = "Planted memo title";
 const HASH_KEY: &str = "hash-key-for-tests-0123456789abcdef";
 const OTHER_KEY: &str = "another-hash-key-for-tests-987654";
 
-const PLANTED: [&str; 6] = [EMAIL, PHONE, CARD, SECRET, USER_ID, DOC];
+const PLANTED: [&str; 8] = [
+    EMAIL,
+    PHONE,
+    CARD,
+    SECRET,
+    USER_ID,
+    DOC,
+    TITLE,
+    // The address as a JSON escape, in a record that does not parse.
+    "jane.planted\\u0040example.com",
+];
 
 fn time(minute: u32) -> String {
     format!("2026-11-30T10:{minute:02}:00.000000Z")
@@ -35,8 +47,9 @@ fn planted_runs() -> Vec<Value> {
     vec![
         json!({
             "id": "r1", "status": "completed", "start_time": time(1), "end_time": time(2), "elapsed_time": 60,
-            "inputs": {"user_id": USER_ID, "prompt": format!("contact {EMAIL} or {PHONE}")},
-            "outputs": format!("charged card {CARD}"),
+            "inputs": {"user_id": USER_ID, "prompt": format!("contact {EMAIL} or {PHONE}"), EMAIL: "owner"},
+            // A card number with its CVV after it, and the answer quoting the dropped document.
+            "outputs": format!("charged card {CARD} 123; source: {DOC}"),
             "all_outputs": {
                 "retriever": {"documents": [DOC]},
                 "model": {"choices": [{"message": {"role": "assistant", "content": format!("use key {SECRET}")}}], "usage": {"total_tokens": 12}},
@@ -63,14 +76,19 @@ fn planted_runs() -> Vec<Value> {
             "inputs": {"user_id": USER_ID, "prompt": CARD},
             "all_outputs": {"retriever": DOC, "writer": SECRET},
         }),
+        // Not an object: its fields cannot be found, so it is withheld.
+        json!([{"id": "r9", "inputs": {"user_id": USER_ID}, "all_outputs": {"retriever": DOC}}]),
     ]
 }
 
 fn sim() -> Sim {
     // A page repeating a key is quarantined as text; it is read as JSON all the same to apply
     // the policy.
+    // Its reason names the repeated key's path, here a document title. A lone surrogate makes
+    // the second record unparseable; it holds the address as an escape.
     let repeated = format!(
-        r#"[{{"id":"x1","start_time":"{}","inputs":{{"user_id":"{USER_ID}","user_id":"{USER_ID}"}},"all_outputs":{{"retriever":"{DOC}","writer":"{EMAIL}"}}}}]"#,
+        r#"[{{"id":"x1","start_time":"{}","inputs":{{"user_id":"{USER_ID}","user_id":"{USER_ID}"}},"all_outputs":{{"retriever":{{"{TITLE}":0.9,"{TITLE}":0.8}},"writer":"{EMAIL}"}}}},
+           {{"id":"x2","inputs":{{"prompt":"\ud800 jane.planted\u0040example.com"}}}}]"#,
         time(8)
     );
     Sim::start(SimConfig {
@@ -229,7 +247,10 @@ fn planted_values_never_reach_a_file_or_the_console_and_every_run_is_kept() {
             .unwrap()[c]
             .clone()
     };
-    assert_eq!(r("r1", "outputs"), Cell::Text("charged card [card]".into()));
+    assert_eq!(
+        r("r1", "outputs"),
+        Cell::Text("charged card [card] 123; source: [dropped]".into())
+    );
     assert_eq!(
         r("r2", "error"),
         Cell::Text("upstream refused [email] with [secret]".into())
@@ -244,7 +265,7 @@ fn planted_values_never_reach_a_file_or_the_console_and_every_run_is_kept() {
     let inputs: Value = serde_json::from_str(r("r1", "inputs").text().unwrap()).unwrap();
     assert_eq!(
         inputs,
-        json!({"user_id": digest, "prompt": "contact [email] or [phone]"}),
+        json!({"user_id": digest, "prompt": "contact [email] or [phone]", "[email]": "owner"}),
         "runs.inputs and run_inputs agree"
     );
     let inputs: Value = serde_json::from_str(r("r2", "inputs").text().unwrap()).unwrap();
@@ -314,7 +335,26 @@ fn planted_values_never_reach_a_file_or_the_console_and_every_run_is_kept() {
                 .collect::<Vec<Value>>()
         })
         .collect();
-    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert_eq!(rejected.len(), 5, "{rejected:?}");
+    let withheld = rejected
+        .iter()
+        .filter(|r| {
+            r["record"]
+                .as_str()
+                .is_some_and(|t| t.contains("bytes withheld by the privacy policy"))
+        })
+        .count();
+    assert_eq!(
+        withheld, 2,
+        "the array and the record that does not parse: {rejected:?}"
+    );
+    // Names are masked alike in `run_inputs` and in the keys of `runs.inputs`.
+    let (_, inputs) = read_table(&out, "run_inputs");
+    assert!(
+        inputs
+            .iter()
+            .any(|r| r["name"] == text("[email]") && r["value"] == text("owner"))
+    );
     let quarantined = rejected
         .iter()
         .find(|r| r["record"]["inputs"]["prompt"] == json!("[card]"))
@@ -551,9 +591,9 @@ fn a_changed_policy_is_said_and_full_rewrites_the_older_rows() {
         "{}",
         stderr(&after)
     );
-    // The three runs are kept once each, rewritten under the policy (`_rejected/` lines of the
-    // first export are its own record of what it received, and are removed with `--full`'s
-    // rewrite only when they are replaced: only the tables are checked here).
+    // The three runs are kept once each, rewritten under the policy. (`_rejected/` files of the
+    // first export stay as it wrote them — `--full` does not rewrite them, as documented — so
+    // only the tables are checked here.)
     let texts: Vec<(String, String)> = every_text(&out)
         .into_iter()
         .filter(|(f, _)| f.ends_with(".parquet"))
@@ -578,4 +618,12 @@ fn a_changed_policy_is_said_and_full_rewrites_the_older_rows() {
         "--all-workflows",
     ]);
     assert_ok(&verified);
+    // A `--full` export without `--with-steps` leaves `steps` as it is, and says so.
+    let args = ["--config", config.as_str(), "--all-workflows", "--full"];
+    let without_steps = export_with_env(&sim, &out, &args, &[("ORCHESTRA_HASH_KEY", HASH_KEY)]);
+    assert_ok(&without_steps);
+    assert_stderr_contains(
+        &without_steps,
+        "this `--full` export does not rewrite `steps` (rewritten only with `--with-steps`): its rows keep the privacy policy they were written under",
+    );
 }
