@@ -1,15 +1,13 @@
 //! Detectors: where in a text an e-mail address, a phone number, a payment card number, a secret
 //! or an IP address is. Each one finds candidates with a cheap scan (`memchr` for `@` and `:`,
-//! one pass over the digits for the numeric ones in `numbers.rs`, a literal-prefixed regex for
-//! secrets) and then validates them (a Luhn check and issuer prefixes for cards, octet ranges
-//! for IPv4, the standard parser for IPv6, digit counts and shapes for phones), so dates, ids,
-//! version numbers and prices are not mistaken for them. Pure: text in, byte spans out.
-
-use std::sync::LazyLock;
-
-use regex::Regex;
+//! one pass over the digits for the numeric ones in `numbers.rs`, a search for the secrets'
+//! literal prefixes in `secrets.rs`) and then validates them (a Luhn check and issuer prefixes
+//! for cards, octet ranges for IPv4, the standard parser for IPv6, digit counts and shapes for
+//! phones), so dates, ids, version numbers and prices are not mistaken for them. Pure: text in,
+//! byte spans out.
 
 pub use super::numbers::{NumericKinds, numbers};
+pub use super::secrets::secrets;
 
 /// A built-in detector, as named in `[privacy] mask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -198,35 +196,6 @@ pub fn ipv6(text: &str, label: u16, out: &mut Vec<Span>) {
     }
 }
 
-/// Token shapes of common API keys; each starts with a literal, so the regex engine's prefilter
-/// skips text without one.
-static SECRETS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(concat!(
-        r"(?-u:\b)(?:",
-        r"sk-(?:proj-|ant-(?:api\d\d-)?|live-|test-)?[A-Za-z0-9_\-]{20,}",
-        r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
-        r"|gh[pousr]_[A-Za-z0-9]{30,}",
-        r"|github_pat_[A-Za-z0-9_]{30,}",
-        r"|(?:AKIA|ASIA)[0-9A-Z]{16}",
-        r"|xox[abposr]-[A-Za-z0-9\-]{10,}",
-        r"|AIza[0-9A-Za-z_\-]{35}",
-        r"|glpat-[A-Za-z0-9_\-]{20,}",
-        r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
-        r"|(?:Bearer|bearer|BEARER)[ \t]+[A-Za-z0-9._~+/\-]{16,}=*",
-        r")",
-        r"|-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
-    ))
-    .expect("the secret patterns are valid")
-});
-
-pub fn secrets(text: &str, label: u16, out: &mut Vec<Span>) {
-    out.extend(SECRETS.find_iter(text).map(|m| Span {
-        start: m.start(),
-        end: m.end(),
-        label,
-    }));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +337,19 @@ mod tests {
                 Ip,
                 "00:1a:2b:3c:4d:5e, 2026-12-01T10:30:00Z, v10.0.0.1",
                 &[],
+            ),
+            (
+                Secret,
+                "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\nok; -----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
+                &["-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"],
+            ),
+            (
+                Secret,
+                "AKIAIOSFODNN7EXAMPLEXYZ AIzaSyA-1234567890abcdefghijklmnopqrstu",
+                &[
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "AIzaSyA-1234567890abcdefghijklmnopqrstu",
+                ],
             ),
             // Values next to other numbers are still found.
             (

@@ -13,6 +13,7 @@ mod mask;
 mod numbers;
 pub mod path;
 mod records;
+mod secrets;
 
 use std::path::Path;
 use std::sync::LazyLock;
