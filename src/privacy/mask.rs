@@ -344,6 +344,23 @@ mod tests {
         assert_eq!(m.mask("ACCT 4111 1111 1111 1111 ok"), "[acct] ok");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_masks_without_panicking_and_json_stays_json(
+            text in "[0-9a-zA-Z@+().:/ \\-_\"\\\\é😀\n]{0,60}|\\PC{0,40}",
+        ) {
+            let m = masker();
+            let masked = m.mask(&text);
+            for label in ["[email]", "[phone]", "[card]", "[secret]", "[ip]", "[order]"] {
+                let _ = masked.matches(label).count();
+            }
+            let json = serde_json::to_string(&serde_json::json!({ text.clone(): [text.clone()] })).unwrap();
+            if let Some(out) = m.mask_json(&json) {
+                proptest::prop_assert!(serde_json::from_str::<Value>(&out).is_ok(), "{}", out);
+            }
+        }
+    }
+
     #[test]
     fn an_empty_masker_changes_nothing() {
         let m = Masker::default();
