@@ -151,17 +151,13 @@ fn act_on_inputs_object(
     let Some(text) = cell.to_text().filter(|t| t.starts_with('{')) else {
         return;
     };
-    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&text) else {
+    let Ok(mut inputs) = serde_json::from_str::<Value>(&text) else {
         return;
     };
-    let mut any = false;
-    for (k, v) in map.iter_mut() {
-        if name.matches(k) {
-            any |= path::apply(v, pointer, &mut |old| policy.replacement(action, old));
-        }
-    }
-    if any {
-        *cell = Cell::Owned(Value::Object(map).to_string());
+    if path::apply_to_entries(&mut inputs, name, pointer, &mut |old| {
+        policy.replacement(action, old)
+    }) {
+        *cell = Cell::Owned(inputs.to_string());
     }
 }
 

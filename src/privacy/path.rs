@@ -172,6 +172,26 @@ pub fn apply(value: &mut Value, pointer: &[Name], act: &mut dyn FnMut(&Value) ->
     }
 }
 
+/// [`apply`] to the entries of `value` (an object) that `name` selects; whether anything was
+/// selected. Anything but an object has no entries.
+pub fn apply_to_entries(
+    value: &mut Value,
+    name: &Name,
+    pointer: &[Name],
+    act: &mut dyn FnMut(&Value) -> Value,
+) -> bool {
+    let Value::Object(entries) = value else {
+        return false;
+    };
+    let mut any = false;
+    for (k, v) in entries.iter_mut() {
+        if name.matches(k) {
+            any |= apply(v, pointer, act);
+        }
+    }
+    any
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

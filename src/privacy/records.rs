@@ -17,7 +17,8 @@ const MIN_HIDDEN_CHARS: usize = 4;
 /// the keys inside replaced values, to hide them in messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hidden {
-    texts: Vec<(String, String)>,
+    /// (original text, the same as it appears inside a JSON string, what replaces it).
+    texts: Vec<(String, String, String)>,
     keys: Vec<String>,
 }
 
@@ -59,17 +60,20 @@ impl Hidden {
     }
 
     fn push(&mut self, text: String, with: String) {
-        if text.chars().count() >= MIN_HIDDEN_CHARS && !self.texts.iter().any(|(t, _)| *t == text) {
-            self.texts.push((text, with));
+        if text.chars().count() >= MIN_HIDDEN_CHARS && !self.texts.iter().any(|(t, ..)| *t == text)
+        {
+            let quoted = serde_json::to_string(&text).unwrap_or_default();
+            let escaped = quoted[1..quoted.len() - 1].to_owned();
+            self.texts.push((text, escaped, with));
             // Longer texts first: a text containing another is replaced whole.
-            self.texts.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+            self.texts.sort_by_key(|(t, ..)| std::cmp::Reverse(t.len()));
         }
     }
 
     /// `text` (a string's content) with every hidden text in it replaced.
     pub fn in_text<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let mut out = Cow::Borrowed(text);
-        for (hidden, with) in &self.texts {
+        for (hidden, _, with) in &self.texts {
             if memchr::memmem::find(out.as_bytes(), hidden.as_bytes()).is_some() {
                 out = Cow::Owned(out.replace(hidden.as_str(), with));
             }
@@ -81,12 +85,10 @@ impl Hidden {
     /// `None` when none is in it.
     pub fn in_json(&self, json: &str) -> Option<String> {
         let mut out: Option<String> = None;
-        for (hidden, with) in &self.texts {
-            let quoted = serde_json::to_string(hidden).unwrap_or_default();
-            let needle = &quoted[1..quoted.len().saturating_sub(1).max(1)];
+        for (_, needle, with) in &self.texts {
             let current = out.as_deref().unwrap_or(json);
             if memchr::memmem::find(current.as_bytes(), needle.as_bytes()).is_some() {
-                out = Some(current.replace(needle, with));
+                out = Some(current.replace(needle.as_str(), with));
             }
         }
         out
@@ -115,7 +117,7 @@ impl Hidden {
     /// A message with every hidden text and key in it shown as `[hidden]`.
     pub fn in_message(&self, message: &str) -> String {
         let mut out = message.to_owned();
-        for hidden in self.texts.iter().map(|(t, _)| t).chain(&self.keys) {
+        for hidden in self.texts.iter().map(|(t, ..)| t).chain(&self.keys) {
             if out.contains(hidden.as_str()) {
                 out = out.replace(hidden.as_str(), "[hidden]");
             }
@@ -160,13 +162,7 @@ impl Policy {
                             path::apply(value, &rule.pointer, &mut act);
                         }
                         Some(name) => {
-                            if let Value::Object(entries) = value {
-                                for (k, v) in entries.iter_mut() {
-                                    if name.matches(k) {
-                                        path::apply(v, &rule.pointer, &mut act);
-                                    }
-                                }
-                            }
+                            path::apply_to_entries(value, name, &rule.pointer, &mut act);
                         }
                     }
                 }
@@ -248,12 +244,8 @@ impl Policy {
                     }
                 }
                 Field::Inputs(name) => {
-                    if let Some(Value::Object(entries)) = map.get_mut("inputs") {
-                        for (k, v) in entries.iter_mut() {
-                            if name.matches(k) {
-                                path::apply(v, &rule.pointer, &mut act);
-                            }
-                        }
+                    if let Some(inputs) = map.get_mut("inputs") {
+                        path::apply_to_entries(inputs, name, &rule.pointer, &mut act);
                     }
                 }
                 Field::AllOutputs(name) if node.as_deref().is_some_and(|n| name.matches(n)) => {
