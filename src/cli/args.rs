@@ -75,6 +75,29 @@ pub(super) enum Command {
     Report(ReportArgs),
     /// Compare a dataset with what the API serves now, run by run; exit 0 only if they agree.
     Verify(VerifyArgs),
+    /// Keep a Delta dataset (`--table-format delta`) fast to read and small on disk: checkpoint
+    /// every table, vacuum files no version within the retention needs, optionally compact.
+    ///
+    /// Holds every writer's lock while it runs (an export waiting for it fails with exit code 6
+    /// and runs again later). Files the current snapshot or any version younger than
+    /// `--retention` reads are never deleted, nor is any file younger than the retention.
+    Maintain(MaintainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct MaintainArgs {
+    /// The dataset: the `--out` of the exports (a folder or an object store URL).
+    #[arg(long, default_value = config::DEFAULT_OUT, value_name = "DIR|URL")]
+    pub(super) out: PathBuf,
+    /// How long removed files stay for time travel (`DeltaTable(path, version=…)`).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::config::units::parse_duration)]
+    pub(super) retention: std::time::Duration,
+    /// Also rewrite each partition's small files (below 128 MiB) into bigger ones.
+    #[arg(long)]
+    pub(super) compact: bool,
+    /// Print what vacuum would delete; change nothing.
+    #[arg(long)]
+    pub(super) dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +228,12 @@ pub(super) struct ExportArgs {
     #[arg(help_heading = "Where", long, allow_negative_numbers = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(super) keep_manifests: Option<u32>,
+    /// How the tables are stored: `hive` (Hive-partitioned Parquet, replaced partition by
+    /// partition) or `delta` (Delta Lake tables: one atomic commit per table and export, time
+    /// travel; `maintain` keeps them compact). A dataset keeps the format it was created with.
+    /// [default: hive]
+    #[arg(help_heading = "Where", long, value_name = "FORMAT", value_parser = ["hive", "delta"])]
+    pub(super) table_format: Option<String>,
     #[command(flatten)]
     pub(super) privacy: PrivacyArgs,
     #[command(flatten)]

@@ -1,6 +1,7 @@
 //! `export`: flags and config file merged into validated settings, the export run until done
 //! or signalled, and its outcome turned into messages and an exit code.
 
+use crate::dataset::delta::TableFormat;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,12 @@ pub(super) async fn run_export(args: ExportArgs, ui: Ui) -> i32 {
         lookback: args.lookback.unwrap_or(inputs.lookback),
         unfinished_horizon: args.unfinished_horizon.unwrap_or(inputs.unfinished_horizon),
         keep_manifests: args.keep_manifests.or(file.keep_manifests),
+        table_format: args
+            .table_format
+            .as_deref()
+            .and_then(TableFormat::parse)
+            .or(file.table_format)
+            .unwrap_or_default(),
         since: args.since,
         ..privacy_inputs(args.privacy, &file, inputs)
     };
@@ -346,6 +353,7 @@ pub(super) fn failure_code(e: &ExportError) -> (i32, Option<String>) {
             e,
             crate::dataset::DatasetError::Layout { .. }
                 | crate::dataset::DatasetError::NotADataset { .. }
+                | crate::dataset::DatasetError::TableFormat { .. }
         ) {
             exit::USAGE
         } else {

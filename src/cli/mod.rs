@@ -37,6 +37,7 @@ macro_rules! shout {
 mod args;
 mod demo;
 mod export;
+mod maintain;
 mod report;
 mod verify;
 
@@ -99,6 +100,7 @@ pub fn run() -> i32 {
             Command::Simulate(args) => demo::run_simulate(args).await,
             Command::Report(args) => report::run_report(args, ui),
             Command::Verify(args) => verify::run_verify(args, ui).await,
+            Command::Maintain(args) => maintain::run_maintain(args),
         }
     })
 }

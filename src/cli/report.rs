@@ -121,6 +121,7 @@ pub(super) fn write_report(options: &ReportOptions, ui: Ui) -> i32 {
                     Some("pass `--data DIR`, the `--out` folder of an export"),
                 ),
                 ReportError::Io { .. } => (exit::OUTPUT, None),
+                ReportError::Delta(_) => (exit::PARTIAL_FAILURE, None),
                 ReportError::Polars { .. } => (exit::PARTIAL_FAILURE, None),
                 ReportError::Filter { ref hint, .. } => {
                     report_error(&e, Some(hint.as_str()));

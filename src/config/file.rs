@@ -1,6 +1,7 @@
 //! The `--config` TOML file: every key optional, flags win over it. Errors say the line, the key,
 //! what the key takes, and suggest the key meant when one is misspelt.
 
+use crate::dataset::delta::TableFormat;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub struct ConfigFile {
     pub shard: Option<Shard>,
     /// `_manifest/` files kept (the newest); older ones are removed after an export.
     pub keep_manifests: Option<u32>,
+    /// `"hive"` (the default) or `"delta"`.
+    #[serde(default, deserialize_with = "table_format")]
+    pub table_format: Option<TableFormat>,
     /// The field policy.
     pub privacy: Option<PrivacyFile>,
 }
@@ -107,6 +111,7 @@ const KEYS: &[(&str, &str)] = &[
     ("with_steps", "`true` or `false`"),
     ("shard", "a string `K/N`, like \"0/4\""),
     ("keep_manifests", "a whole number from 1 to 100000"),
+    ("table_format", "`\"hive\"` or `\"delta\"`"),
     (
         "privacy",
         "a table `[privacy]` with `mask`, `hash`, `drop`, `hash_key_file` and `[[privacy.pattern]]` entries",
@@ -177,6 +182,13 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
         }
     }
     d.deserialize_any(Visitor).map(Some)
+}
+
+fn table_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TableFormat>, D::Error> {
+    let text = <String as Deserialize>::deserialize(d)?;
+    TableFormat::parse(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("`{text}` is not a table format: `hive` or `delta`"))
+    })
 }
 
 fn shard<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Shard>, D::Error> {

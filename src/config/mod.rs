@@ -7,6 +7,7 @@
 mod file;
 pub mod units;
 
+use crate::dataset::delta::TableFormat;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,6 +113,8 @@ pub struct ExportConfig {
     pub shard: Option<Shard>,
     /// `_manifest/` files of this layout kept after an export (the newest).
     pub keep_manifests: u32,
+    /// Hive-partitioned Parquet or Delta tables.
+    pub table_format: TableFormat,
 }
 
 /// Raw inputs, as the CLI collected them. No `Debug`: it holds the raw key.
@@ -141,6 +144,8 @@ pub struct ExportInputs {
     pub shard: Option<Shard>,
     /// `_manifest/` files kept (`None`: the default).
     pub keep_manifests: Option<u32>,
+    /// `--table-format` / `table_format`.
+    pub table_format: TableFormat,
     /// `--since`: read back to runs started on this UTC day, not further.
     pub since: Option<chrono::NaiveDate>,
     /// `[privacy]` rules, flags merged in.
@@ -215,6 +220,7 @@ impl ExportInputs {
             keep_manifests: self
                 .keep_manifests
                 .unwrap_or(crate::pipeline::DEFAULT_KEEP_MANIFESTS),
+            table_format: self.table_format,
             extract: ExtractOptions {
                 export_id: String::new(),
                 lookback: None,

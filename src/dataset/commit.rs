@@ -327,7 +327,10 @@ fn for_each_key(
 }
 
 /// The run keys in the staged `runs` files of one partition.
-fn staged_keys(storage: &dyn Storage, files: &[String]) -> Result<RunKeys, DatasetError> {
+pub(super) fn staged_keys(
+    storage: &dyn Storage,
+    files: &[String],
+) -> Result<RunKeys, DatasetError> {
     let mut keys = RunKeys::default();
     for path in files {
         for_each_key(storage, path, |w, r| keys.insert(w, r))?;
@@ -532,7 +535,7 @@ pub fn batches(
 }
 
 /// The key columns of a batch read from `path`.
-fn key_columns<'a>(
+pub(super) fn key_columns<'a>(
     batch: &'a RecordBatch,
     path: &str,
 ) -> Result<(&'a arrow::array::StringArray, &'a arrow::array::StringArray), DatasetError> {
@@ -552,7 +555,7 @@ fn key_columns<'a>(
 }
 
 /// The rows of `batch` (read from `path`) whose run key is not in `keys`.
-fn without_keys(
+pub(super) fn without_keys(
     batch: &RecordBatch,
     keys: &RunKeys,
     path: &str,

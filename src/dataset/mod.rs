@@ -6,6 +6,7 @@
 //! through [`storage`] ([`LocalStorage`], [`ObjectStorage`]), picked by [`open`] from `--out`.
 
 mod commit;
+pub mod delta;
 mod digest;
 mod marks;
 pub mod object;
@@ -113,6 +114,24 @@ pub enum DatasetError {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// The Delta kernel failed on a table (reading its log, committing, checkpointing).
+    #[error("cannot {action} Delta table `{table}`")]
+    Delta {
+        table: String,
+        action: &'static str,
+        #[source]
+        source: Box<delta_kernel::KernelError>,
+    },
+    /// Another writer changed a table under this commit in a way it cannot retry over.
+    #[error("cannot commit to Delta table `{table}`: {reason}")]
+    DeltaConflict { table: String, reason: String },
+    /// The dataset's tables are in another format than the one asked for.
+    #[error("`{root}` holds {found} tables, not {wanted} ones")]
+    TableFormat {
+        root: String,
+        found: &'static str,
+        wanted: &'static str,
+    },
 }
 
 impl DatasetError {
@@ -152,6 +171,8 @@ impl DatasetError {
             Self::Store { url, source, .. } => source.hint(url),
             Self::Layout { found, .. } => shard::layout_hint(*found),
             Self::NotADataset { .. } => "pass a new or empty folder, or the `--out` of an earlier export".to_owned(),
+            Self::TableFormat { found, .. } => format!("pass `--table-format {found}` (or set `table_format = \"{found}\"`) to export into this dataset, or export into a new folder"),
+            Self::DeltaConflict { .. } => "run the export again: its state did not advance, and the table is at the last version committed".to_owned(),
             _ => return None,
         })
     }
@@ -410,7 +431,8 @@ pub fn open(out: &Path) -> Result<Arc<dyn Storage>, DatasetError> {
 }
 
 /// What an export (or `report`, `demo`) writes at the root besides the tables and the lock.
-const OWN_NAMES: [&str; 6] = [
+const OWN_NAMES: [&str; 7] = [
+    delta::FORMAT_MARKER,
     "_state",
     "_manifest",
     "_staging",

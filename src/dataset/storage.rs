@@ -56,6 +56,15 @@ pub trait Storage: Send + Sync {
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError>;
     /// How to show `path` to a person (an absolute path or URL).
     fn display(&self, path: &str) -> String;
+    /// The object store holding the dataset and the URL of its root (ending in `/`), for the
+    /// Delta kernel, which reads and commits table logs itself (`--table-format delta`).
+    fn delta_store(&self) -> Result<(Arc<dyn object_store::ObjectStore>, url::Url), DatasetError> {
+        Err(DatasetError::BadSetting {
+            name: "table_format",
+            value: "delta".to_owned(),
+            expected: "a dataset in a local folder or an object store",
+        })
+    }
 }
 
 /// A file being written; dropped without `commit`, it disappears.
@@ -545,6 +554,16 @@ impl Storage for LocalStorage {
 
     fn display(&self, path: &str) -> String {
         self.full(path).display().to_string()
+    }
+
+    fn delta_store(&self) -> Result<(Arc<dyn object_store::ObjectStore>, url::Url), DatasetError> {
+        let root = std::path::absolute(&self.root)
+            .map_err(|source| DatasetError::io("resolve", &self.root, source))?;
+        let url = url::Url::from_directory_path(&root).map_err(|()| DatasetError::BadUrl {
+            url: root.display().to_string(),
+            reason: "not an absolute path".to_owned(),
+        })?;
+        Ok((Arc::new(object_store::local::LocalFileSystem::new()), url))
     }
 }
 

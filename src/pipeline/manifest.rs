@@ -108,7 +108,21 @@ pub(super) fn manifest(
         "tables": tables,
         "workflows_table_rows": s.workflows_table_rows,
         "workflows_gone_upstream": s.workflows_gone,
+        "table_format": config.table_format.name(),
     });
+    if let Some((txn, versions)) = &s.delta {
+        let versions: serde_json::Map<String, serde_json::Value> = versions
+            .iter()
+            .map(|(table, version)| (table.name().to_owned(), json!(version)))
+            .collect();
+        // In a Delta table, `rows_after` counts the rows of the files a partition's commit
+        // added, not the partition's.
+        manifest["delta"] = json!({
+            "app_id": txn.app_id,
+            "txn_version": txn.seq,
+            "versions": versions,
+        });
+    }
     if let Some(sel) = s.shard {
         manifest["shard"] = json!({
             "shard": sel.shard.to_string(),

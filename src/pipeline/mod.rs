@@ -4,7 +4,7 @@
 //! It holds no stage logic of its own; it decides only what ends the export (a rejected key, an
 //! output that cannot be written) and what merely fails one workflow.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
+use crate::dataset::delta::{self, DeltaTables, TableFormat, TxnId};
 use crate::dataset::{
     self, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate, Revisit, Shard,
     StagedFile, Storage, Table, WriteSummary, WriterOptions, write_jsonl, write_snapshot,
@@ -158,6 +159,20 @@ pub async fn export(
     let owned = |path: &str| layout.owns(path);
     storage.remove_dir_all(&staging_root)?;
     let abandoned = storage.remove_abandoned("", &owned)?;
+    check_table_format(storage.as_ref(), config.table_format)?;
+    // Delta: the application transaction of this export's commits, read before anything is
+    // fetched so that a table that cannot be read stops the export early.
+    let txn = match config.table_format {
+        TableFormat::Delta => Some(off_runtime(|| {
+            // One writer of the marker: shards writing it at once would fence each other out.
+            if !matches!(layout, Layout::Sharded(s) if s.index() > 0) {
+                delta::mark(storage.as_ref())?;
+            }
+            let tables = DeltaTables::open(storage.as_ref())?;
+            TxnId::next(&tables, storage.as_ref(), layout)
+        })?),
+        TableFormat::Hive => None,
+    };
     if abandoned > 0 {
         tracing::info!(target: "dataset", files = abandoned, "removed files left by an interrupted export");
     }
@@ -238,7 +253,7 @@ pub async fn export(
         // Commit: from here on the dataset changes. `_SUCCESS` goes first so that nobody takes a
         // dataset in the middle of a commit for a finished one.
         let success_marker = layout.success_marker();
-        if workflow_list.is_some() {
+        if workflow_list.is_some() && txn.is_none() {
             // Refuse a `workflows` folder of another layout before any partition changes.
             layout.check_partition(storage.as_ref(), Table::Workflows.name())?;
         }
@@ -252,20 +267,53 @@ pub async fn export(
                 marks.upstream.insert(id.clone(), KeySet::default());
             }
         }
-        let committed = dataset::commit(
-            storage.as_ref(),
-            &staged,
-            config.extract.with_steps,
-            layout,
-            &marks,
-            &revisit,
-        )?;
-        let workflows_table_rows = match &workflow_list {
-            Some(list) => {
-                let rows = layout.keep_workflow_rows(&list.batch);
-                Some(write_snapshot(storage.as_ref(), Table::Workflows, &rows, layout)?.rows)
+        let workflow_rows = workflow_list
+            .as_ref()
+            .map(|list| layout.keep_workflow_rows(&list.batch));
+        let (committed, workflows_table_rows, delta_versions) = match &txn {
+            None => {
+                let committed = dataset::commit(
+                    storage.as_ref(),
+                    &staged,
+                    config.extract.with_steps,
+                    layout,
+                    &marks,
+                    &revisit,
+                )?;
+                let rows = match &workflow_rows {
+                    Some(rows) => {
+                        Some(write_snapshot(storage.as_ref(), Table::Workflows, rows, layout)?.rows)
+                    }
+                    None => None,
+                };
+                (committed, rows, BTreeMap::new())
             }
-            None => None,
+            Some(txn) => off_runtime(|| {
+                let tables = DeltaTables::open(storage.as_ref())?;
+                let mut done = delta::commit(
+                    &tables,
+                    storage.as_ref(),
+                    &staged,
+                    config.extract.with_steps,
+                    layout,
+                    &marks,
+                    &revisit,
+                    txn,
+                    &export_id,
+                )?;
+                let mut rows = None;
+                if let Some(batch) = &workflow_rows {
+                    let store = storage.as_ref();
+                    let table = Table::Workflows;
+                    if let Some(v) =
+                        delta::commit_snapshot(&tables, store, table, batch, layout, txn, &export_id)?
+                    {
+                        done.versions.insert(table, v);
+                    }
+                    rows = Some(batch.num_rows());
+                }
+                Ok::<_, DatasetError>((done.summary, rows, done.versions))
+            })?,
         };
         // State advances only now that the data it describes is durable; failed workflows keep
         // theirs.
@@ -290,6 +338,7 @@ pub async fn export(
             staged,
             committed,
             workflows_table_rows,
+            delta: txn.map(|txn| (txn, delta_versions)),
             workflows_gone,
             shard,
             rejected,
@@ -327,6 +376,28 @@ pub async fn export(
         let _ = storage.remove_abandoned("", &owned);
     }
     result
+}
+
+/// Refuses to export in `wanted` into a dataset whose tables are in the other format: Hive
+/// files next to a Delta log would be invisible to Delta readers, and the reverse.
+fn check_table_format(storage: &dyn Storage, wanted: TableFormat) -> Result<(), DatasetError> {
+    match delta::detect(storage)? {
+        Some(found) if found != wanted => Err(DatasetError::TableFormat {
+            root: storage.display(""),
+            found: found.name(),
+            wanted: wanted.name(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` on a thread of its own, outside the async runtime: the Delta kernel blocks on a
+/// runtime it owns, which may be neither started nor dropped inside another.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// The workflows named on the command line or in a file, then (with `--all-workflows`) every

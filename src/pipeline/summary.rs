@@ -25,6 +25,11 @@ pub struct ExportSummary {
     pub committed: CommitSummary,
     /// Rows in the `workflows` table (this shard's part of it), when it was written.
     pub workflows_table_rows: Option<usize>,
+    /// Delta tables: the export's application transaction and each table's new version.
+    pub delta: Option<(
+        crate::dataset::delta::TxnId,
+        std::collections::BTreeMap<crate::dataset::Table, u64>,
+    )>,
     /// With `--full --all-workflows`: workflows earlier exports stored that the API no longer
     /// lists nor serves (404); their stored runs were marked deleted upstream.
     pub workflows_gone: Vec<String>,

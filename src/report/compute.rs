@@ -206,7 +206,7 @@ impl Sources {
                     .map_err(polars_err("regressions"))?,
             ),
         ];
-        if scan::has_table(&self.options.data, "steps") {
+        if scan::has_table(&self.options.data, "steps")? {
             let mut steps = StepStats::read(&self.options.data, &self.scope, &self.deleted)
                 .inspect(|_| timed("steps"))?;
             tables.push((

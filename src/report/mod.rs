@@ -99,6 +99,9 @@ pub enum ReportError {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// A Delta table's log could not be read.
+    #[error(transparent)]
+    Delta(#[from] crate::dataset::DatasetError),
     /// A report file could not be written.
     #[error("cannot write `{}`", path.display())]
     Io {
@@ -235,7 +238,7 @@ impl Totals {
 /// Computes every table (without writing anything).
 pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
-    if !scan::has_table(&options.data, "runs") {
+    if !scan::has_table(&options.data, "runs")? {
         return Err(ReportError::NoData {
             path: options.data.clone(),
         });

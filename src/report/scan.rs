@@ -18,6 +18,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 use super::{ReportError, ReportOptions};
+use crate::dataset::delta;
+use crate::pipeline::off_runtime;
 use crate::table::Table;
 
 /// Rows per batch read.
@@ -25,8 +27,21 @@ const BATCH_ROWS: usize = 65_536;
 /// Microseconds in a day.
 const DAY_US: i64 = 86_400_000_000;
 
-/// The Parquet files of table `name` in `data`, in path order (hidden temp files left out).
-pub fn files(data: &Path, name: &str) -> Vec<PathBuf> {
+/// The Parquet files of table `name` in `data`, in path order: those of its current snapshot for
+/// a Delta table, every one (hidden temp files left out) for a Hive table.
+pub fn files(data: &Path, name: &str) -> Result<Vec<PathBuf>, ReportError> {
+    let table = Table::ALL.into_iter().find(|t| t.name() == name);
+    if let Some(table) = table
+        && data.join(name).join(delta::DELTA_LOG).is_dir()
+        && let Some(files) = off_runtime(|| delta::local_files(data, table))?
+    {
+        return Ok(files);
+    }
+    Ok(hive_files(data, name))
+}
+
+/// Every Parquet file below table `name` of `data`, in path order (hidden temp files left out).
+fn hive_files(data: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![data.join(name)];
     while let Some(dir) = stack.pop() {
@@ -48,8 +63,8 @@ pub fn files(data: &Path, name: &str) -> Vec<PathBuf> {
 }
 
 /// Whether table `name` of `data` has a Parquet file.
-pub fn has_table(data: &Path, name: &str) -> bool {
-    !files(data, name).is_empty()
+pub fn has_table(data: &Path, name: &str) -> Result<bool, ReportError> {
+    Ok(!files(data, name)?.is_empty())
 }
 
 /// One batch of a table, its columns by name (`None` for a column the file lacks: it was
@@ -171,7 +186,7 @@ pub fn fold<A: Send>(
     .into_iter()
     .find(|t| t.name() == name)
     .map(|t| t.schema());
-    files(data, name)
+    files(data, name)?
         .par_iter()
         .map(|path| {
             let mut acc = init();

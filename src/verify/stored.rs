@@ -49,7 +49,12 @@ pub fn read(out: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyE
 /// Reads the `runs` table below the local dataset folder `root`.
 fn read_folder(root: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyError> {
     let mut stored = Stored::new();
-    for path in parquet_files(&root.join(Table::Runs.name()))? {
+    let files =
+        match crate::pipeline::off_runtime(|| dataset::delta::local_files(root, Table::Runs))? {
+            Some(files) => files,
+            None => parquet_files(&root.join(Table::Runs.name()))?,
+        };
+    for path in files {
         read_file(&path, wanted, &mut stored)?;
     }
     Ok(stored)

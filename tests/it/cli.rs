@@ -121,7 +121,7 @@ fn every_config_key_rejects_bad_values_with_one_line_naming_it() {
     let file = path.display().to_string();
     let cases = [
         ("concurency = 3", "line 1: unknown key `concurency`; did you mean `concurrency`?".to_owned()),
-        ("page_size = 10\ncolour = \"red\"", "line 2: unknown key `colour`; the keys are `base_url`, `api_key_file`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `max_rps`, `max_response_size`, `retry_delay`, `lookback`, `unfinished_horizon`, `with_steps`, `shard`, `keep_manifests`, `privacy` (see `export.example.toml`)".into()),
+        ("page_size = 10\ncolour = \"red\"", "line 2: unknown key `colour`; the keys are `base_url`, `api_key_file`, `workflows`, `workflows_file`, `all_workflows`, `out`, `page_size`, `concurrency`, `request_timeout`, `max_retries`, `max_rps`, `max_response_size`, `retry_delay`, `lookback`, `unfinished_horizon`, `with_steps`, `shard`, `keep_manifests`, `table_format`, `privacy` (see `export.example.toml`)".into()),
         ("page_size = 5\n[net\nx = 1", "line 2, column 5: unclosed table, expected `]`".into()),
         ("base_url = 5", "line 1: `base_url` takes a URL string, not 5".into()),
         ("base_url = \"ftp://user:pw@h/x\"", "line 1: `base_url` `ftp://user:***@h/x`: scheme `ftp` is not http or https".into()),

@@ -6,6 +6,7 @@
 mod badinput;
 mod browser;
 mod cli;
+mod delta;
 mod drift;
 mod export;
 mod faults;

@@ -495,9 +495,21 @@ impl Storage for ObjectStorage {
     fn display(&self, path: &str) -> String {
         self.inner.show(path)
     }
+
+    fn delta_store(&self) -> Result<(Arc<dyn ObjectStore>, Url), DatasetError> {
+        // The store is the bucket's; the kernel maps a URL's path to a key in it.
+        let bad = |reason: String| DatasetError::BadUrl {
+            url: self.inner.url.clone(),
+            reason,
+        };
+        let mut url = Url::parse(&self.inner.url).map_err(|e| bad(e.to_string()))?;
+        url.set_path(&format!("/{}/", self.inner.root.as_ref()).replace("//", "/"));
+        Ok((self.inner.store.clone(), url))
+    }
 }
 
-/// Downloads the Parquet files of `tables` (all partitions) from the dataset in `storage` into
+/// Downloads the Parquet files of `tables` (all partitions, and a Delta table's log) from the
+/// dataset in `storage` into
 /// `dest`, keeping the layout, so that a local reader (the report) can scan them. Returns how
 /// many files were downloaded.
 pub fn download_tables(
@@ -524,7 +536,9 @@ pub fn download_tables(
             };
             let relative: Vec<String> = relative.map(|p| p.as_ref().to_owned()).collect();
             let hidden = relative.iter().any(|p| p.starts_with('.'));
-            if !hidden && relative.last().is_some_and(|n| n.ends_with(".parquet")) {
+            // A Delta table's log too: readers of the copy open its snapshot.
+            let log = relative.iter().any(|p| p == super::delta::DELTA_LOG);
+            if !hidden && (log || relative.last().is_some_and(|n| n.ends_with(".parquet"))) {
                 wanted.push((meta.location, relative.join("/")));
             }
         }

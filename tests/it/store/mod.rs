@@ -5,6 +5,7 @@
 //! with a request in flight, conditional uploads in parts and deletes) are in [`fence`];
 //! `verify` of a dataset on S3 in [`verify`].
 
+mod delta;
 mod fence;
 mod proxy;
 mod verify;
