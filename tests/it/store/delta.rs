@@ -49,18 +49,17 @@ fn delta_tables_on_s3_are_exact_after_an_export_a_rerun_and_four_shards_at_once(
     // Four shards at once into new tables: every shard's commits land, every run once.
     let sharded = "s3://lake/delta/sharded";
     let url = sim.url();
-    let children: Vec<_> = (0..4)
-        .map(|k| {
-            let shard = format!("{k}/4");
-            let mut all = export_args(&url, sharded, &args);
-            all.extend(["--shard", shard.as_str()]);
-            command(&moto, &all)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let spawn_shard = |k: u32| {
+        let shard = format!("{k}/4");
+        let mut all = export_args(&url, sharded, &args);
+        all.extend(["--shard", shard.as_str()]);
+        command(&moto, &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = (0..4).map(spawn_shard).collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert_ok(&out);
@@ -77,18 +76,7 @@ fn delta_tables_on_s3_are_exact_after_an_export_a_rerun_and_four_shards_at_once(
     assert_eq!(read["workflows"]["rows"], 8);
     // A second round of all four at once merges again, still every run once.
     sim.server.add_runs(2, 10);
-    let children: Vec<_> = (0..4)
-        .map(|k| {
-            let shard = format!("{k}/4");
-            let mut all = export_args(&url, sharded, &args);
-            all.extend(["--shard", shard.as_str()]);
-            command(&moto, &all)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..4).map(spawn_shard).collect();
     for child in children {
         assert_ok(&child.wait_with_output().unwrap());
     }
