@@ -72,6 +72,7 @@ fn known_workflows(runs: &RunStats, names: &Names) -> String {
 /// The inputs of every table: the names of the workflows and the runs in scope.
 pub(super) struct Sources {
     options: ReportOptions,
+    files: scan::Files,
     scope: Scope,
     names: Names,
     runs: RunStats,
@@ -79,11 +80,11 @@ pub(super) struct Sources {
 }
 
 impl Sources {
-    /// Reads the names and the runs of `options.data`.
-    pub(super) fn open(options: &ReportOptions) -> Result<Self, ReportError> {
+    /// Reads the names and the runs of `options.data`, whose tables hold `files`.
+    pub(super) fn open(options: &ReportOptions, files: scan::Files) -> Result<Self, ReportError> {
         let started = std::time::Instant::now();
         let names = scan::fold(
-            &options.data,
+            &files,
             "workflows",
             &["workflow_id", "name"],
             &[],
@@ -107,7 +108,7 @@ impl Sources {
         let mut options = options.clone();
         options.workflows = resolve(&options.workflows, &names)?;
         let scope = Scope::of(&options);
-        let runs = RunStats::read(&options.data, &scope, options.top_n)?;
+        let runs = RunStats::read(&files, &scope, options.top_n)?;
         if let Some(missing) = options.workflows.iter().find(|w| !runs.seen.contains(*w)) {
             return Err(ReportError::Filter {
                 message: format!("no workflow `{}` in `{}`", missing, options.data_name()),
@@ -119,6 +120,7 @@ impl Sources {
         tracing::debug!(target: "report", seconds, "names and runs read");
         Ok(Self {
             options,
+            files,
             scope,
             names,
             runs,
@@ -187,7 +189,7 @@ impl Sources {
             ),
             (
                 "node_stats",
-                NodeStats::read(&self.options.data, &self.scope, &self.deleted)
+                NodeStats::read(&self.files, &self.scope, &self.deleted)
                     .inspect(|_| timed("node_outputs"))?
                     .frame(names)
                     .map_err(polars_err("node_stats"))?,
@@ -206,8 +208,8 @@ impl Sources {
                     .map_err(polars_err("regressions"))?,
             ),
         ];
-        if scan::has_table(&self.options.data, "steps")? {
-            let mut steps = StepStats::read(&self.options.data, &self.scope, &self.deleted)
+        if self.files.has_table("steps") {
+            let mut steps = StepStats::read(&self.files, &self.scope, &self.deleted)
                 .inspect(|_| timed("steps"))?;
             tables.push((
                 "slowest_nodes",

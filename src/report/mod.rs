@@ -238,12 +238,13 @@ impl Totals {
 /// Computes every table (without writing anything).
 pub fn compute(options: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
-    if !scan::has_table(&options.data, "runs")? {
+    let files = scan::Files::of(&options.data)?;
+    if !files.has_table("runs") {
         return Err(ReportError::NoData {
             path: options.data.clone(),
         });
     }
-    let sources = compute::Sources::open(options)?;
+    let sources = compute::Sources::open(options, files)?;
     let warnings = sources.empty_scope().into_iter().collect();
     let mut tables = sources.tables()?;
     let totals = Totals::of(&tables);

@@ -3,7 +3,6 @@
 //! `token_usage` and `daily_tokens` are read off them, every quantile exact.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 
 use polars::prelude::*;
 
@@ -11,7 +10,7 @@ use super::ReportError;
 use super::distribution::Samples;
 use super::frame::FrameBuilder;
 use super::runs::Names;
-use super::scan::{self, Batch, Scope, at, day_of, min_of, text_at};
+use super::scan::{self, Batch, Files, Scope, at, day_of, min_of, text_at};
 use crate::table::VALUE_BYTES;
 
 /// Stands for a NULL node id in the maps (output as NULL).
@@ -112,7 +111,7 @@ pub struct NodeStats(ByNode<OutputCell>);
 impl NodeStats {
     /// Reads `node_outputs`: the sizes from `value_bytes`, or measured from `value` in files
     /// written before `value_bytes` existed.
-    pub fn read(data: &Path, scope: &Scope, deleted: &Deleted) -> Result<Self, ReportError> {
+    pub fn read(data: &Files, scope: &Scope, deleted: &Deleted) -> Result<Self, ReportError> {
         let mut columns = vec![
             "workflow_id",
             "node",
@@ -268,7 +267,7 @@ pub struct StepStats {
 
 impl StepStats {
     /// Reads `steps`.
-    pub fn read(data: &Path, scope: &Scope, deleted: &Deleted) -> Result<Self, ReportError> {
+    pub fn read(data: &Files, scope: &Scope, deleted: &Deleted) -> Result<Self, ReportError> {
         let mut columns = vec![
             "workflow_id",
             "node_id",

@@ -4,14 +4,13 @@
 //! is exact and the memory is 8 bytes a run.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 use polars::prelude::*;
 
 use super::distribution::Samples;
 use super::errors::ErrorGroups;
 use super::frame::FrameBuilder;
-use super::scan::{self, Batch, Scope, at, day_of, min_of, text_at};
+use super::scan::{self, Batch, Files, Scope, at, day_of, min_of, text_at};
 use super::{ERROR_RATE_REGRESSION, MIN_RUNS_FOR_REGRESSION, P95_REGRESSION_FACTOR, ReportError};
 use crate::table::DELETED_UPSTREAM_AT;
 
@@ -114,7 +113,7 @@ const COLUMNS: [&str; 7] = [
 
 impl RunStats {
     /// Reads `runs` of `data` within `scope`, keeping the `top` slowest.
-    pub fn read(data: &Path, scope: &Scope, top: usize) -> Result<Self, ReportError> {
+    pub fn read(data: &Files, scope: &Scope, top: usize) -> Result<Self, ReportError> {
         let init = || RunStats {
             top,
             ..RunStats::default()

@@ -3,7 +3,7 @@
 //! and the accumulators merged. Memory is one batch of a few columns per thread plus what the
 //! accumulator keeps. Rows outside the report's scope never reach the accumulator.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +27,43 @@ const BATCH_ROWS: usize = 65_536;
 /// Microseconds in a day.
 const DAY_US: i64 = 86_400_000_000;
 
-/// The Parquet files of table `name` in `data`, in path order: those of its current snapshot for
-/// a Delta table, every one (hidden temp files left out) for a Hive table.
-pub fn files(data: &Path, name: &str) -> Result<Vec<PathBuf>, ReportError> {
-    let table = Table::ALL.into_iter().find(|t| t.name() == name);
-    if let Some(table) = table
-        && data.join(name).join(delta::DELTA_LOG).is_dir()
-        && let Some(files) = off_runtime(|| delta::local_files(data, table))?
-    {
-        return Ok(files);
+/// The Parquet files of every table of a dataset, listed once per report: those of a Delta
+/// table's current snapshot, every one (hidden temp files left out) of a Hive table.
+pub struct Files(HashMap<&'static str, Vec<PathBuf>>);
+
+impl Files {
+    /// Lists the tables of the dataset folder `data`.
+    pub fn of(data: &Path) -> Result<Self, ReportError> {
+        let mut delta = if Table::ALL
+            .iter()
+            .any(|t| data.join(t.name()).join(delta::DELTA_LOG).is_dir())
+        {
+            off_runtime(|| delta::local_tables(data))?
+        } else {
+            HashMap::new()
+        };
+        Ok(Self(
+            Table::ALL
+                .into_iter()
+                .map(|t| {
+                    let files = delta
+                        .remove(&t)
+                        .unwrap_or_else(|| hive_files(data, t.name()));
+                    (t.name(), files)
+                })
+                .collect(),
+        ))
     }
-    Ok(hive_files(data, name))
+
+    /// The files of table `name`, in path order.
+    pub fn of_table(&self, name: &str) -> &[PathBuf] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether table `name` has a Parquet file.
+    pub fn has_table(&self, name: &str) -> bool {
+        !self.of_table(name).is_empty()
+    }
 }
 
 /// Every Parquet file below table `name` of `data`, in path order (hidden temp files left out).
@@ -60,11 +86,6 @@ fn hive_files(data: &Path, name: &str) -> Vec<PathBuf> {
     }
     found.sort();
     found
-}
-
-/// Whether table `name` of `data` has a Parquet file.
-pub fn has_table(data: &Path, name: &str) -> Result<bool, ReportError> {
-    Ok(!files(data, name)?.is_empty())
 }
 
 /// One batch of a table, its columns by name (`None` for a column the file lacks: it was
@@ -168,7 +189,7 @@ impl Scope {
 /// accumulators, one file at a time per thread, and merges them. `instead` names, for a column
 /// a file may lack (an older file), the column to read in its place.
 pub fn fold<A: Send>(
-    data: &Path,
+    data: &Files,
     name: &str,
     columns: &[&str],
     instead: &[(&str, &str)],
@@ -186,7 +207,7 @@ pub fn fold<A: Send>(
     .into_iter()
     .find(|t| t.name() == name)
     .map(|t| t.schema());
-    files(data, name)?
+    data.of_table(name)
         .par_iter()
         .map(|path| {
             let mut acc = init();

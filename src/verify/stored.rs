@@ -49,11 +49,15 @@ pub fn read(out: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyE
 /// Reads the `runs` table below the local dataset folder `root`.
 fn read_folder(root: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyError> {
     let mut stored = Stored::new();
-    let files =
-        match crate::pipeline::off_runtime(|| dataset::delta::local_files(root, Table::Runs))? {
-            Some(files) => files,
-            None => parquet_files(&root.join(Table::Runs.name()))?,
-        };
+    let runs = root.join(Table::Runs.name());
+    let delta = match runs.join(dataset::delta::DELTA_LOG).is_dir() {
+        true => crate::pipeline::off_runtime(|| dataset::delta::local_tables(root))?,
+        false => HashMap::new(),
+    };
+    let files = match delta.into_iter().find(|(t, _)| *t == Table::Runs) {
+        Some((_, files)) => files,
+        None => parquet_files(&runs)?,
+    };
     for path in files {
         read_file(&path, wanted, &mut stored)?;
     }

@@ -15,7 +15,8 @@ use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
-use super::commit::{Names, commit_files_for_compaction};
+use super::commit::{Names, Plan, write_file};
+use super::txn::commit_plan;
 use super::{ActiveFile, DELTA_LOG, DeltaTables, has_log};
 use crate::dataset::marks::conform;
 use crate::dataset::{DatasetError, Storage, batches};
@@ -133,8 +134,8 @@ fn compact(
             .push(file);
     }
     let schema = table.schema();
-    let mut adds = Vec::new();
-    let mut removes = HashSet::new();
+    let mut plan = Plan::default();
+    let mut written = 0;
     for ((date, owner), files) in groups {
         if files.len() < 2 {
             continue;
@@ -161,18 +162,19 @@ fn compact(
                 for batch in batches(storage, &file.path, None)? {
                     read.push(conform(batch?, &schema, &file.path).map(|(b, _)| b));
                 }
-                removes.insert(file.path.clone());
+                plan.removes.insert(file.path.clone());
             }
-            adds.push(super::commit::write_new(storage, table, &path, date, read)?);
+            let (size, rows) = write_file(storage, table, &path, read.into_iter())?;
+            plan.added(&path, date, size, rows);
+            written += 1;
         }
     }
-    if removes.is_empty() {
+    if plan.removes.is_empty() {
         return Ok((0, 0));
     }
-    let written = adds.len();
     let snapshot = tables.snapshot(storage, table)?;
-    commit_files_for_compaction(tables, storage, table, snapshot, adds, &removes)?;
-    Ok((removes.len(), written))
+    commit_plan(tables, storage, table, snapshot, &plan, None)?;
+    Ok((plan.removes.len(), written))
 }
 
 /// Deletes the data files of `table` that no version within the retention needs and that are

@@ -6,11 +6,13 @@
 //! files. Data files are immutable and named by the export that wrote them
 //! (`part-{export id}-{n}.parquet`, a shard's ids ending in its tag), so a commit adds files and
 //! removes the ones it rewrote, and readers see either version, whole. This module owns the
-//! engine, the tables' schemas and what a snapshot holds; `commit` turns an export into one Delta
-//! commit per table, `maintain` writes checkpoints, vacuums and compacts.
+//! engine, the tables' schemas and what a snapshot holds; `commit` plans an export's adds and
+//! removes per table, `txn` commits them (one Delta commit per table), `maintain` writes
+//! checkpoints, vacuums and compacts.
 
 mod commit;
 mod maintain;
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +30,9 @@ use super::DatasetError;
 use super::storage::Storage;
 use crate::table::{PartitionDate, Table};
 
-pub use commit::{DeltaCommit, TxnId, commit, commit_snapshot};
+pub use commit::{DeltaCommit, commit, commit_snapshot};
 pub use maintain::{MaintainOptions, TableMaintenance, maintain};
+pub use txn::TxnId;
 
 /// The folder of a table's Delta log.
 pub const DELTA_LOG: &str = "_delta_log";
@@ -151,8 +154,6 @@ pub struct ActiveFile {
     pub date: Option<PartitionDate>,
     /// Size in bytes.
     pub size: u64,
-    /// Rows, from the file's statistics.
-    pub rows: Option<u64>,
 }
 
 impl DeltaTables {
@@ -239,39 +240,25 @@ impl DeltaTables {
             let metadata = metadata.map_err(&err)?;
             files = metadata
                 .visit_scan_files(files, |files: &mut Vec<ActiveFile>, file| {
+                    // A null partition value is left out of the map.
+                    let day = file.partition_values.get(PARTITION_COLUMN);
                     files.push(ActiveFile {
                         path: file.path,
-                        date: None,
+                        date: Some(day.map_or(PartitionDate(None), |day| {
+                            PartitionDate::from_dir_name(&format!("date={day}"))
+                                .unwrap_or(PartitionDate(None))
+                        })),
                         size: u64::try_from(file.size).unwrap_or(0),
-                        rows: file.stats.map(|s| s.num_records),
                     });
-                    // The partition is read below: the callback cannot capture.
-                    if let Some(day) = file.partition_values.get(PARTITION_COLUMN) {
-                        files.last_mut().expect("pushed").date =
-                            PartitionDate::from_dir_name(&format!("date={day}"));
-                    } else {
-                        files.last_mut().expect("pushed").date = Some(PartitionDate(None));
-                    }
                 })
                 .map_err(&err)?;
         }
         for file in &mut files {
             file.path = format!("{}/{}", table.name(), decode(&file.path));
-            if !partitioned(table) {
-                file.date = None;
-            }
+            file.date = file.date.filter(|_| partitioned(table));
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(files)
-    }
-
-    /// The version of `table`'s current snapshot; `None` while it has no log.
-    pub fn version(
-        &self,
-        storage: &dyn Storage,
-        table: Table,
-    ) -> Result<Option<u64>, DatasetError> {
-        Ok(self.snapshot(storage, table)?.map(|s| s.version()))
     }
 }
 
@@ -317,28 +304,25 @@ fn partition_values(
     HashMap::from([(PARTITION_COLUMN.to_owned(), value)])
 }
 
-/// The data files below every table of a Delta dataset at `root` that its current snapshots
-/// hold, for readers of a local copy (`report`, `verify`); `None` when `table` has no log
-/// (a Hive table: every Parquet file counts).
-pub fn local_files(
+/// The data files of each Delta table of the local dataset folder `root` (paths joined to it)
+/// that its current snapshot holds, for readers of a local copy (`report`, `verify`); tables
+/// without a log are left out (Hive tables: every Parquet file counts).
+pub fn local_tables(
     root: &std::path::Path,
-    table: Table,
-) -> Result<Option<Vec<std::path::PathBuf>>, DatasetError> {
+) -> Result<HashMap<Table, Vec<std::path::PathBuf>>, DatasetError> {
     let storage = super::LocalStorage::open(root)?;
-    if !has_log(&storage, table)? {
-        return Ok(None);
-    }
     let tables = DeltaTables::open(&storage)?;
-    let Some(snapshot) = tables.snapshot(&storage, table)? else {
-        return Ok(None);
-    };
-    Ok(Some(
-        tables
-            .active_files(table, &snapshot)?
-            .into_iter()
-            .map(|f| root.join(f.path))
-            .collect(),
-    ))
+    let mut found = HashMap::new();
+    for table in Table::ALL {
+        if let Some(snapshot) = tables.snapshot(&storage, table)? {
+            let files = tables.active_files(table, &snapshot)?;
+            found.insert(
+                table,
+                files.into_iter().map(|f| root.join(f.path)).collect(),
+            );
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
