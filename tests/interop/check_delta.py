@@ -5,7 +5,8 @@ Usage: check_delta.py ROOT [VERSION]
 ROOT is a folder or an `s3://` URL (then the `AWS_*` variables of the test's S3 server apply).
 Prints one line `RESULT {json}`: per table its version, row count, column types and whether the
 two readers agree; for `runs` each run's status by `workflow_id/run_id`, the duplicated keys,
-and whether each row's `date` partition is its `start_time` day. With VERSION, `runs` is also
+whether each row's `date` partition is its `start_time` day, the runs marked deleted upstream
+and each column's non-null count. With VERSION, `runs` is also
 read at that version (time travel) and reported as `runs_at_version`.
 """
 
@@ -45,7 +46,17 @@ def runs_facts(frame):
         expected = None if start is None else start.date()
         if expected != day:
             wrong_day += 1
-    return {"status": status, "duplicates": duplicates, "wrong_day": wrong_day}
+    marked = sorted(
+        k for k, at in zip(keys, frame["deleted_upstream_at"]) if at is not None
+    )
+    non_null = {c: frame.height - frame[c].null_count() for c in frame.columns}
+    return {
+        "status": status,
+        "duplicates": duplicates,
+        "wrong_day": wrong_day,
+        "marked_deleted": marked,
+        "non_null": non_null,
+    }
 
 
 def main():

@@ -174,6 +174,15 @@ fn delta_tables_are_exact_after_exports_reruns_and_maintenance_and_travel_back()
     assert_stderr_contains(&refused, "hint: pass `--table-format delta`");
 }
 
+/// Kills `child` with SIGKILL and reaps it.
+fn sigkill(child: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
 fn newest_manifest(root: &Path) -> Value {
     let mut names: Vec<PathBuf> = std::fs::read_dir(root.join("_manifest"))
         .unwrap()
@@ -213,11 +222,7 @@ fn killed_delta_exports_leave_a_version_readers_open_and_a_rerun_completes_it() 
         }
         let mut child = spawn_export(&sim, dir.path(), &args);
         std::thread::sleep(whole.mul_f64(fraction));
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
-        child.wait().unwrap();
+        sigkill(&mut child);
         // Whatever the moment: every table that exists opens at a whole version, no run twice.
         if dir.path().join("runs/_delta_log").is_dir() {
             readable_after_kill += 1;
@@ -234,11 +239,7 @@ fn killed_delta_exports_leave_a_version_readers_open_and_a_rerun_completes_it() 
         while !log.is_dir() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
-        child.wait().unwrap();
+        sigkill(&mut child);
         readable_after_kill += 1;
     }
     assert!(readable_after_kill > 0, "no kill landed after a commit");
@@ -259,4 +260,67 @@ fn killed_delta_exports_leave_a_version_readers_open_and_a_rerun_completes_it() 
             "{table}"
         );
     }
+}
+
+/// `--full` on Delta marks the runs gone upstream in a new version (their rows kept, the files
+/// holding them replaced), and a field policy applies to what Delta tables store as to Hive ones.
+#[test]
+fn a_full_delta_export_marks_runs_deleted_upstream_and_field_policies_apply() {
+    let sim = Sim::start(SimConfig {
+        workflows: 3,
+        runs_per_workflow: 200,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let args = ["--all-workflows", "--drop", "outputs", DELTA[0], DELTA[1]];
+    assert_ok(&export(&sim, dir.path(), &args));
+    let first = read_delta(root, None, &[]);
+    assert_exact(&first, &served_statuses(&sim));
+    assert_eq!(
+        first["runs"]["non_null"]["outputs"], 0,
+        "{}",
+        first["runs"]["non_null"]
+    );
+    assert_eq!(first["runs"]["non_null"]["run_id"], 600);
+
+    let id = sim.ids()[1].clone();
+    let deleted: Vec<String> = sim
+        .server
+        .delete_runs(1, &[10, 50, 150])
+        .into_iter()
+        .map(|run| format!("{id}/{run}"))
+        .collect();
+    let full = export(&sim, dir.path(), &[&args[..], &["--full"]].concat());
+    assert_ok(&full);
+    assert!(
+        stdout(&full).contains("deleted upstream: 3 stored runs no longer exist upstream"),
+        "{}",
+        stdout(&full)
+    );
+    let after = read_delta(root, Some(0), &[]);
+    let runs = &after["runs"];
+    assert_eq!(runs["version"], 1);
+    let mut marked: Vec<String> = serde_json::from_value(runs["marked_deleted"].clone()).unwrap();
+    marked.sort();
+    let mut want = deleted.clone();
+    want.sort();
+    assert_eq!(marked, want);
+    assert_eq!(runs["rows"], 600, "rows are kept, not dropped");
+    assert_eq!(runs["duplicates"].as_array().unwrap().len(), 0);
+    assert_eq!(runs["non_null"]["outputs"], 0);
+    assert_eq!(
+        after["runs_at_version"]["marked_deleted"],
+        serde_json::json!([])
+    );
+    let url = sim.url();
+    let verify = run(&[
+        "verify",
+        "--base-url",
+        &url,
+        "--out",
+        root,
+        "--all-workflows",
+    ]);
+    assert_ok(&verify);
 }
