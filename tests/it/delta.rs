@@ -324,3 +324,30 @@ fn a_full_delta_export_marks_runs_deleted_upstream_and_field_policies_apply() {
     ]);
     assert_ok(&verify);
 }
+
+/// Exports write a checkpoint of a table by themselves every tenth commit
+/// (`delta.checkpointInterval`), and readers open the table from it.
+#[test]
+fn every_tenth_commit_of_a_table_writes_a_checkpoint() {
+    let sim = Sim::start(SimConfig {
+        workflows: 1,
+        runs_per_workflow: 30,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--all-workflows", DELTA[0], DELTA[1]];
+    let log = dir.path().join("runs/_delta_log");
+    let checkpoint = log.join("00000000000000000010.checkpoint.parquet");
+    for round in 0..=10 {
+        if round > 0 {
+            sim.server.add_runs(0, 1);
+        }
+        assert_ok(&export(&sim, dir.path(), &args));
+        assert_eq!(checkpoint.exists(), round == 10, "after export {round}");
+    }
+    assert!(log.join("_last_checkpoint").exists());
+    let read = read_delta(dir.path().to_str().unwrap(), Some(9), &[]);
+    assert_eq!(read["runs"]["version"], 10);
+    assert_exact(&read, &served_statuses(&sim));
+    assert_eq!(read["runs_at_version"]["rows"], 39);
+}

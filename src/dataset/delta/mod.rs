@@ -382,6 +382,61 @@ mod tests {
         }
     }
 
+    /// A commit retried after its write landed (a lost answer) is recognised by its application
+    /// transaction and not applied again; the next export's commit is.
+    #[test]
+    fn a_retried_commit_is_not_applied_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::dataset::LocalStorage::open(dir.path()).unwrap();
+        let tables = DeltaTables::open(&storage).unwrap();
+        let body = br#"[{"id": "wf-1", "name": "one"}, {"id": "wf-2", "name": "two"}]"#;
+        let policy = crate::privacy::Policy::none();
+        let list = crate::flatten::flatten_workflows(body, 0, policy).unwrap();
+        let layout = crate::dataset::Layout::Unsharded;
+        let commit = |txn: &TxnId, id: &str| {
+            commit_snapshot(
+                &tables,
+                &storage,
+                Table::Workflows,
+                &list.batch,
+                layout,
+                txn,
+                id,
+            )
+            .unwrap()
+        };
+        let first = TxnId::next(&tables, &storage, layout).unwrap();
+        assert_eq!(first.seq, 1);
+        assert_eq!(commit(&first, "a"), Some(0));
+        // The same transaction again: nothing committed, the table stays at version 0.
+        assert_eq!(commit(&first, "a"), None);
+        let version = |storage: &dyn Storage| {
+            tables
+                .snapshot(storage, Table::Workflows)
+                .unwrap()
+                .unwrap()
+                .version()
+        };
+        assert_eq!(version(&storage), 0);
+        let next = TxnId::next(&tables, &storage, layout).unwrap();
+        assert_eq!(next.seq, 2);
+        assert_eq!(commit(&next, "b"), Some(1));
+        let snapshot = tables
+            .snapshot(&storage, Table::Workflows)
+            .unwrap()
+            .unwrap();
+        let files = tables.active_files(Table::Workflows, &snapshot).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].path.starts_with("workflows/part-b-"), "{files:?}");
+        // A shard counts its own transactions.
+        let shard = crate::dataset::Layout::Sharded(crate::dataset::Shard::new(1, 4).unwrap());
+        let theirs = TxnId::next(&tables, &storage, shard).unwrap();
+        assert_eq!(
+            (theirs.app_id.as_str(), theirs.seq),
+            ("orchestra-export/shard-01-of-04", 1)
+        );
+    }
+
     #[test]
     fn log_paths_are_decoded_to_storage_paths() {
         assert_eq!(
