@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{ApiClient, ApiError};
 use crate::config::ExportConfig;
+pub use crate::dataset::delta::off_runtime;
 use crate::dataset::delta::{self, DeltaTables, TableFormat, TxnId};
 use crate::dataset::{
     self, DatasetError, DatasetWriter, DeletionMarks, Layout, PartitionDate, Revisit, Shard,
@@ -389,15 +390,6 @@ fn check_table_format(storage: &dyn Storage, wanted: TableFormat) -> Result<(), 
         }),
         _ => Ok(()),
     }
-}
-
-/// Runs `f` on a thread of its own, outside the async runtime: the Delta kernel blocks on a
-/// runtime it owns, which may be neither started nor dropped inside another.
-pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// The workflows named on the command line or in a file, then (with `--all-workflows`) every

@@ -262,6 +262,15 @@ impl DeltaTables {
     }
 }
 
+/// Runs `f` on a thread of its own, outside any async runtime: the Delta kernel blocks on a
+/// runtime it owns, which may be neither started nor dropped inside another.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// A path of the Delta log (a URI reference) as a storage path.
 fn decode(path: &str) -> String {
     percent_encoding::percent_decode_str(path)

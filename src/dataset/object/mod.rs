@@ -32,10 +32,11 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfi
 use url::Url;
 
 use super::storage::{FetchRange, ParquetSource, StagedFile, Storage};
-use super::{DatasetError, StoreFailure};
+use super::{DatasetError, StoreFailure, Table};
 use fence::{Snapshot, delete_checked};
 use lease::Lease;
 use s3::S3Direct;
+use std::collections::{HashMap, HashSet};
 use upload::Job;
 
 /// How long a lock lease lasts unless renewed; a killed export blocks others at most this long.
@@ -508,10 +509,10 @@ impl Storage for ObjectStorage {
     }
 }
 
-/// Downloads the Parquet files of `tables` (all partitions, and a Delta table's log) from the
-/// dataset in `storage` into
-/// `dest`, keeping the layout, so that a local reader (the report) can scan them. Returns how
-/// many files were downloaded.
+/// Downloads the Parquet files of `tables` (all partitions) from the dataset in `storage` into
+/// `dest`, keeping the layout, so that a local reader (the report) can scan them; of a Delta
+/// table, its log first and then only the files its current snapshot holds. Returns how many
+/// files were downloaded.
 pub fn download_tables(
     storage: &ObjectStorage,
     tables: &[&str],
@@ -543,7 +544,39 @@ pub fn download_tables(
             }
         }
     }
-    let count = wanted.len();
+    let (logs, mut data): (Vec<_>, Vec<_>) = wanted
+        .into_iter()
+        .partition(|(_, relative)| relative.split('/').any(|p| p == super::delta::DELTA_LOG));
+    let mut count = logs.len();
+    if !logs.is_empty() {
+        fetch(inner, logs, dest)?;
+        // Files removed from a Delta table (older versions) are not needed to read it.
+        let active: HashMap<Table, HashSet<std::path::PathBuf>> =
+            super::delta::off_runtime(|| super::delta::local_tables(dest))?
+                .into_iter()
+                .map(|(table, files)| (table, files.into_iter().collect()))
+                .collect();
+        data.retain(|(_, relative)| {
+            let table = Table::ALL
+                .into_iter()
+                .find(|t| relative.split('/').next() == Some(t.name()));
+            match table.and_then(|t| active.get(&t)) {
+                Some(files) => files.contains(&dest.join(relative)),
+                None => true,
+            }
+        });
+    }
+    count += data.len();
+    fetch(inner, data, dest)?;
+    Ok(count)
+}
+
+/// Downloads the objects `wanted` to their paths below `dest`.
+fn fetch(
+    inner: &Inner,
+    wanted: Vec<(ObjectPath, String)>,
+    dest: &Path,
+) -> Result<(), DatasetError> {
     let (store, dest, url) = (inner.store.clone(), dest.to_path_buf(), inner.url.clone());
     // Each object is streamed to its file chunk by chunk: memory holds a few chunks per object
     // in flight, whatever the partitions' sizes.
@@ -579,7 +612,7 @@ pub fn download_tables(
             .await
     })?;
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(count)
+    Ok(())
 }
 
 #[cfg(test)]

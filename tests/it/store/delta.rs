@@ -32,6 +32,73 @@ fn delta_tables_on_s3_are_exact_after_an_export_a_rerun_and_four_shards_at_once(
     assert_eq!(second["runs"]["version"], 1);
     assert_eq!(statuses(&second["runs_at_version"]), first_served);
 
+    // `report` and `verify` on the store read the current snapshot: of each table, the log and
+    // the files the snapshot holds are downloaded, not the files the re-run replaced.
+    let reports = tempfile::tempdir().unwrap();
+    let out = reports.path().to_str().unwrap();
+    let report = command(
+        &moto,
+        &[
+            "-v",
+            "--log-format",
+            "json",
+            "report",
+            "--data",
+            URL,
+            "--out",
+            out,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&report);
+    let want = format!("report: {} runs in ", served.len());
+    assert!(stdout(&report).starts_with(&want), "{}", stdout(&report));
+    let downloaded = stderr(&report)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|l| l["fields"]["files"].as_u64())
+        .unwrap_or_else(|| panic!("no download line: {}", stderr(&report)));
+    let keys = moto.bucket("lake").keys("delta/history/");
+    let tables = ["runs", "node_outputs", "run_inputs", "steps", "workflows"];
+    let in_table = |k: &String| {
+        tables
+            .iter()
+            .any(|t| k.starts_with(&format!("delta/history/{t}/")))
+    };
+    let logs = keys
+        .iter()
+        .filter(|k| in_table(k) && k.contains("/_delta_log/"))
+        .count();
+    let data = keys
+        .iter()
+        .filter(|k| in_table(k) && k.ends_with(".parquet") && !k.contains("/_delta_log/"))
+        .count();
+    let active: u64 = tables
+        .iter()
+        .map(|t| second[*t]["files"].as_u64().unwrap())
+        .sum();
+    assert!(
+        data as u64 > active,
+        "the re-run replaced no file: {data} stored, {active} active"
+    );
+    assert_eq!(downloaded, logs as u64 + active, "{}", stderr(&report));
+    let url = sim.url();
+    let verify = command(
+        &moto,
+        &[
+            "verify",
+            "--base-url",
+            &url,
+            "--out",
+            URL,
+            "--all-workflows",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&verify);
+
     let kept = command(
         &moto,
         &["maintain", "--out", URL, "--retention", "0s", "--compact"],
@@ -48,7 +115,6 @@ fn delta_tables_on_s3_are_exact_after_an_export_a_rerun_and_four_shards_at_once(
 
     // Four shards at once into new tables: every shard's commits land, every run once.
     let sharded = "s3://lake/delta/sharded";
-    let url = sim.url();
     let spawn_shard = |k: u32| {
         let shard = format!("{k}/4");
         let mut all = export_args(&url, sharded, &args);
