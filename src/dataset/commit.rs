@@ -148,6 +148,34 @@ impl CommitSummary {
     }
 }
 
+/// What an export hands to the commit: its staged files and what it learnt while fetching.
+#[derive(Debug, Clone, Copy)]
+pub struct Staged<'a> {
+    /// The files written to staging.
+    pub files: &'a WriteSummary,
+    /// Whether the export fetched steps: only then are a re-fetched run's stored steps
+    /// replaced (an export without `--with-steps` leaves the `steps` table alone).
+    pub steps_fetched: bool,
+    /// The export's layout: only its files are merged.
+    pub layout: Layout,
+    /// Runs to mark deleted upstream (a `--full` export).
+    pub marks: &'a DeletionMarks,
+    /// Partitions without staged rows that may hold older rows of the runs staged.
+    pub revisit: &'a Revisit,
+}
+
+impl Staged<'_> {
+    /// The runs staged: every stored row of one of them is obsolete, in whichever partition it
+    /// is (a run may have moved: a start first missing, or corrected to another day).
+    pub(super) fn runs(&self, storage: &dyn Storage) -> Result<RunKeys, DatasetError> {
+        let runs: Vec<String> = (self.files.files.iter())
+            .filter(|f| f.table == Table::Runs && f.date.is_some())
+            .map(|f| f.path.clone())
+            .collect();
+        staged_keys(storage, &runs)
+    }
+}
+
 /// Commits the staged files of `staged` into the dataset.
 ///
 /// A run without a start time is stored in the default partition until it starts; when an export
@@ -155,23 +183,20 @@ impl CommitSummary {
 /// so a kill in between can make such a run briefly absent (the next export, whose state did not
 /// advance, fetches it again) but never present twice.
 ///
-/// `steps_fetched` says whether this export fetched steps: only then are a re-fetched run's
-/// stored steps replaced (an export without `--with-steps` leaves the `steps` table alone).
-///
-/// Only the files `layout` owns are merged; every folder the commit touches is checked before
+/// Only the files the layout owns are merged; every folder the commit touches is checked before
 /// the first one changes, so a partition holding files of another layout fails the commit with
 /// the dataset untouched.
 ///
 /// With `marks` (a `--full` export), every partition of `runs` is visited, and stored runs of the
 /// workflows it paged to their end that the API no longer has get `deleted_upstream_at`.
-pub fn commit(
-    storage: &dyn Storage,
-    staged: &WriteSummary,
-    steps_fetched: bool,
-    layout: Layout,
-    marks: &DeletionMarks,
-    revisit: &Revisit,
-) -> Result<CommitSummary, DatasetError> {
+pub fn commit(storage: &dyn Storage, change: Staged<'_>) -> Result<CommitSummary, DatasetError> {
+    let Staged {
+        files: staged,
+        steps_fetched,
+        layout,
+        marks,
+        revisit,
+    } = change;
     let mut by_partition: BTreeMap<PartitionDate, BTreeMap<Table, Vec<String>>> = BTreeMap::new();
     for file in &staged.files {
         if let Some(date) = file.date {
@@ -183,13 +208,7 @@ pub fn commit(
                 .push(file.path.clone());
         }
     }
-    // Every stored row of a run staged now is obsolete, in whichever partition it is: the run
-    // may have moved (a start first missing, or corrected to another day).
-    let mut replace = RunKeys::default();
-    for tables in by_partition.values() {
-        let runs = tables.get(&Table::Runs).map(Vec::as_slice);
-        replace.extend(&staged_keys(storage, runs.unwrap_or_default())?);
-    }
+    let replace = change.runs(storage)?;
     // Partitions visited only to mark runs deleted upstream: their other tables do not change.
     let mut only_marks: HashSet<PartitionDate> = HashSet::new();
     let everywhere = !marks.is_empty() || matches!(revisit, Revisit::All);

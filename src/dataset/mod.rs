@@ -20,7 +20,7 @@ use std::sync::Arc;
 use url::Url;
 
 pub use crate::table::{PartitionDate, Table};
-pub use commit::{CommitSummary, PartitionCommit, Revisit, RunKeys, batches, commit};
+pub use commit::{CommitSummary, PartitionCommit, Revisit, RunKeys, Staged, batches, commit};
 pub use marks::DeletionMarks;
 pub use object::{ObjectOptions, ObjectStorage, download_tables};
 pub use shard::{Layout, Shard};

@@ -271,16 +271,16 @@ pub async fn export(
         let workflow_rows = workflow_list
             .as_ref()
             .map(|list| layout.keep_workflow_rows(&list.batch));
+        let change = dataset::Staged {
+            files: &staged,
+            steps_fetched: config.extract.with_steps,
+            layout,
+            marks: &marks,
+            revisit: &revisit,
+        };
         let (committed, workflows_table_rows, delta_versions) = match &txn {
             None => {
-                let committed = dataset::commit(
-                    storage.as_ref(),
-                    &staged,
-                    config.extract.with_steps,
-                    layout,
-                    &marks,
-                    &revisit,
-                )?;
+                let committed = dataset::commit(storage.as_ref(), change)?;
                 let rows = match &workflow_rows {
                     Some(rows) => {
                         Some(write_snapshot(storage.as_ref(), Table::Workflows, rows, layout)?.rows)
@@ -291,17 +291,7 @@ pub async fn export(
             }
             Some(txn) => off_runtime(|| {
                 let tables = DeltaTables::open(storage.as_ref())?;
-                let mut done = delta::commit(
-                    &tables,
-                    storage.as_ref(),
-                    &staged,
-                    config.extract.with_steps,
-                    layout,
-                    &marks,
-                    &revisit,
-                    txn,
-                    &export_id,
-                )?;
+                let mut done = delta::commit(&tables, storage.as_ref(), change, txn, &export_id)?;
                 let mut rows = None;
                 if let Some(batch) = &workflow_rows {
                     let store = storage.as_ref();

@@ -17,11 +17,11 @@ use parquet::arrow::ArrowWriter;
 
 use super::txn::{TxnId, already_applied, commit_plan};
 use super::{ActiveFile, DeltaTables};
-use crate::dataset::commit::{key_columns, staged_keys, without_keys};
+use crate::dataset::commit::{key_columns, without_keys};
 use crate::dataset::digest::RunDigests;
 use crate::dataset::marks::{DeletionMarks, conform, mark_deleted, would_mark};
 use crate::dataset::{
-    CommitSummary, DatasetError, Layout, PartitionCommit, Revisit, RunKeys, Storage, WriteSummary,
+    CommitSummary, DatasetError, Layout, PartitionCommit, Revisit, RunKeys, Staged, Storage,
     batches, writer_properties,
 };
 use crate::table::{DELETED_UPSTREAM_AT, PartitionDate, Table};
@@ -36,27 +36,23 @@ pub struct DeltaCommit {
     pub versions: BTreeMap<Table, u64>,
 }
 
-/// Commits the staged files of `staged` as one Delta commit per table (see the module
-/// documentation); the arguments are those of the Hive [`crate::dataset::commit`].
-#[allow(clippy::too_many_arguments)]
+/// Commits the staged files of `change` as one Delta commit per table, each carrying `txn`; new
+/// data files are named after `export_id` (see the module documentation).
 pub fn commit(
     tables: &DeltaTables,
     storage: &dyn Storage,
-    staged: &WriteSummary,
-    steps_fetched: bool,
-    layout: Layout,
-    marks: &DeletionMarks,
-    revisit: &Revisit,
+    change: Staged<'_>,
     txn: &TxnId,
     export_id: &str,
 ) -> Result<DeltaCommit, DatasetError> {
-    let staged_runs: Vec<String> = staged
-        .files
-        .iter()
-        .filter(|f| f.table == Table::Runs)
-        .map(|f| f.path.clone())
-        .collect();
-    let replace = staged_keys(storage, &staged_runs)?;
+    let Staged {
+        files: staged,
+        steps_fetched,
+        layout,
+        marks,
+        revisit,
+    } = change;
+    let replace = change.runs(storage)?;
     let mut days: BTreeSet<PartitionDate> = staged.files.iter().filter_map(|f| f.date).collect();
     days.insert(PartitionDate(None));
     if let Revisit::Dates(dates) = revisit {
