@@ -3,7 +3,7 @@
 //! `cargo bench --bench e2e` (options after `--`: `--runs N`, `--workflows N`, `--page-size N`,
 //! `--concurrency N`, `--repeat N`, `--latency-ms N`, `--skip-cpu`, `--skip-python` (the Python
 //! route holds every row in memory: about 8 GB per million runs), `--exporter PATH` to measure
-//! another build). It starts the simulator in this process with pre-rendered pages (each page is
+//! another build, `--table-format delta` to export Delta tables). It starts the simulator in this process with pre-rendered pages (each page is
 //! rendered once, then served as stored bytes, so the server costs next to no CPU), exports once
 //! to warm it and to learn the URLs the exporter asks for, then measures, `--repeat` times each:
 //! - **download floor**: the same URLs fetched with the same concurrency by a bare reqwest
@@ -51,6 +51,8 @@ struct Options {
     /// `--mask` detectors: each repeat also exports with them, right after the plain export,
     /// and the CPU floor flattens under them too.
     mask: Option<String>,
+    /// `--table-format` of every export (`hive` when not given).
+    table_format: Option<String>,
 }
 
 fn options() -> Options {
@@ -67,6 +69,7 @@ fn options() -> Options {
         data: DataProfile::Llm,
         exporter: None,
         mask: None,
+        table_format: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -85,6 +88,7 @@ fn options() -> Options {
             "--latency-ms" => o.latency_ms = value(),
             "--exporter" => o.exporter = args.get(i + 1).map(PathBuf::from),
             "--mask" => o.mask = args.get(i + 1).cloned(),
+            "--table-format" => o.table_format = args.get(i + 1).cloned(),
             "--data" => {
                 o.data = args
                     .get(i + 1)
@@ -184,6 +188,9 @@ fn export_once(bin: &Path, base_url: &str, out: &Path, o: &Options, mask: Option
     command.arg("export");
     if let Some(mask) = mask {
         command.args(["--mask", mask]);
+    }
+    if let Some(format) = &o.table_format {
+        command.args(["--table-format", format]);
     }
     command
         .args(["--base-url", base_url, "--all-workflows", "--no-progress"])
