@@ -56,8 +56,13 @@ fn maintain(out: &std::path::Path, options: &MaintainOptions) -> Result<i32, Dat
         "deleted"
     };
     for t in &done {
-        let table = t.table.map_or("?", |t| t.name());
-        let mut line = format!("{table}: version {}, {} files", t.version, t.files);
+        let mut line = match t.version {
+            Some(version) => format!("{}: version {version}, {} files", t.table, t.files),
+            None => format!(
+                "{}: no Delta log (an export killed before its first commit)",
+                t.table
+            ),
+        };
         if t.checkpointed {
             line.push_str(", checkpoint written");
         }

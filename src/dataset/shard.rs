@@ -90,6 +90,18 @@ impl Shard {
     }
 
     /// The shard a tag names (`shard-03-of-08`), if it is one.
+    /// The shard whose tag the file name `name` holds (`part-…-shard-03-of-08-00001.parquet`).
+    pub fn in_name(name: &str) -> Option<Self> {
+        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+        name.match_indices("shard-").find_map(|(at, _)| {
+            let rest = &name[at + "shard-".len()..];
+            let index = digits(rest);
+            let count = digits(rest[index..].strip_prefix("-of-")?);
+            let end = at + "shard-".len() + index + "-of-".len() + count;
+            Self::from_tag(&name[at..end])
+        })
+    }
+
     fn from_tag(tag: &str) -> Option<Self> {
         let (index, count) = tag.strip_prefix("shard-")?.split_once("-of-")?;
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());

@@ -56,6 +56,12 @@ pub trait Storage: Send + Sync {
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn Send>, DatasetError>;
     /// How to show `path` to a person (an absolute path or URL).
     fn display(&self, path: &str) -> String;
+    /// Fails when this process no longer holds the locks it took, before a change readers see at
+    /// `path` that does not go through this trait (a Delta commit, which the kernel writes).
+    fn check_lock(&self, path: &str) -> Result<(), DatasetError> {
+        let _ = path;
+        Ok(())
+    }
     /// The object store holding the dataset and the URL of its root (ending in `/`), for the
     /// Delta kernel, which reads and commits table logs itself (`--table-format delta`).
     fn delta_store(&self) -> Result<(Arc<dyn object_store::ObjectStore>, url::Url), DatasetError> {
@@ -554,6 +560,10 @@ impl Storage for LocalStorage {
 
     fn display(&self, path: &str) -> String {
         self.full(path).display().to_string()
+    }
+
+    fn check_lock(&self, _path: &str) -> Result<(), DatasetError> {
+        check_held(&self.held)
     }
 
     fn delta_store(&self) -> Result<(Arc<dyn object_store::ObjectStore>, url::Url), DatasetError> {

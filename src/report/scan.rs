@@ -19,7 +19,6 @@ use rayon::prelude::*;
 
 use super::{ReportError, ReportOptions};
 use crate::dataset::delta;
-use crate::pipeline::off_runtime;
 use crate::table::Table;
 
 /// Rows per batch read.
@@ -34,13 +33,9 @@ pub struct Files(HashMap<&'static str, Vec<PathBuf>>);
 impl Files {
     /// Lists the tables of the dataset folder `data`.
     pub fn of(data: &Path) -> Result<Self, ReportError> {
-        let mut delta = if Table::ALL
-            .iter()
-            .any(|t| data.join(t.name()).join(delta::DELTA_LOG).is_dir())
-        {
-            off_runtime(|| delta::local_tables(data))?
-        } else {
-            HashMap::new()
+        let mut delta = match delta::is_local_delta(data) {
+            true => delta::local_tables(data)?,
+            false => HashMap::new(),
         };
         Ok(Self(
             Table::ALL

@@ -49,14 +49,10 @@ pub fn read(out: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyE
 /// Reads the `runs` table below the local dataset folder `root`.
 fn read_folder(root: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Stored, VerifyError> {
     let mut stored = Stored::new();
-    let runs = root.join(Table::Runs.name());
-    let delta = match runs.join(dataset::delta::DELTA_LOG).is_dir() {
-        true => crate::pipeline::off_runtime(|| dataset::delta::local_tables(root))?,
-        false => HashMap::new(),
-    };
-    let files = match delta.into_iter().find(|(t, _)| *t == Table::Runs) {
-        Some((_, files)) => files,
-        None => parquet_files(&runs)?,
+    // A Delta dataset's `runs` is what its snapshot holds (nothing before its first commit).
+    let files = match dataset::delta::is_local_delta(root) {
+        true => (dataset::delta::local_tables(root)?.remove(&Table::Runs)).unwrap_or_default(),
+        false => parquet_files(&root.join(Table::Runs.name()))?,
     };
     for path in files {
         read_file(&path, wanted, &mut stored)?;

@@ -351,3 +351,66 @@ fn every_tenth_commit_of_a_table_writes_a_checkpoint() {
     assert_exact(&read, &served_statuses(&sim));
     assert_eq!(read["runs_at_version"]["rows"], 39);
 }
+
+/// Data files in a table folder without a log (a first export killed after moving them in,
+/// before that table's first commit) are no rows to `report` and `verify`, and `maintain`'s
+/// vacuum removes them.
+#[test]
+fn files_of_a_table_never_committed_are_not_read_and_maintain_removes_them() {
+    let sim = Sim::start(SimConfig {
+        workflows: 2,
+        runs_per_workflow: 60,
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    assert_ok(&export(
+        &sim,
+        dir.path(),
+        &["--all-workflows", DELTA[0], DELTA[1]],
+    ));
+    let hive = tempfile::tempdir().unwrap();
+    assert_ok(&export(
+        &sim,
+        hive.path(),
+        &["--all-workflows", "--with-steps"],
+    ));
+    // What a killed `--with-steps` export leaves: a steps file, moved in, never committed.
+    let source = parquet_files(&hive.path().join("steps"))[0].clone();
+    let day = source.parent().unwrap().file_name().unwrap();
+    let orphan = dir
+        .path()
+        .join("steps")
+        .join(day)
+        .join("part-killed-00000.parquet");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::copy(&source, &orphan).unwrap();
+
+    let report = run(&["report", "--data", root]);
+    assert_ok(&report);
+    assert!(
+        !stdout(&report).contains("slowest_nodes"),
+        "{}",
+        stdout(&report)
+    );
+    let url = sim.url();
+    assert_ok(&run(&[
+        "verify",
+        "--base-url",
+        &url,
+        "--out",
+        root,
+        "--all-workflows",
+    ]));
+    let kept = run(&["maintain", "--out", root, "--retention", "0s"]);
+    assert_ok(&kept);
+    let text = stdout(&kept);
+    assert!(
+        text.contains(
+            "steps: no Delta log (an export killed before its first commit), vacuum deleted 1 files"
+        ),
+        "{text}"
+    );
+    assert!(!orphan.exists());
+    assert_exact(&read_delta(root, None, &[]), &served_statuses(&sim));
+}

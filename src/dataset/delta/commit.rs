@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 
-use super::txn::{TxnId, already_applied, commit_plan};
+use super::txn::{TxnId, commit_plan};
 use super::{ActiveFile, DeltaTables};
 use crate::dataset::commit::{key_columns, without_keys};
 use crate::dataset::digest::RunDigests;
@@ -84,9 +84,6 @@ pub fn commit(
             layout,
         };
         let snapshot = tables.snapshot(storage, table)?;
-        if already_applied(tables, table, snapshot.as_ref(), txn)? {
-            continue;
-        }
         let mut plan = Plan::default();
         if let Some(snapshot) = &snapshot {
             let active = tables.active_files(table, snapshot)?;
@@ -116,8 +113,7 @@ pub fn commit(
 }
 
 /// Commits a new snapshot of the unpartitioned `table` (`workflows`): `batch` replaces every
-/// row this layout stored before. Returns the version committed (`None`: the table records
-/// `txn` already).
+/// row this layout stored before. Returns the version committed.
 pub fn commit_snapshot(
     tables: &DeltaTables,
     storage: &dyn Storage,
@@ -128,9 +124,6 @@ pub fn commit_snapshot(
     export_id: &str,
 ) -> Result<Option<u64>, DatasetError> {
     let snapshot = tables.snapshot(storage, table)?;
-    if already_applied(tables, table, snapshot.as_ref(), txn)? {
-        return Ok(None);
-    }
     let mut plan = Plan::default();
     if let Some(snapshot) = &snapshot {
         for file in tables.active_files(table, snapshot)? {

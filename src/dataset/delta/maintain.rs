@@ -17,9 +17,9 @@ use object_store::path::Path as ObjectPath;
 
 use super::commit::{Names, Plan, write_file};
 use super::txn::commit_plan;
-use super::{ActiveFile, DELTA_LOG, DeltaTables, has_log};
+use super::{ActiveFile, DELTA_LOG, DeltaTables};
 use crate::dataset::marks::conform;
-use crate::dataset::{DatasetError, Storage, batches};
+use crate::dataset::{DatasetError, Shard, Storage, batches};
 use crate::table::{PartitionDate, Table};
 
 /// Files below this size are compacted; compacted files grow up to it.
@@ -37,12 +37,13 @@ pub struct MaintainOptions {
 }
 
 /// What `maintain` did to one table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableMaintenance {
     /// The table.
-    pub table: Option<Table>,
-    /// Its version after maintenance.
-    pub version: u64,
+    pub table: Table,
+    /// Its version after maintenance; `None` for a table folder without a log (data files of a
+    /// first export killed before that table's commit, which only vacuum removes).
+    pub version: Option<u64>,
     /// Whether a checkpoint was written (false: one existed for that version already).
     pub checkpointed: bool,
     /// Files compaction rewrote, and the files it wrote.
@@ -73,48 +74,48 @@ pub fn maintain(
     let mut done = Vec::new();
     let mut names = Names::new(id);
     for table in Table::ALL {
-        if !has_log(storage, table)? {
+        let mut result = TableMaintenance {
+            table,
+            version: None,
+            checkpointed: false,
+            compacted: (0, 0),
+            vacuumed: (0, 0),
+            files: 0,
+        };
+        if let Some(mut snapshot) = tables.snapshot(storage, table)? {
+            if options.compact && !options.dry_run {
+                let active = tables.active_files(table, &snapshot)?;
+                result.compacted = compact(tables, storage, table, &active, &mut names)?;
+                if result.compacted.0 > 0 {
+                    snapshot = tables.snapshot(storage, table)?.unwrap_or(snapshot);
+                }
+            }
+            if !options.dry_run {
+                let (written, _) = snapshot
+                    .checkpoint(&tables.engine, None)
+                    .map_err(tables.error(table, "write a checkpoint of"))?;
+                result.checkpointed = matches!(
+                    written,
+                    delta_kernel::snapshot::CheckpointWriteResult::Written
+                );
+            }
+            result.version = Some(snapshot.version());
+            result.files = tables.active_files(table, &snapshot)?.len();
+        } else if storage.list_dirs(table.name())?.is_empty()
+            && storage.list(table.name())?.is_empty()
+        {
             continue;
         }
-        let mut result = TableMaintenance {
-            table: Some(table),
-            ..TableMaintenance::default()
-        };
-        let mut snapshot = tables
-            .snapshot(storage, table)?
-            .expect("the table has a log");
-        if options.compact && !options.dry_run {
-            let active = tables.active_files(table, &snapshot)?;
-            result.compacted = compact(tables, storage, table, &active, &mut names)?;
-            if result.compacted.0 > 0 {
-                snapshot = tables
-                    .snapshot(storage, table)?
-                    .expect("the table has a log");
-            }
-        }
-        if !options.dry_run {
-            let (written, _) = snapshot
-                .checkpoint(&tables.engine, None)
-                .map_err(tables.error(table, "write a checkpoint of"))?;
-            result.checkpointed = matches!(
-                written,
-                delta_kernel::snapshot::CheckpointWriteResult::Written
-            );
-        }
-        result.version = snapshot.version();
-        result.files = tables.active_files(table, &snapshot)?.len();
-        result.vacuumed = vacuum(&runtime, tables, table, snapshot.version(), options)?;
+        result.vacuumed = vacuum(&runtime, tables, table, result.version, options)?;
         done.push(result);
     }
     Ok(done)
 }
 
 /// Who wrote a data file, as far as compaction must keep apart: a shard's tag, or nobody's.
-fn owner(path: &str) -> &str {
+fn owner(path: &str) -> String {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.find("shard-")
-        .map(|at| &name[at..(at + "shard-KK-of-NN".len()).min(name.len())])
-        .unwrap_or("")
+    Shard::in_name(name).map(Shard::tag).unwrap_or_default()
 }
 
 /// Rewrites, per partition and writer, the files below [`COMPACT_TARGET_BYTES`] into files up to
@@ -126,7 +127,7 @@ fn compact(
     active: &[ActiveFile],
     names: &mut Names,
 ) -> Result<(usize, usize), DatasetError> {
-    let mut groups: BTreeMap<(Option<PartitionDate>, &str), Vec<&ActiveFile>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Option<PartitionDate>, String), Vec<&ActiveFile>> = BTreeMap::new();
     for file in active.iter().filter(|f| f.size < COMPACT_TARGET_BYTES) {
         groups
             .entry((file.date, owner(&file.path)))
@@ -184,23 +185,28 @@ fn vacuum(
     runtime: &tokio::runtime::Runtime,
     tables: &DeltaTables,
     table: Table,
-    current: u64,
+    current: Option<u64>,
     options: &MaintainOptions,
 ) -> Result<(usize, u64), DatasetError> {
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::from_std(options.retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = chrono::Duration::from_std(options.retention)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let (objects, mut commits) = runtime.block_on(list(tables, table))?;
     commits.sort();
     // The state at the cutoff is the newest version committed before it: readers may travel
     // to it and to every later one.
-    let first = commits
-        .iter()
-        .rev()
-        .find(|(_, at)| *at <= cutoff)
-        .or(commits.first())
-        .map_or(current, |(v, _)| *v);
     let mut needed: HashSet<String> = HashSet::new();
-    for version in first..=current {
+    let versions = current.map(|current| {
+        let first = commits
+            .iter()
+            .rev()
+            .find(|(_, at)| *at <= cutoff)
+            .or(commits.first())
+            .map_or(current, |(v, _)| *v);
+        first..=current
+    });
+    for version in versions.into_iter().flatten() {
         let snapshot = tables.snapshot_at(table, version)?;
         for file in tables.active_files(table, &snapshot)? {
             needed.insert(file.path);
@@ -294,6 +300,13 @@ mod tests {
                 "runs/date=2026-01-01/part-20261202T000000.000Z-abcdef-maintain-00000-shard-12-of-16.parquet",
                 "shard-12-of-16",
             ),
+            // Shard counts of three digits keep their whole tag.
+            (
+                "runs/date=2026-01-01/part-20261202T000000.000Z-abcdef-shard-001-of-100-00002.parquet",
+                "shard-001-of-100",
+            ),
+            // Not a tag this tool writes.
+            ("runs/date=2026-01-01/part-x-shard-1-of-4-00002.parquet", ""),
             ("workflows/part-x-00000.parquet", ""),
         ];
         for (path, want) in cases {

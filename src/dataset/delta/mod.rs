@@ -313,25 +313,36 @@ fn partition_values(
     HashMap::from([(PARTITION_COLUMN.to_owned(), value)])
 }
 
-/// The data files of each Delta table of the local dataset folder `root` (paths joined to it)
-/// that its current snapshot holds, for readers of a local copy (`report`, `verify`); tables
-/// without a log are left out (Hive tables: every Parquet file counts).
+/// Whether the local dataset folder `root` is a Delta dataset (its marker, or a table's log).
+pub fn is_local_delta(root: &std::path::Path) -> bool {
+    root.join(FORMAT_MARKER).is_file()
+        || Table::ALL
+            .iter()
+            .any(|t| root.join(t.name()).join(DELTA_LOG).is_dir())
+}
+
+/// The data files of every table of the local Delta dataset folder `root` (paths joined to it)
+/// that its current snapshot holds, for readers of a local copy (`report`, `verify`). A table
+/// without a log has none: files there are a killed export's, never committed.
 pub fn local_tables(
     root: &std::path::Path,
 ) -> Result<HashMap<Table, Vec<std::path::PathBuf>>, DatasetError> {
-    let storage = super::LocalStorage::open(root)?;
-    let tables = DeltaTables::open(&storage)?;
-    let mut found = HashMap::new();
-    for table in Table::ALL {
-        if let Some(snapshot) = tables.snapshot(&storage, table)? {
-            let files = tables.active_files(table, &snapshot)?;
+    off_runtime(|| {
+        let storage = super::LocalStorage::open(root)?;
+        let tables = DeltaTables::open(&storage)?;
+        let mut found = HashMap::new();
+        for table in Table::ALL {
+            let files = match tables.snapshot(&storage, table)? {
+                Some(snapshot) => tables.active_files(table, &snapshot)?,
+                None => Vec::new(),
+            };
             found.insert(
                 table,
                 files.into_iter().map(|f| root.join(f.path)).collect(),
             );
         }
-    }
-    Ok(found)
+        Ok(found)
+    })
 }
 
 #[cfg(test)]
@@ -391,59 +402,62 @@ mod tests {
         }
     }
 
-    /// A commit retried after its write landed (a lost answer) is recognised by its application
-    /// transaction and not applied again; the next export's commit is.
+    /// A commit retried after its write landed (a lost answer, on the snapshot from before it) is
+    /// recognised by its application transaction and not applied again; a rival export of the
+    /// same layout committing the same sequence number (one that lost its lock) stops; the next
+    /// export's commit lands.
     #[test]
-    fn a_retried_commit_is_not_applied_twice() {
+    fn a_retried_commit_is_not_applied_twice_and_a_rival_with_its_sequence_stops() {
+        use commit::{Names, Plan, write_file};
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::dataset::LocalStorage::open(dir.path()).unwrap();
         let tables = DeltaTables::open(&storage).unwrap();
         let body = br#"[{"id": "wf-1", "name": "one"}, {"id": "wf-2", "name": "two"}]"#;
         let policy = crate::privacy::Policy::none();
         let list = crate::flatten::flatten_workflows(body, 0, policy).unwrap();
-        let layout = crate::dataset::Layout::Unsharded;
-        let commit = |txn: &TxnId, id: &str| {
-            commit_snapshot(
-                &tables,
-                &storage,
-                Table::Workflows,
-                &list.batch,
-                layout,
-                txn,
-                id,
-            )
-            .unwrap()
+        let table = Table::Workflows;
+        let plan_of = |id: &str| {
+            let path = Names::new(id).next(table, None);
+            let batch = std::iter::once(Ok(list.batch.clone()));
+            let (size, rows) = write_file(&storage, table, &path, batch).unwrap();
+            let mut plan = Plan::default();
+            plan.added(&path, None, size, rows);
+            plan
         };
+        let layout = crate::dataset::Layout::Unsharded;
         let first = TxnId::next(&tables, &storage, layout).unwrap();
         assert_eq!(first.seq, 1);
-        assert_eq!(commit(&first, "a"), Some(0));
-        // The same transaction again: nothing committed, the table stays at version 0.
-        assert_eq!(commit(&first, "a"), None);
-        let version = |storage: &dyn Storage| {
-            tables
-                .snapshot(storage, Table::Workflows)
-                .unwrap()
-                .unwrap()
-                .version()
+        let plan = plan_of("a");
+        let commit = |snapshot, plan: &Plan, txn: &TxnId| {
+            txn::commit_plan(&tables, &storage, table, snapshot, plan, Some(txn))
         };
-        assert_eq!(version(&storage), 0);
+        assert_eq!(commit(None, &plan, &first).unwrap(), Some(0));
+        assert_eq!(commit(None, &plan, &first).unwrap(), Some(0));
+        let current = || tables.snapshot(&storage, table).unwrap().unwrap();
+        assert_eq!(current().version(), 0);
+
+        let rival = commit(Some(current()), &plan_of("r"), &first).unwrap_err();
+        assert!(
+            rival
+                .to_string()
+                .contains("another export of `orchestra-export` committed sequence 1"),
+            "{rival}"
+        );
+        assert_eq!(current().version(), 0);
+
         let next = TxnId::next(&tables, &storage, layout).unwrap();
         assert_eq!(next.seq, 2);
-        assert_eq!(commit(&next, "b"), Some(1));
-        let snapshot = tables
-            .snapshot(&storage, Table::Workflows)
-            .unwrap()
-            .unwrap();
-        let files = tables.active_files(Table::Workflows, &snapshot).unwrap();
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert!(files[0].path.starts_with("workflows/part-b-"), "{files:?}");
+        let mut replace = plan_of("b");
+        replace.removes.insert(plan.adds[0].path.clone());
+        assert_eq!(commit(Some(current()), &replace, &next).unwrap(), Some(1));
+        let files = tables.active_files(table, &current()).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["workflows/part-b-00000.parquet"]);
         // A shard counts its own transactions.
         let shard = crate::dataset::Layout::Sharded(crate::dataset::Shard::new(1, 4).unwrap());
         let theirs = TxnId::next(&tables, &storage, shard).unwrap();
-        assert_eq!(
-            (theirs.app_id.as_str(), theirs.seq),
-            ("orchestra-export/shard-01-of-04", 1)
-        );
+        let theirs = (theirs.app_id.as_str(), theirs.seq);
+        assert_eq!(theirs, ("orchestra-export/shard-01-of-04", 1));
     }
 
     #[test]

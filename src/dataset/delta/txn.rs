@@ -19,8 +19,8 @@ use std::collections::HashSet;
 
 use super::commit::{NewFile, Plan};
 use super::{
-    CHECKPOINT_INTERVAL, DeltaTables, ENGINE_INFO, PARTITION_COLUMN, partition_values, partitioned,
-    schema,
+    CHECKPOINT_INTERVAL, DELTA_LOG, DeltaTables, ENGINE_INFO, PARTITION_COLUMN, partition_values,
+    partitioned, schema,
 };
 use crate::dataset::{DatasetError, Layout, Storage};
 use crate::table::Table;
@@ -65,11 +65,15 @@ impl TxnId {
     }
 }
 
-/// Whether `table` records `txn` already: this export's commit landed on an earlier attempt.
+/// Whether `snapshot` of `table` holds `plan` committed with `txn` already: this export's commit
+/// landed on an earlier attempt (whose answer was lost). A table that records `txn` without
+/// holding the plan's new files was committed by another export of the same layout with the
+/// same sequence number — one that lost its lock — and this commit stops.
 pub(super) fn already_applied(
     tables: &DeltaTables,
     table: Table,
     snapshot: Option<&SnapshotRef>,
+    plan: &Plan,
     txn: &TxnId,
 ) -> Result<bool, DatasetError> {
     let Some(snapshot) = snapshot else {
@@ -78,7 +82,26 @@ pub(super) fn already_applied(
     let seen = snapshot
         .get_app_id_version(&txn.app_id, &tables.engine)
         .map_err(tables.error(table, "read the transactions of"))?;
-    Ok(seen.is_some_and(|v| v >= txn.seq))
+    if seen.is_none_or(|v| v < txn.seq) {
+        return Ok(false);
+    }
+    let active: HashSet<String> = (tables.active_files(table, snapshot)?.into_iter())
+        .map(|f| f.path)
+        .collect();
+    let landed = match plan.adds.first() {
+        Some(add) => active.contains(&add.path),
+        None => plan.removes.iter().all(|r| !active.contains(r)),
+    };
+    if landed {
+        return Ok(true);
+    }
+    Err(DatasetError::DeltaConflict {
+        table: tables.shown(table),
+        reason: format!(
+            "another export of `{}` committed sequence {} already; two exports of one layout ran at once",
+            txn.app_id, txn.seq
+        ),
+    })
 }
 
 /// Commits the adds and removes of `plan` to `table`, retrying on a newer snapshot when another
@@ -108,10 +131,13 @@ pub(super) fn commit_plan(
             snapshot = tables.snapshot(storage, table)?;
         }
         if let Some(txn) = txn
-            && already_applied(tables, table, snapshot.as_ref(), txn)?
+            && already_applied(tables, table, snapshot.as_ref(), plan, txn)?
         {
             return Ok(snapshot.as_ref().map(|s| s.version()));
         }
+        // The kernel writes the commit itself: the lock is checked here, as every write of
+        // `Storage` checks it.
+        storage.check_lock(&format!("{}/{DELTA_LOG}", table.name()))?;
         let committed = match snapshot.as_ref() {
             None => create(tables, table, plan, txn)?,
             Some(current) => update(tables, table, current, plan, txn, operation.clone())?,

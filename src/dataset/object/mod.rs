@@ -497,6 +497,10 @@ impl Storage for ObjectStorage {
         self.inner.show(path)
     }
 
+    fn check_lock(&self, path: &str) -> Result<(), DatasetError> {
+        self.inner.check_lease(path)
+    }
+
     fn delta_store(&self) -> Result<(Arc<dyn ObjectStore>, Url), DatasetError> {
         // The store is the bucket's; the kernel maps a URL's path to a key in it.
         let bad = |reason: String| DatasetError::BadUrl {
@@ -519,6 +523,13 @@ pub fn download_tables(
     dest: &Path,
 ) -> Result<usize, DatasetError> {
     let inner = &storage.inner;
+    // The copy is a Delta dataset too, even before a table's first commit.
+    let marker = super::delta::FORMAT_MARKER;
+    if storage.list("")?.iter().any(|n| n == marker) {
+        std::fs::create_dir_all(dest)
+            .and_then(|()| std::fs::write(dest.join(marker), ""))
+            .map_err(|source| DatasetError::io("write", &dest.join(marker), source))?;
+    }
     let mut wanted = Vec::new();
     for table in tables {
         let prefix = inner.object(table)?;
@@ -537,8 +548,11 @@ pub fn download_tables(
             };
             let relative: Vec<String> = relative.map(|p| p.as_ref().to_owned()).collect();
             let hidden = relative.iter().any(|p| p.starts_with('.'));
-            // A Delta table's log too: readers of the copy open its snapshot.
-            let log = relative.iter().any(|p| p == super::delta::DELTA_LOG);
+            // A Delta table's log too: readers of the copy open its snapshot. Not the hint
+            // `_last_checkpoint`, the one log file that changes: fetched after the listing, it
+            // could name a checkpoint the copy lacks (the kernel finds checkpoints without it).
+            let log = relative.iter().any(|p| p == super::delta::DELTA_LOG)
+                && relative.last().is_some_and(|n| n != "_last_checkpoint");
             if !hidden && (log || relative.last().is_some_and(|n| n.ends_with(".parquet"))) {
                 wanted.push((meta.location, relative.join("/")));
             }
@@ -551,11 +565,10 @@ pub fn download_tables(
     if !logs.is_empty() {
         fetch(inner, logs, dest)?;
         // Files removed from a Delta table (older versions) are not needed to read it.
-        let active: HashMap<Table, HashSet<std::path::PathBuf>> =
-            super::delta::off_runtime(|| super::delta::local_tables(dest))?
-                .into_iter()
-                .map(|(table, files)| (table, files.into_iter().collect()))
-                .collect();
+        let active: HashMap<Table, HashSet<std::path::PathBuf>> = super::delta::local_tables(dest)?
+            .into_iter()
+            .map(|(table, files)| (table, files.into_iter().collect()))
+            .collect();
         data.retain(|(_, relative)| {
             let table = Table::ALL
                 .into_iter()

@@ -112,6 +112,23 @@ fn delta_tables_on_s3_are_exact_after_an_export_a_rerun_and_four_shards_at_once(
         stdout(&kept)
     );
     assert_exact(&read_delta(URL, None, &env), &served);
+    // The copy a report reads leaves out `_last_checkpoint` and opens from the checkpoint.
+    let log = moto.bucket("lake").keys("delta/history/runs/_delta_log/");
+    assert!(
+        log.iter().any(|k| k.ends_with(".checkpoint.parquet")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|k| k.ends_with("/_last_checkpoint")),
+        "{log:?}"
+    );
+    let again = tempfile::tempdir().unwrap();
+    let again = again.path().to_str().unwrap();
+    let report = command(&moto, &["report", "--data", URL, "--out", again])
+        .output()
+        .unwrap();
+    assert_ok(&report);
+    assert!(stdout(&report).starts_with(&want), "{}", stdout(&report));
 
     // Four shards at once into new tables: every shard's commits land, every run once.
     let sharded = "s3://lake/delta/sharded";
