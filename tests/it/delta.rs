@@ -152,11 +152,39 @@ fn delta_tables_are_exact_after_exports_reruns_and_maintenance_and_travel_back()
 
     // Maintenance: compaction, checkpoint, vacuum of the files no version within the retention
     // needs; the current snapshot reads the same.
+    // Within the retention nothing goes: version 0 still reads; a dry run only says what would.
+    let week = run(&["maintain", "--out", root]);
+    assert_ok(&week);
+    assert!(
+        stdout(&week).contains("runs: version 1,"),
+        "{}",
+        stdout(&week)
+    );
+    assert!(
+        stdout(&week).contains("vacuum deleted 0 files (0 bytes) older than 7d"),
+        "{}",
+        stdout(&week)
+    );
+    let dry = run(&["maintain", "--out", root, "--retention", "0s", "--dry-run"]);
+    assert_ok(&dry);
+    assert!(
+        stdout(&dry).contains("vacuum would delete "),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        !stdout(&dry).contains("would delete 0 files"),
+        "{}",
+        stdout(&dry)
+    );
+    let kept = read_delta(root, Some(0), &[]);
+    assert_eq!(statuses(&kept["runs_at_version"]), served_first);
     let files_before = second["node_outputs"]["files"].as_u64().unwrap();
     let kept = run(&["maintain", "--out", root, "--retention", "0s", "--compact"]);
     assert_ok(&kept);
     let text = stdout(&kept);
     assert!(text.contains("runs: version 2"), "{text}");
+    assert!(!text.contains("vacuum deleted 0 files"), "{text}");
     assert!(text.contains("checkpoint written"), "{text}");
     assert!(text.contains("vacuum deleted"), "{text}");
     let third = read_delta(root, None, &[]);
